@@ -1,0 +1,57 @@
+#include "test_util.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace fs = std::filesystem;
+
+namespace sae_test {
+
+std::string temp_dir(const std::string& tag) {
+    static std::atomic<int> counter{0};
+    fs::path p = fs::temp_directory_path() /
+                 ("sae-test-" + tag + "-" + std::to_string(::getpid()) + "-" +
+                  std::to_string(counter++));
+    fs::remove_all(p);
+    fs::create_directories(p);
+    return p.string();
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    if (!f) throw std::runtime_error("cannot write " + path);
+    f.write(bytes.data(), std::streamsize(bytes.size()));
+}
+
+std::string read_bytes(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw std::runtime_error("cannot read " + path);
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+CommandResult run(const std::string& command) {
+    CommandResult r;
+    const std::string dir = temp_dir("run");
+    const std::string out = dir + "/out", err = dir + "/err";
+    const std::string full = "(" + command + ") >" + out + " 2>" + err + " </dev/null";
+    const int status = std::system(full.c_str());
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.out = read_bytes(out);
+    r.err = read_bytes(err);
+    fs::remove_all(dir);
+    return r;
+}
+
+std::string sae_binary() { return SAE_BINARY; }
+std::string source_dir() { return SAE_SOURCE_DIR; }
+
+}  // namespace sae_test
