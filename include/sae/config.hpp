@@ -1,0 +1,100 @@
+// Settings: one struct, one table. Every key's name, type, default, range and help text live in
+// option_table(); TOML parsing, --set overrides, validation, --help and cfg.json all read it.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "sae/model.hpp"
+#include "sae/optim.hpp"
+
+namespace sae {
+
+struct Config {
+    // data
+    std::string data = "data/mnist10k/images-idx3-ubyte.gz";
+    std::string normalize = "unit_range";
+    int64_t max_samples = 0;
+    // model
+    int64_t d_sae = 196;
+    std::string encoder_activation = "sigmoid";
+    std::string decoder_activation = "sigmoid";
+    bool tied = false;
+    // cost
+    std::string sparsity = "kl";
+    double rho = 0.1;
+    double beta = 3.0;
+    double weight_decay = 3e-3;
+    double l1_coefficient = 1e-3;
+    // optimisation
+    std::string optimizer = "lbfgs";
+    double lr = 1e-3;
+    double momentum = 0.9;
+    double adam_beta1 = 0.9;
+    double adam_beta2 = 0.999;
+    double eps = 1e-8;
+    double rmsprop_decay = 0.99;
+    int64_t batch_size = 256;
+    int64_t epochs = 10;
+    int64_t max_iterations = 400;
+    std::string lr_schedule = "constant";
+    int64_t warmup_steps = 0;
+    int64_t lr_step_size = 1000;
+    double lr_gamma = 0.1;
+    double min_lr = 0.0;
+    // run
+    int64_t seed = 0;
+    int64_t threads = 0;
+    std::string backend = "onednn";
+    int64_t log_every = 10;
+    int64_t checkpoint_every = 50;
+    double active_threshold = -1;  // < 0: automatic (0 for relu, 0.5 otherwise)
+};
+
+using Member = std::variant<std::string Config::*, int64_t Config::*, double Config::*, bool Config::*>;
+
+struct OptionSpec {
+    const char* name;
+    Member member;
+    const char* group;
+    const char* help;
+    double min = -1e308, max = 1e308;  // inclusive numeric range
+    std::vector<std::string> choices;  // for strings; empty = free text (e.g. a path)
+};
+
+const std::vector<OptionSpec>& option_table();
+const OptionSpec* option_find(const std::string& key);
+// The valid key closest to `key` by edit distance.
+std::string option_nearest(const std::string& key);
+
+// Sets one key from text ("--set key=value" or a TOML scalar rendered as text). Throws
+// sae::Error naming the key and the expected type/range, or the nearest key when unknown.
+void config_set(Config& cfg, const std::string& key, const std::string& value);
+// "key=value" form.
+void config_apply_override(Config& cfg, const std::string& assignment);
+
+// Reads a flat TOML file. Relative paths in `data` are resolved against the file's directory.
+// Nested tables, arrays and unknown keys are errors naming the file and the key.
+Config config_load_toml(const std::string& path);
+
+// Checks every range and choice in the table, then cross-key rules (kl needs a sigmoid
+// encoder, ...). Throws with one line naming the key and what to do.
+void config_validate(const Config& cfg);
+
+// Every key and its value, as a JSON object text (stable key order = table order).
+std::string config_to_json(const Config& cfg, int indent = 2);
+// Reads the keys of a cfg.json back (unknown keys ignored: cfg.json also carries d_in etc.).
+Config config_from_json(const std::string& json_text, const std::string& what);
+
+// The --help text for all keys, grouped, with defaults and ranges.
+std::string config_help();
+
+// Model and cost specs implied by the config, for a given input dimension.
+ModelSpec config_model_spec(const Config& cfg, int64_t d_in);
+CostSpec config_cost_spec(const Config& cfg);
+OptimizerHyper config_optimizer_hyper(const Config& cfg);
+// The threshold above which a latent counts as active (for L0 and dead latents).
+double config_active_threshold(const Config& cfg);
+
+}  // namespace sae
