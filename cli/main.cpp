@@ -1,0 +1,42 @@
+// sae: train, evaluate and study sparse autoencoders.
+#include <cstdio>
+#include <new>
+
+#include "commands.hpp"
+#include "sae/error.hpp"
+
+namespace sae_cli {
+
+sae::Config load_config(const std::string& path, const std::vector<std::string>& sets) {
+    sae::Config cfg = path.empty() ? sae::Config{} : sae::config_load_toml(path);
+    for (const auto& s : sets) sae::config_apply_override(cfg, s);
+    sae::config_validate(cfg);
+    return cfg;
+}
+
+}  // namespace sae_cli
+
+int main(int argc, char** argv) {
+    CLI::App app{"sae: fast sparse autoencoders (train, evaluate, encode, check gradients)"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", "sae 0.1.0");
+    sae_cli::add_train(app);
+    sae_cli::add_eval(app);
+    sae_cli::add_encode(app);
+    sae_cli::add_gradcheck(app);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    } catch (const sae::Error& e) {
+        std::fprintf(stderr, "sae: error: %s\n", e.what());
+        return 1;
+    } catch (const std::bad_alloc&) {
+        std::fprintf(stderr, "sae: error: out of memory; use a smaller data set (max_samples) or batch_size\n");
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "sae: error: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

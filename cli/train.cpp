@@ -1,0 +1,33 @@
+#include <cstdio>
+
+#include "commands.hpp"
+#include "sae/train.hpp"
+
+namespace sae_cli {
+
+void add_train(CLI::App& app) {
+    auto* cmd = app.add_subcommand("train", "train a sparse autoencoder");
+    struct Args {
+        std::string config, out = "runs/train";
+        std::vector<std::string> sets;
+        bool resume = false;
+    };
+    auto args = std::make_shared<Args>();
+    cmd->add_option("CONFIG", args->config, "TOML file of settings (optional; defaults otherwise)");
+    cmd->add_option("--set", args->sets, "override a setting: --set key=value (repeatable)");
+    cmd->add_option("--out", args->out, "output directory")->capture_default_str();
+    cmd->add_flag("--resume", args->resume, "continue from DIR/checkpoint.safetensors");
+    cmd->footer("Settings (TOML keys, or --set key=value):\n" + sae::config_help() +
+                "\nOutputs in DIR: model.safetensors, cfg.json, metrics.jsonl, checkpoint.safetensors");
+    cmd->callback([args]() {
+        const sae::Config cfg = load_config(args->config, args->sets);
+        const sae::TrainSummary s = sae::train_run(cfg, args->out, args->resume);
+        std::printf("trained %lld %s in %.1f s (%s): J_total %.6g (rec %.6g, weight decay %.6g, sparsity %.6g), mean rho_hat %.4f\n",
+                    (long long)s.steps, cfg.optimizer == "lbfgs" ? "iterations" : "steps", s.seconds,
+                    s.stop_reason.c_str(), s.J.total(), s.J.rec, s.J.weight_decay, s.J.sparsity, s.mean_rho_hat);
+        std::printf("outputs: %s/{model.safetensors, cfg.json, metrics.jsonl, checkpoint.safetensors}\n",
+                    args->out.c_str());
+    });
+}
+
+}  // namespace sae_cli

@@ -1,0 +1,45 @@
+// Using a model: load a data set as the config says, evaluate every cost term and statistic
+// over a whole data set (in chunks, so ρ̂ is over the whole set), encode, and check gradients.
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sae/backend.hpp"
+#include "sae/model.hpp"
+#include "sae/tensor.hpp"
+
+namespace sae {
+
+// Reads any supported file, keeps the first max_samples samples (0 = all), normalises, and
+// rejects non-finite values. Returns [N, d_in].
+Matrix<float> dataset_load(const std::string& path, const std::string& normalize,
+                           int64_t max_samples);
+
+struct EvalResult {
+    CostTerms J;
+    double mse = 0, fvu = 0, l0 = 0, mean_activation = 0, dead_fraction = 0;
+    double rho_hat_min = 0, rho_hat_max = 0;
+    int64_t n = 0;
+};
+
+// X [N, d_in]. A latent is active on a sample when h > threshold.
+EvalResult evaluate(Backend& be, const ModelSpec& spec, const CostSpec& cost,
+                    const ParamLayout& layout, const float* params, const Matrix<float>& X,
+                    double threshold, int64_t chunk = 4096);
+
+// Hidden activations H [N, d_sae].
+Matrix<float> encode(Backend& be, const ModelSpec& spec, const ParamLayout& layout,
+                     const float* params, const Matrix<float>& X, int64_t chunk = 4096);
+
+// Central differences in double: ‖num − ana‖ / ‖num + ana‖ per parameter tensor and overall.
+struct GradcheckResult {
+    std::vector<std::pair<std::string, double>> per_tensor;
+    double overall = 0;
+};
+// X [m, spec.d_in] in double; parameters initialised from seed with non-zero biases.
+GradcheckResult gradcheck(const ModelSpec& spec, const CostSpec& cost,
+                          const std::vector<double>& X, int64_t m, uint64_t seed,
+                          double eps = 1e-5);
+
+}  // namespace sae

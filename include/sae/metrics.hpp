@@ -1,0 +1,31 @@
+// Statistics accumulated over batches: reconstruction error, variance of the data, mean
+// activation per latent, firing counts. Drives metrics.jsonl, `sae eval` and dead-latent counts.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace sae {
+
+struct Stats {
+    int64_t n = 0;                // samples seen
+    int64_t d_in = 0, d_sae = 0;
+    double sq_err = 0;            // Σ ‖x̂ − x‖²
+    std::vector<double> sum_x;    // [d_in] Σ x
+    double sum_x2 = 0;            // Σ ‖x‖²
+    std::vector<double> sum_h;    // [d_sae] Σ h
+    double sum_abs_h = 0;         // Σ |h|
+    std::vector<int64_t> fires;   // [d_sae] samples on which the latent was active (h > threshold)
+    int64_t active = 0;           // Σ over samples of the number of active latents
+
+    void reset(int64_t d_in, int64_t d_sae);
+    // X, Xhat [m, d_in], H [m, d_sae].
+    void add(const float* X, const float* Xhat, const float* H, int64_t m, double threshold);
+
+    double mse() const;            // Σ‖x̂ − x‖² / (n·d_in)
+    double fvu() const;            // Σ‖x̂ − x‖² / Σ‖x − x̄‖²  (x̄: mean over the samples seen)
+    double l0() const;             // mean number of active latents per sample
+    double dead_fraction() const;  // latents never active over the samples seen
+    std::vector<double> rho_hat() const;  // [d_sae] mean activation
+};
+
+}  // namespace sae

@@ -1,0 +1,69 @@
+#include "sae/metrics.hpp"
+
+#include <cmath>
+
+namespace sae {
+
+void Stats::reset(int64_t din, int64_t dsae) {
+    n = 0;
+    d_in = din;
+    d_sae = dsae;
+    sq_err = 0;
+    sum_x.assign(size_t(din), 0.0);
+    sum_x2 = 0;
+    sum_h.assign(size_t(dsae), 0.0);
+    sum_abs_h = 0;
+    fires.assign(size_t(dsae), 0);
+    active = 0;
+}
+
+void Stats::add(const float* X, const float* Xhat, const float* H, int64_t m, double threshold) {
+    for (int64_t i = 0; i < m; ++i) {
+        const float* x = X + i * d_in;
+        const float* xh = Xhat + i * d_in;
+        for (int64_t k = 0; k < d_in; ++k) {
+            const double e = double(xh[k]) - double(x[k]);
+            sq_err += e * e;
+            sum_x[size_t(k)] += x[k];
+            sum_x2 += double(x[k]) * double(x[k]);
+        }
+        const float* h = H + i * d_sae;
+        for (int64_t j = 0; j < d_sae; ++j) {
+            sum_h[size_t(j)] += h[j];
+            sum_abs_h += std::fabs(double(h[j]));
+            if (double(h[j]) > threshold) {
+                ++fires[size_t(j)];
+                ++active;
+            }
+        }
+    }
+    n += m;
+}
+
+double Stats::mse() const { return n ? sq_err / (double(n) * double(d_in)) : 0.0; }
+
+double Stats::fvu() const {
+    if (!n) return 0.0;
+    double mean_sq = 0;
+    for (double s : sum_x) mean_sq += s * s;
+    const double var = sum_x2 - mean_sq / double(n);
+    return var > 0 ? sq_err / var : 0.0;
+}
+
+double Stats::l0() const { return n ? double(active) / double(n) : 0.0; }
+
+double Stats::dead_fraction() const {
+    if (!d_sae) return 0.0;
+    int64_t dead = 0;
+    for (auto f : fires) dead += f == 0;
+    return double(dead) / double(d_sae);
+}
+
+std::vector<double> Stats::rho_hat() const {
+    std::vector<double> r(size_t(d_sae), 0.0);
+    if (n)
+        for (int64_t j = 0; j < d_sae; ++j) r[size_t(j)] = sum_h[size_t(j)] / double(n);
+    return r;
+}
+
+}  // namespace sae
