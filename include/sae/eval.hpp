@@ -40,6 +40,6 @@ struct GradcheckResult {
 // X [m, spec.d_in] in double; parameters initialised from seed with non-zero biases.
 GradcheckResult gradcheck(const ModelSpec& spec, const CostSpec& cost,
                           const std::vector<double>& X, int64_t m, uint64_t seed,
-                          double eps = 1e-5);
+                          double eps = 3e-5);
 
 }  // namespace sae
