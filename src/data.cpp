@@ -1,5 +1,6 @@
 #include "sae/data.hpp"
 
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -282,7 +283,14 @@ Array idx_parse(const std::string& b, const std::string& name) {
     return a;
 }
 
-Array npy_parse(const std::string& b, const std::string& name) {
+namespace {
+
+struct NpyPreamble {
+    size_t start = 0, hlen = 0;  // offset and length of the header text
+};
+
+// Magic, version and header length; file_size bounds the header (b may be only a prefix).
+NpyPreamble npy_preamble(const std::string& b, uint64_t file_size, const std::string& name) {
     if (!is_npy(b)) fail(name, "not a .npy file (no \\x93NUMPY magic); save it with numpy.save");
     if (b.size() < 10) fail(name, ".npy preamble is truncated; re-export the file");
     const int major = uint8_t(b[6]);
@@ -292,10 +300,34 @@ Array npy_parse(const std::string& b, const std::string& name) {
     const size_t len_bytes = major == 1 ? 2 : 4, start = 8 + len_bytes;
     if (b.size() < start) fail(name, ".npy preamble is truncated; re-export the file");
     const size_t hlen = le(b, 8, len_bytes);
-    if (hlen > b.size() - start)
+    if (hlen > file_size - start)
         fail(name, ".npy header length " + std::to_string(hlen) + " goes beyond the end of the file (" +
-                       std::to_string(b.size()) + " bytes); the file is truncated or corrupt, re-export it");
-    const std::string header = b.substr(start, hlen);
+                       std::to_string(file_size) + " bytes); the file is truncated or corrupt, re-export it");
+    return {start, hlen};
+}
+
+// The data that follows the header must be exactly the bytes the header describes.
+void npy_check_size(const NpyHeader& h, uint64_t have, const std::string& name) {
+    const uint64_t need = h.data_bytes();
+    if (have < need)
+        fail(name, "header says " + std::to_string(h.numel) + " " + h.descr + " values (" + std::to_string(need) +
+                       " bytes) but only " + std::to_string(have) + " bytes follow; the file is truncated, re-export it");
+    if (have > need)
+        fail(name, std::to_string(have - need) + " trailing bytes after the " + std::to_string(need) +
+                       " data bytes of shape (" + join_dims(h.shape, ", ") + "); the file is corrupt, re-export it");
+}
+
+}  // namespace
+
+NpyHeader npy_parse_header(const std::string& b, uint64_t file_size, const std::string& name,
+                           const std::string& dtype_hint) {
+    if (!dtype_hint.empty() && dtype_hint != "bfloat16")
+        fail(name, "dtype hint '" + printable(dtype_hint) + "' is unknown; use \"bfloat16\" or leave it empty");
+    const NpyPreamble pre = npy_preamble(b, std::max<uint64_t>(file_size, b.size()), name);
+    if (pre.hlen > b.size() - pre.start)
+        fail(name, "only the first " + std::to_string(b.size()) + " bytes were given, the .npy header needs " +
+                       std::to_string(pre.start + pre.hlen) + "; read the whole header");
+    const std::string header = b.substr(pre.start, pre.hlen);
 
     PyValue descr, fortran, shape;
     bool has_descr = false, has_fortran = false, has_shape = false;
@@ -312,47 +344,108 @@ Array npy_parse(const std::string& b, const std::string& name) {
     if (fortran.kind != PyValue::boolean) fail(name, ".npy fortran_order is not True/False; re-save with numpy.save");
     if (shape.kind != PyValue::tuple) fail(name, ".npy shape is not a tuple; re-save with numpy.save");
 
-    Array a;
-    size_t item = 0;
+    NpyHeader h;
     const std::string& d = descr.s;
-    if (d == "<f4") item = 4, a.source = SourceType::f32;
-    else if (d == "<f8") item = 8, a.source = SourceType::f64;
-    else if (d == "|u1" || d == "<u1") item = 1, a.source = SourceType::u8;
-    else if (d == ">f4" || d == ">f8")
+    h.descr = d;
+    if (d == "<f4") h.dtype = NpyDtype::f32, h.item_size = 4;
+    else if (d == "<f8") h.dtype = NpyDtype::f64, h.item_size = 8;
+    else if (d == "<f2") h.dtype = NpyDtype::f16, h.item_size = 2;
+    else if (d == "|u1" || d == "<u1") h.dtype = NpyDtype::u8, h.item_size = 1;
+    else if ((d == "<V2" || d == "|V2") && dtype_hint == "bfloat16") h.dtype = NpyDtype::bf16, h.item_size = 2;
+    else if (d == "<V2" || d == "|V2")
+        fail(name, "dtype '" + d + "' is a raw 2-byte type (how NumPy saves an ml_dtypes bfloat16 array); if it holds "
+                   "bfloat16, set the dtype hint \"bfloat16\" (dtype_hint = \"bfloat16\"), else convert with "
+                   "arr.astype(np.float32)");
+    else if (d == ">f4" || d == ">f8" || d == ">f2")
         fail(name, "big-endian dtype '" + d + "' is not supported; convert with arr.astype('<" + d.substr(1) + "')");
     else
-        fail(name, "dtype '" + printable(d) + "' is not supported (float32 '<f4', float64 '<f8', uint8 '|u1' are); convert with "
+        fail(name, "dtype '" + printable(d) + "' is not supported (float32 '<f4', float64 '<f8', float16 '<f2', "
+                   "uint8 '|u1', and bfloat16 '<V2' with dtype hint \"bfloat16\" are); convert with "
                    "arr.astype(np.float32)");
     if (shape.dims.size() > 32)
         fail(name, ".npy shape has " + std::to_string(shape.dims.size()) + " dimensions, at most 32 are supported");
-    a.shape = shape.dims;
-    if (fortran.b && a.shape.size() > 1)
+    h.shape = shape.dims;
+    if (fortran.b && h.shape.size() > 1)
         fail(name, "array is stored in Fortran order; convert with np.ascontiguousarray(arr) and save again");
     int64_t n = 1;
-    for (auto dim : a.shape) {
-        if (dim == 0) fail(name, ".npy shape (" + join_dims(a.shape, ", ") + ") holds no values; the data set is empty");
+    for (auto dim : h.shape) {
+        if (dim == 0) fail(name, ".npy shape (" + join_dims(h.shape, ", ") + ") holds no values; the data set is empty");
         if (n > kMaxElements / dim)
-            fail(name, ".npy shape (" + join_dims(a.shape, ", ") + ") is implausibly large; the file is corrupt");
+            fail(name, ".npy shape (" + join_dims(h.shape, ", ") + ") is implausibly large; the file is corrupt");
         n *= dim;
     }
-    const size_t need = size_t(n) * item, have = b.size() - start - hlen;
-    if (have < need)
-        fail(name, "header says " + std::to_string(n) + " " + d + " values (" + std::to_string(need) +
-                       " bytes) but only " + std::to_string(have) + " bytes follow; the file is truncated, re-export it");
-    if (have > need)
-        fail(name, std::to_string(have - need) + " trailing bytes after the " + std::to_string(need) +
-                       " data bytes of shape (" + join_dims(a.shape, ", ") + "); the file is corrupt, re-export it");
-    const char* p = b.data() + start + hlen;
-    a.values.resize(size_t(n));
-    for (size_t i = 0; i < size_t(n); ++i) {
-        if (item == 4) std::memcpy(&a.values[i], p + 4 * i, 4);
-        else if (item == 8) {
-            double x;
-            std::memcpy(&x, p + 8 * i, 8);
-            a.values[i] = float(x);
-        } else a.values[i] = float(uint8_t(p[i]));
+    h.numel = n;
+    h.data_offset = pre.start + pre.hlen;
+    return h;
+}
+
+Array npy_parse(const std::string& b, const std::string& name, const std::string& dtype_hint) {
+    const NpyHeader h = npy_parse_header(b, b.size(), name, dtype_hint);
+    npy_check_size(h, b.size() - h.data_offset, name);
+    Array a;
+    a.shape = h.shape;
+    const size_t n = size_t(h.numel);
+    const char* p = b.data() + h.data_offset;
+    a.values.resize(n);
+    float* v = a.values.data();
+    switch (h.dtype) {
+        case NpyDtype::f32:
+            a.source = SourceType::f32;
+            std::memcpy(v, p, 4 * n);
+            break;
+        case NpyDtype::f64:
+            a.source = SourceType::f64;
+            for (size_t i = 0; i < n; ++i) {
+                double x;
+                std::memcpy(&x, p + 8 * i, 8);
+                v[i] = float(x);
+            }
+            break;
+        case NpyDtype::f16:
+        case NpyDtype::bf16: {
+            const bool half = h.dtype == NpyDtype::f16;
+            a.source = half ? SourceType::f16 : SourceType::bf16;
+            for (size_t i = 0; i < n; ++i) {
+                uint16_t x;
+                std::memcpy(&x, p + 2 * i, 2);
+                v[i] = half ? f16_to_f32(x) : bf16_to_f32(x);
+            }
+            break;
+        }
+        case NpyDtype::u8:
+            a.source = SourceType::u8;
+            for (size_t i = 0; i < n; ++i) v[i] = float(uint8_t(p[i]));
+            break;
     }
     return a;
+}
+
+NpyHeader npy_read_header(const std::string& path, const std::string& dtype_hint) {
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+    if (!f) fail(path, std::string("cannot open (") + std::strerror(errno) + "); check the path");
+    struct stat st {};
+    if (::fstat(::fileno(f.get()), &st) != 0)
+        fail(path, std::string("cannot stat (") + std::strerror(errno) + "); check the path");
+    if (!S_ISREG(st.st_mode)) fail(path, "is not a regular file (a directory?); give .npy files");
+    const uint64_t size = uint64_t(st.st_size);
+    if (size == 0) fail(path, "file is empty; expected a .npy file");
+    std::string b;
+    auto read_to = [&](uint64_t want) {  // grows b to the first `want` bytes of the file
+        const size_t at = b.size();
+        if (want <= at) return;
+        b.resize(size_t(want));
+        if (std::fread(b.data() + at, 1, b.size() - at, f.get()) != b.size() - at)
+            fail(path, std::string("read error (") + (std::ferror(f.get()) ? std::strerror(errno) : "file shrank") +
+                           "); check that it is a readable file that is not being written");
+    };
+    read_to(std::min<uint64_t>(size, 12));
+    if (is_gzip(b))
+        fail(path, "is gzip-compressed; reading .npy without loading it needs an uncompressed file, gunzip it");
+    const NpyPreamble pre = npy_preamble(b, size, path);
+    read_to(pre.start + pre.hlen);
+    NpyHeader h = npy_parse_header(b, size, path, dtype_hint);
+    npy_check_size(h, size - h.data_offset, path);
+    return h;
 }
 
 Array idx_read(const std::string& path) { return idx_parse(load(path), path); }

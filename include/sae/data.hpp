@@ -1,5 +1,6 @@
 // Data sets: IDX (MNIST, raw or gzip) and NumPy .npy, chosen by content; normalisation.
 #pragma once
+#include <bit>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -8,7 +9,7 @@
 
 namespace sae {
 
-enum class SourceType { u8, f32, f64 };
+enum class SourceType { u8, f32, f64, f16, bf16 };
 
 // An n-d array read from a file, values converted to float32.
 struct Array {
@@ -22,14 +23,52 @@ struct Array {
 // with a clear error), a dimension count, big-endian u32 sizes, then the data. Gzip is
 // detected by its magic bytes (0x1f 0x8b), not by the extension.
 Array idx_read(const std::string& path);
-// .npy versions 1.0/2.0/3.0; dtypes '<f4', '<f8', '|u1' (also '<u1'); C order only.
+// .npy versions 1.0/2.0/3.0; dtypes '<f4', '<f8', '<f2', '|u1' (also '<u1'); C order only.
+// dtype_hint (npy_parse, npy_parse_header, npy_read_header): with "bfloat16", a raw 2-byte void
+// '<V2' / '|V2' (how NumPy saves an ml_dtypes bfloat16 array) is read as bfloat16; without it
+// such a file is rejected with an error naming the option. Other hints are an error; the hint
+// does not change how other dtypes are read.
 Array npy_read(const std::string& path);
 // Chooses the reader by the file's first bytes (after gunzip if gzip-compressed): "\x93NUMPY"
 // → npy, otherwise a valid IDX magic → idx; anything else is an error naming both formats.
 Array array_read(const std::string& path);
 // The same parsers on a whole file's bytes (already gunzipped); name is used in error messages.
 Array idx_parse(const std::string& bytes, const std::string& name);
-Array npy_parse(const std::string& bytes, const std::string& name);
+Array npy_parse(const std::string& bytes, const std::string& name, const std::string& dtype_hint = "");
+
+// --- .npy header without the data (for streaming and memory-mapping large files)
+enum class NpyDtype { f32, f64, u8, f16, bf16 };
+struct NpyHeader {
+    std::vector<int64_t> shape;  // every dimension > 0
+    NpyDtype dtype = NpyDtype::f32;
+    std::string descr;           // as written in the file, e.g. "<f4" or "<V2"
+    size_t item_size = 4;        // bytes per value
+    uint64_t data_offset = 0;    // bytes from the start of the file to the first value
+    int64_t numel = 0;
+    uint64_t data_bytes() const { return uint64_t(numel) * item_size; }
+};
+// Parses the preamble and header dict from the first bytes of a .npy file; bytes must hold at
+// least the whole header (more is ignored); file_size is the size of the whole file (only for
+// the "header goes beyond the end" check and message). Validates exactly as npy_parse does,
+// except the data size.
+NpyHeader npy_parse_header(const std::string& bytes, uint64_t file_size, const std::string& name,
+                           const std::string& dtype_hint = "");
+// Reads only the header of path (no data, no gunzip: a gzip file is rejected with advice to
+// gunzip it) and checks that the file size is exactly data_offset + data_bytes() (the same
+// "truncated" / "trailing bytes" messages as npy_read). Must be a regular file.
+NpyHeader npy_read_header(const std::string& path, const std::string& dtype_hint = "");
+
+// Exact conversions of 16-bit floats to float32 (subnormals, infinities and NaN included).
+inline float f16_to_f32(uint16_t h) {
+    const uint32_t sign = uint32_t(h >> 15) << 31, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0) {  // zero or subnormal: man * 2^-24, exact in float32
+        const float v = float(man) * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    return std::bit_cast<float>(exp == 0x1f ? sign | 0x7f800000u | (man << 13)
+                                            : sign | ((exp + (127 - 15)) << 23) | (man << 13));
+}
+inline float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(uint32_t(h) << 16); }
 
 // For tests and tools: writers of the same formats.
 void idx_write_u8(const std::string& path, const uint8_t* data, const std::vector<int64_t>& shape,
