@@ -12,6 +12,7 @@ void add_train(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_encode(CLI::App& app);
 void add_gradcheck(CLI::App& app);
+void add_synth(CLI::App& app);
 
 // CONFIG file (optional) then every --set key=value in order, validated.
 sae::Config load_config(const std::string& path, const std::vector<std::string>& sets);

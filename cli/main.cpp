@@ -1,4 +1,5 @@
 // sae: train, evaluate and study sparse autoencoders.
+#include <csignal>
 #include <cstdio>
 #include <new>
 
@@ -17,6 +18,8 @@ sae::Config load_config(const std::string& path, const std::vector<std::string>&
 }  // namespace sae_cli
 
 int main(int argc, char** argv) {
+    // A file-size limit (ulimit -f) should fail the write with a clear error, not kill us.
+    std::signal(SIGXFSZ, SIG_IGN);
     CLI::App app{"sae: fast sparse autoencoders (train, evaluate, encode, check gradients)"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "sae 0.1.0");
@@ -24,6 +27,7 @@ int main(int argc, char** argv) {
     sae_cli::add_eval(app);
     sae_cli::add_encode(app);
     sae_cli::add_gradcheck(app);
+    sae_cli::add_synth(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
