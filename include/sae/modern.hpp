@@ -1,0 +1,107 @@
+// Modern SAEs for interpretability (TopK, BatchTopK, JumpReLU, L1/"standard"), decoder linear:
+//   x' = x − b_dec  (if apply_b_dec_to_input, else x)       X [m, d_in] row-major
+//   pre = x'·W_enc + b_enc                                  pre [m, d_sae]
+//   h = σ(pre)  with σ per architecture:
+//     standard : relu(pre)
+//     topk     : relu of the k largest entries of each row of pre, 0 elsewhere
+//     batchtopk: training (threshold < 0 passed): relu of the m·k largest entries of pre over
+//                the whole batch; inference: pre·1[pre > threshold] with the learnt threshold
+//     jumprelu : pre·H(pre − θ), θ = exp(log_threshold) per latent
+//   x̂ = h·W_dec + b_dec                                     x̂ [m, d_in]
+// Cost terms (every term averaged over the batch, same convention as the classic model):
+//   rec      = (1/m)·Σᵢ ½‖x̂ᵢ − xᵢ‖²
+//   sparsity = standard: λ₁·(1/m)·Σᵢⱼ |hᵢⱼ|·‖W_dec[j]‖ (‖W_dec[j]‖ factor only if
+//              l1_decoder_norm); jumprelu: λ₀·(1/m)·Σᵢⱼ H(preᵢⱼ − θⱼ); topk/batchtopk: 0.
+//              Multiplied by sparsity_scale (sparsity-coefficient warm-up).
+//   aux      = AuxK (topk/batchtopk, when a dead mask is given and at least one latent is dead):
+//              e = x − x̂ (treated as a constant), among dead latents take the k_aux largest
+//              pre-activations per row (relu), ê = h_aux·W_dec (no bias),
+//              aux = aux_coefficient·(1/m)·Σᵢ ½‖êᵢ − eᵢ‖². Gradient flows to W_enc, b_enc (and
+//              b_dec through x' if applied), W_dec through ê only.
+//   weight_decay: 0 (not used by modern SAEs).
+// Straight-through gradients (Rajamanoharan et al. 2024), rectangle kernel K(u) = 1[|u| < ½],
+// ε = bandwidth: ∂H(pre − θ)/∂θ := −(1/ε)·K((pre − θ)/ε); ∂h/∂θ := −(θ/ε)·K((pre − θ)/ε);
+// ∂h/∂pre = H(pre − θ) (no gradient to pre through the step). Gradients w.r.t. log_threshold
+// apply the chain rule through θ = exp(log_threshold).
+// TopK/BatchTopK: gradient flows only through the kept entries (the selection is constant).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sae/backend.hpp"
+#include "sae/model.hpp"
+#include "sae/rng.hpp"
+#include "sae/tensor.hpp"
+
+namespace sae {
+
+enum class Arch { standard, topk, batchtopk, jumprelu };
+Arch arch_parse(const std::string& name);  // "standard" (alias "l1"), "topk", "batchtopk", "jumprelu"
+std::string arch_name(Arch a);
+
+struct ModernSpec {
+    int64_t d_in = 0, d_sae = 0;
+    Arch arch = Arch::topk;
+    int64_t k = 32;                   // topk, batchtopk
+    bool apply_b_dec_to_input = true;
+    bool l1_decoder_norm = true;      // standard: weight |h_j| by ‖W_dec[j]‖
+    double l1_coefficient = 1e-3;     // standard
+    double l0_coefficient = 1e-3;     // jumprelu
+    double bandwidth = 1e-3;          // jumprelu straight-through kernel width ε
+    double initial_threshold = 1e-3;  // jumprelu θ at init
+    int64_t k_aux = 0;                // AuxK latents per sample (0 = off)
+    double aux_coefficient = 1.0 / 32;
+};
+void validate(const ModernSpec& spec);  // throws sae::Error naming the setting
+
+// W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in],
+// and for jumprelu log_threshold [d_sae].
+ParamLayout modern_layout(const ModernSpec& spec);
+
+// Decoder rows: random Gaussian directions scaled to norm 0.1; W_enc = W_decᵀ; biases 0;
+// jumprelu log_threshold = log(initial_threshold).
+template <class T>
+void modern_init(const ModernSpec& spec, const ParamLayout& layout, T* params, Rng& rng);
+
+template <class T>
+struct ModernWorkspace {
+    Matrix<T> xin;    // [m, d_in] encoder input x − b_dec
+    Matrix<T> pre;    // [m, d_sae]
+    Matrix<T> H;      // [m, d_sae] activations (dense storage)
+    Matrix<T> Xhat;   // [m, d_in]
+    Matrix<T> dXhat;  // [m, d_in]
+    Matrix<T> dH;     // [m, d_sae]
+    Matrix<T> Haux, Eaux, dEaux;  // AuxK: h_aux [m, d_sae], ê [m, d_in], ∂aux/∂ê [m, d_in]
+    std::vector<T> scratch;       // selection buffers [m·d_sae] (topk, AuxK only)
+    std::vector<double> row_sums; // [m] per-row partial sums, combined in row order
+    std::vector<double> latent;   // [d_sae] per-latent values (decoder row norms, thresholds)
+    // Sizes every buffer for batches of up to max_m rows; AuxK buffers and scratch stay empty
+    // for architectures that do not use them.
+    void reserve(const ModernSpec& spec, int64_t max_m);
+};
+
+// Cost terms for X [m, d_in]; grad (layout of params) overwritten when not null.
+// dead [d_sae] (nullable): 1 for latents currently counted as dead (for AuxK).
+// batchtopk_threshold: < 0 in training (batch selection), ≥ 0 to use the inference rule.
+// Leaves pre, H, Xhat in ws.
+template <class T>
+CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& layout,
+                      const T* params, const T* X, int64_t m, T* grad, ModernWorkspace<T>& ws,
+                      const uint8_t* dead = nullptr, double batchtopk_threshold = -1,
+                      double sparsity_scale = 1.0);
+
+// Unit-norm decoder practice: before the step remove from each W_dec row's gradient its
+// component parallel to the row; after the step rescale each row to norm 1.
+template <class T>
+void decoder_remove_parallel_grad(const ModernSpec& spec, const ParamLayout& layout,
+                                  const T* params, T* grad);
+template <class T>
+void decoder_normalize_rows(const ModernSpec& spec, const ParamLayout& layout, T* params);
+
+// BatchTopK inference threshold contribution of one training batch: the smallest positive
+// activation kept in ws.H (the caller keeps a running mean). Returns -1 if none was kept.
+template <class T>
+double batchtopk_min_kept(const ModernWorkspace<T>& ws, int64_t m, int64_t d_sae);
+
+}  // namespace sae

@@ -1,0 +1,233 @@
+#include "reference/reference_modern.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace sae::reference {
+namespace {
+
+// Indices of the `count` largest pre[j] among the allowed j, largest first; on equal values
+// the lower index comes first (strict > when scanning upward).
+std::vector<int64_t> largest(const double* pre, int64_t n, int64_t count,
+                             const std::vector<bool>& allowed) {
+    std::vector<bool> taken(size_t(n), false);
+    std::vector<int64_t> out;
+    for (int64_t t = 0; t < count; ++t) {
+        int64_t best = -1;
+        for (int64_t j = 0; j < n; ++j) {
+            if (!allowed[size_t(j)] || taken[size_t(j)]) continue;
+            if (best < 0 || pre[j] > pre[best]) best = j;
+        }
+        if (best < 0) break;
+        taken[size_t(best)] = true;
+        out.push_back(best);
+    }
+    return out;
+}
+
+}  // namespace
+
+ModernResult modern_cost(const ModernSpec& spec, const std::vector<double>& params,
+                         const std::vector<double>& X, int64_t m, bool with_grad,
+                         const std::vector<uint8_t>& dead, double batchtopk_threshold,
+                         double sparsity_scale) {
+    const int64_t n = spec.d_in, h = spec.d_sae;
+    const ParamLayout L = modern_layout(spec);
+    const double* We = params.data() + L.get("W_enc").offset;  // We[k*h + j]: input k → latent j
+    const double* be = params.data() + L.get("b_enc").offset;
+    const double* Wd = params.data() + L.get("W_dec").offset;  // Wd[j*n + k]: latent j → output k
+    const double* bd = params.data() + L.get("b_dec").offset;
+    const bool jump = spec.arch == Arch::jumprelu;
+    std::vector<double> theta(size_t(h), 0.0);
+    if (jump) {
+        const double* lt = params.data() + L.get("log_threshold").offset;
+        for (int64_t j = 0; j < h; ++j) theta[size_t(j)] = std::exp(lt[j]);
+    }
+
+    ModernResult r;
+    r.pre.assign(size_t(m * h), 0.0);
+    r.H.assign(size_t(m * h), 0.0);
+    r.Xhat.assign(size_t(m * n), 0.0);
+    r.Haux.assign(size_t(m * h), 0.0);
+    r.Ehat.assign(size_t(m * n), 0.0);
+    if (with_grad) r.grad.assign(size_t(L.total), 0.0);
+
+    // Encoder input and pre-activations, every sample.
+    std::vector<double> xin(size_t(m * n));
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t k = 0; k < n; ++k)
+            xin[size_t(i * n + k)] =
+                X[size_t(i * n + k)] - (spec.apply_b_dec_to_input ? bd[k] : 0.0);
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < h; ++j) {
+            double z = be[j];
+            for (int64_t k = 0; k < n; ++k) z += xin[size_t(i * n + k)] * We[k * h + j];
+            r.pre[size_t(i * h + j)] = z;
+        }
+
+    // Which entries the architecture keeps (before the relu).
+    std::vector<bool> keep(size_t(m * h), false);
+    switch (spec.arch) {
+        case Arch::standard:
+            std::fill(keep.begin(), keep.end(), true);
+            break;
+        case Arch::topk: {
+            const std::vector<bool> all(size_t(h), true);
+            for (int64_t i = 0; i < m; ++i)
+                for (int64_t j : largest(&r.pre[size_t(i * h)], h, spec.k, all))
+                    keep[size_t(i * h + j)] = true;
+            break;
+        }
+        case Arch::batchtopk:
+            if (batchtopk_threshold < 0) {
+                std::vector<int64_t> order(size_t(m * h));
+                std::iota(order.begin(), order.end(), int64_t(0));
+                std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+                    const double pa = r.pre[size_t(a)], pb = r.pre[size_t(b)];
+                    return pa != pb ? pa > pb : a < b;
+                });
+                for (int64_t t = 0; t < m * spec.k; ++t) keep[size_t(order[size_t(t)])] = true;
+            } else {
+                for (int64_t t = 0; t < m * h; ++t)
+                    keep[size_t(t)] = r.pre[size_t(t)] > batchtopk_threshold;
+            }
+            break;
+        case Arch::jumprelu:
+            for (int64_t i = 0; i < m; ++i)
+                for (int64_t j = 0; j < h; ++j)
+                    keep[size_t(i * h + j)] = r.pre[size_t(i * h + j)] > theta[size_t(j)];
+            break;
+    }
+    for (int64_t t = 0; t < m * h; ++t)
+        r.H[size_t(t)] = keep[size_t(t)] && r.pre[size_t(t)] > 0 ? r.pre[size_t(t)] : 0.0;
+
+    std::vector<double> norm(size_t(h), 1.0);
+    if (spec.arch == Arch::standard && spec.l1_decoder_norm)
+        for (int64_t j = 0; j < h; ++j) {
+            double s = 0;
+            for (int64_t k = 0; k < n; ++k) s += Wd[j * n + k] * Wd[j * n + k];
+            norm[size_t(j)] = std::sqrt(s);
+        }
+
+    std::vector<bool> is_dead(size_t(h), false);
+    int64_t n_dead = 0;
+    if (!dead.empty())
+        for (int64_t j = 0; j < h; ++j) {
+            is_dead[size_t(j)] = dead[size_t(j)] != 0;
+            n_dead += dead[size_t(j)] != 0;
+        }
+    const bool aux_on = (spec.arch == Arch::topk || spec.arch == Arch::batchtopk) &&
+                        spec.k_aux > 0 && n_dead > 0;
+
+    const double md = double(m);
+    const double lam1 = spec.l1_coefficient * sparsity_scale;
+    const double lam0 = spec.l0_coefficient * sparsity_scale;
+    double* gWe = with_grad ? r.grad.data() + L.get("W_enc").offset : nullptr;
+    double* gbe = with_grad ? r.grad.data() + L.get("b_enc").offset : nullptr;
+    double* gWd = with_grad ? r.grad.data() + L.get("W_dec").offset : nullptr;
+    double* gbd = with_grad ? r.grad.data() + L.get("b_dec").offset : nullptr;
+    double* glt = with_grad && jump ? r.grad.data() + L.get("log_threshold").offset : nullptr;
+
+    for (int64_t i = 0; i < m; ++i) {
+        const double* x = &X[size_t(i * n)];
+        const double* p = &r.pre[size_t(i * h)];
+        const double* a = &r.H[size_t(i * h)];
+        double* xh = &r.Xhat[size_t(i * n)];
+
+        // Decoder and reconstruction error.
+        for (int64_t k = 0; k < n; ++k) {
+            double z = bd[k];
+            for (int64_t j = 0; j < h; ++j) z += a[j] * Wd[j * n + k];
+            xh[k] = z;
+            r.J.rec += 0.5 * (z - x[k]) * (z - x[k]) / md;
+        }
+
+        // Sparsity.
+        for (int64_t j = 0; j < h; ++j) {
+            if (spec.arch == Arch::standard) r.J.sparsity += lam1 * std::fabs(a[j]) * norm[size_t(j)] / md;
+            if (jump && p[j] > theta[size_t(j)]) r.J.sparsity += lam0 / md;
+        }
+
+        // AuxK: the k_aux largest dead pre-activations (relu), reconstructing e = x − x̂.
+        std::vector<double> ha(size_t(h), 0.0), eh(size_t(n), 0.0), g_eh(size_t(n), 0.0);
+        if (aux_on) {
+            for (int64_t j : largest(p, h, std::min(spec.k_aux, n_dead), is_dead))
+                ha[size_t(j)] = p[j] > 0 ? p[j] : 0.0;
+            for (int64_t k = 0; k < n; ++k) {
+                double z = 0;
+                for (int64_t j = 0; j < h; ++j) z += ha[size_t(j)] * Wd[j * n + k];
+                eh[size_t(k)] = z;
+                const double diff = z - (x[k] - xh[k]);
+                r.J.aux += spec.aux_coefficient * 0.5 * diff * diff / md;
+                g_eh[size_t(k)] = spec.aux_coefficient * diff / md;
+            }
+            for (int64_t j = 0; j < h; ++j) r.Haux[size_t(i * h + j)] = ha[size_t(j)];
+            for (int64_t k = 0; k < n; ++k) r.Ehat[size_t(i * n + k)] = eh[size_t(k)];
+        }
+
+        if (!with_grad) continue;
+
+        // ∂J/∂x̂ and the decoder.
+        std::vector<double> g_xh(static_cast<size_t>(n)), g_h(static_cast<size_t>(h), 0.0),
+            g_pre(static_cast<size_t>(h), 0.0);
+        for (int64_t k = 0; k < n; ++k) {
+            g_xh[size_t(k)] = (xh[k] - x[k]) / md;
+            gbd[k] += g_xh[size_t(k)];
+        }
+        for (int64_t j = 0; j < h; ++j)
+            for (int64_t k = 0; k < n; ++k) {
+                gWd[j * n + k] += a[j] * g_xh[size_t(k)];
+                g_h[size_t(j)] += g_xh[size_t(k)] * Wd[j * n + k];
+            }
+
+        // L1 term: λ|h|·‖W_dec[j]‖.
+        if (spec.arch == Arch::standard)
+            for (int64_t j = 0; j < h; ++j) {
+                const double sgn = a[j] > 0 ? 1.0 : (a[j] < 0 ? -1.0 : 0.0);
+                g_h[size_t(j)] += lam1 * sgn * norm[size_t(j)] / md;
+                if (spec.l1_decoder_norm && norm[size_t(j)] > 0)
+                    for (int64_t k = 0; k < n; ++k)
+                        gWd[j * n + k] += lam1 * std::fabs(a[j]) * Wd[j * n + k] / norm[size_t(j)] / md;
+            }
+
+        // Through σ.
+        for (int64_t j = 0; j < h; ++j) {
+            if (jump) {
+                // h = pre·H(pre − θ): ∂h/∂pre = H(pre − θ); ∂h/∂θ = −(θ/ε)·K; the L0 term
+                // λ₀·H(pre − θ)/m gives ∂/∂θ = −(λ₀/m)·(1/ε)·K; θ = exp(log θ).
+                const double th = theta[size_t(j)], eps = spec.bandwidth;
+                const double K = std::fabs((p[j] - th) / eps) < 0.5 ? 1.0 : 0.0;
+                const double d_theta = g_h[size_t(j)] * (-th / eps) * K + (lam0 / md) * (-1.0 / eps) * K;
+                glt[j] += d_theta * th;
+                g_pre[size_t(j)] = p[j] > th ? g_h[size_t(j)] : 0.0;
+            } else {
+                g_pre[size_t(j)] = a[j] > 0 ? g_h[size_t(j)] : 0.0;
+            }
+        }
+
+        // AuxK backward: ê = h_aux·W_dec only.
+        if (aux_on)
+            for (int64_t j = 0; j < h; ++j) {
+                if (!(ha[size_t(j)] > 0)) continue;
+                double gj = 0;
+                for (int64_t k = 0; k < n; ++k) {
+                    gWd[j * n + k] += ha[size_t(j)] * g_eh[size_t(k)];
+                    gj += g_eh[size_t(k)] * Wd[j * n + k];
+                }
+                g_pre[size_t(j)] += gj;
+            }
+
+        // Encoder and, through x' = x − b_dec, the decoder bias.
+        for (int64_t j = 0; j < h; ++j) {
+            gbe[j] += g_pre[size_t(j)];
+            for (int64_t k = 0; k < n; ++k) {
+                gWe[k * h + j] += xin[size_t(i * n + k)] * g_pre[size_t(j)];
+                if (spec.apply_b_dec_to_input) gbd[k] -= We[k * h + j] * g_pre[size_t(j)];
+            }
+        }
+    }
+    return r;
+}
+
+}  // namespace sae::reference
