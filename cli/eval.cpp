@@ -2,10 +2,12 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "sae/data.hpp"
 #include "sae/error.hpp"
 #include "sae/eval.hpp"
 #include "sae/io.hpp"
 #include "sae/model_file.hpp"
+#include "sae/synth.hpp"
 
 namespace sae_cli {
 
@@ -13,36 +15,74 @@ namespace {
 // The saved model with --set overrides applied to its settings (e.g. --set beta=0).
 sae::SavedModel load_model(const std::string& dir, const std::vector<std::string>& sets) {
     sae::SavedModel m = sae::model_load(dir);
-    for (const auto& s : sets) sae::config_apply_override(m.cfg, s);
-    sae::config_validate(m.cfg);
-    sae::check(m.cfg.d_sae == m.spec.d_sae && m.cfg.tied == m.spec.tied &&
-                   m.cfg.encoder_activation == sae::activation_name(m.spec.encoder) &&
-                   m.cfg.decoder_activation == sae::activation_name(m.spec.decoder),
-               "--set cannot change the model's shape or activations (d_sae, tied, encoder_activation, decoder_activation)");
+    if (sets.empty()) return m;
+    sae::Config cfg = m.cfg;
+    for (const auto& s : sets) sae::config_apply_override(cfg, s);
+    sae::config_validate(cfg);
+    // The overridden settings must describe the same parameters: rebuild the objective from
+    // them and check its layout matches the loaded one.
+    auto obj = sae::objective_create(cfg, m.objective->d_in());
+    const auto& a = obj->layout().views;
+    const auto& b = m.objective->layout().views;
+    bool same = obj->architecture() == m.objective->architecture() && a.size() == b.size();
+    for (size_t i = 0; same && i < a.size(); ++i) same = a[i].name == b[i].name && a[i].shape == b[i].shape;
+    sae::check(same && cfg.encoder_activation == m.cfg.encoder_activation &&
+                   cfg.decoder_activation == m.cfg.decoder_activation,
+               "--set cannot change the model's architecture, shape or activations (architecture, d_sae, tied, "
+               "encoder_activation, decoder_activation)");
+    obj->set_extra_state(m.objective->extra_state());
+    m.cfg = cfg;
+    m.objective = std::move(obj);
     return m;
+}
+
+// The decoder rows W_dec [d_sae, d_in] of a loaded model, as it would be saved (tied weights
+// give W_encᵀ; any architecture).
+std::vector<float> decoder_rows(const sae::SavedModel& m) {
+    std::vector<std::vector<float>> scratch;
+    for (const auto& t : m.objective->export_tensors(m.params.data(), 1.0, scratch))
+        if (t.name == "W_dec") {
+            const float* p = static_cast<const float*>(t.data);
+            return std::vector<float>(p, p + m.objective->d_sae() * m.objective->d_in());
+        }
+    throw sae::Error("model: no W_dec tensor");
 }
 }  // namespace
 
 void add_eval(CLI::App& app) {
     auto* cmd = app.add_subcommand("eval", "evaluate a trained model on a data set; prints one JSON object");
     struct Args {
-        std::string model, data;
+        std::string model, data, ground_truth;
         std::vector<std::string> sets;
     };
     auto args = std::make_shared<Args>();
     cmd->add_option("--model", args->model, "model directory written by `sae train`")->required();
     cmd->add_option("--data", args->data, "data file (default: the model's training data)");
     cmd->add_option("--set", args->sets, "override a saved setting for this evaluation, e.g. --set beta=0");
+    cmd->add_option("--ground-truth", args->ground_truth,
+                    "true features [G, d_in] .npy (e.g. from `sae synth`): adds mmcs (mean max cosine similarity "
+                    "with the decoder rows), mmcs_min, mmcs_median, mmcs_frac_above_0.9");
     cmd->callback([args]() {
         const sae::SavedModel m = load_model(args->model, args->sets);
+        sae::Array truth;
+        if (!args->ground_truth.empty()) {  // checked before the (longer) evaluation
+            truth = sae::npy_read(args->ground_truth);
+            sae::check(truth.shape.size() == 2 && truth.shape[0] >= 1,
+                       args->ground_truth + ": ground-truth features must be a 2-d array [G, d_in] with G >= 1; "
+                                            "pass the features.npy written by `sae synth`");
+            sae::check(truth.shape[1] == m.objective->d_in(),
+                       args->ground_truth + ": features have d = " + std::to_string(truth.shape[1]) +
+                           " but the model has d_in = " + std::to_string(m.objective->d_in()) +
+                           "; use the features of the data the model was trained on");
+        }
         sae::set_num_threads(int(m.cfg.threads));
         const std::string data = args->data.empty() ? m.cfg.data : args->data;
         const auto X = sae::dataset_load(data, m.cfg.normalize, args->data.empty() ? m.cfg.max_samples : 0);
-        sae::check(X.cols == m.spec.d_in, data + ": samples have " + std::to_string(X.cols) +
+        sae::check(X.cols == m.objective->d_in(), data + ": samples have " + std::to_string(X.cols) +
                                               " features but the model was trained with d_in = " +
-                                              std::to_string(m.spec.d_in) + "; use data of the model's shape");
+                                              std::to_string(m.objective->d_in()) + "; use data of the model's shape");
         auto be = sae::backend_create(m.cfg.backend);
-        const auto r = sae::evaluate(*be, m.spec, sae::config_cost_spec(m.cfg), m.layout, m.params.data(), X,
+        const auto r = sae::evaluate(*be, *m.objective, m.cfg, m.params.data(), X,
                                      sae::config_active_threshold(m.cfg));
         nlohmann::ordered_json j;
         j["J_total"] = r.J.total();
@@ -54,9 +94,20 @@ void add_eval(CLI::App& app) {
         j["l0"] = r.l0;
         j["mean_activation"] = r.mean_activation;
         j["dead_fraction"] = r.dead_fraction;
+        j["dense_fraction"] = r.dense_fraction;
+        j["density_log10_hist"] = {{"edges", r.density.edges}, {"counts", r.density.counts}, {"never", r.density.never}};
         j["rho_hat_min"] = r.rho_hat_min;
         j["rho_hat_max"] = r.rho_hat_max;
         j["samples"] = r.n;
+        if (!args->ground_truth.empty()) {
+            const std::vector<float> W = decoder_rows(m);
+            const auto mm = sae::mmcs(*be, truth.values.data(), truth.shape[0], W.data(), m.objective->d_sae(), m.objective->d_in());
+            j["mmcs"] = mm.mmcs;
+            j["mmcs_min"] = mm.min;
+            j["mmcs_median"] = mm.median;
+            j["mmcs_frac_above_0.9"] = mm.frac_above_0_9;
+            j["ground_truth_features"] = truth.shape[0];
+        }
         std::printf("%s\n", j.dump().c_str());
     });
 }
@@ -74,11 +125,11 @@ void add_encode(CLI::App& app) {
         const sae::SavedModel m = load_model(args->model, {});
         sae::set_num_threads(int(m.cfg.threads));
         const auto X = sae::dataset_load(args->data, m.cfg.normalize, 0);
-        sae::check(X.cols == m.spec.d_in, args->data + ": samples have " + std::to_string(X.cols) +
+        sae::check(X.cols == m.objective->d_in(), args->data + ": samples have " + std::to_string(X.cols) +
                                               " features but the model was trained with d_in = " +
-                                              std::to_string(m.spec.d_in) + "; use data of the model's shape");
+                                              std::to_string(m.objective->d_in()) + "; use data of the model's shape");
         auto be = sae::backend_create(m.cfg.backend);
-        const auto H = sae::encode(*be, m.spec, m.layout, m.params.data(), X);
+        const auto H = sae::encode(*be, *m.objective, m.params.data(), X);
         sae::npy_write_f32(args->out, H.data.data(), {H.rows, H.cols});
         std::printf("wrote %s [%lld, %lld]\n", args->out.c_str(), (long long)H.rows, (long long)H.cols);
     });

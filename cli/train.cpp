@@ -25,6 +25,8 @@ void add_train(CLI::App& app) {
         std::printf("trained %lld %s in %.1f s (%s): J_total %.6g (rec %.6g, weight decay %.6g, sparsity %.6g), mean rho_hat %.4f\n",
                     (long long)s.steps, cfg.optimizer == "lbfgs" ? "iterations" : "steps", s.seconds,
                     s.stop_reason.c_str(), s.J.total(), s.J.rec, s.J.weight_decay, s.J.sparsity, s.mean_rho_hat);
+        if (s.skipped_batches > 0)
+            std::printf("skipped %lld batches with non-finite values (on_nonfinite = skip)\n", (long long)s.skipped_batches);
         std::printf("outputs: %s/{model.safetensors, cfg.json, metrics.jsonl, checkpoint.safetensors}\n",
                     args->out.c_str());
     });

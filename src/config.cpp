@@ -8,9 +8,11 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <string_view>
 
 #include "sae/backend.hpp"
 #include "sae/error.hpp"
+#include "sae/io.hpp"
 
 namespace sae {
 
@@ -23,15 +25,33 @@ std::vector<OptionSpec> build_table() {
         {"data", &C::data, "data", "training data: IDX (raw or .gz) or .npy [N, ...]; chosen by content"},
         {"normalize", &C::normalize, "data", "input normalisation", 0, 0, {"none", "unit_range", "ufldl"}},
         {"max_samples", &C::max_samples, "data", "use only the first N samples (0 = all)", 0, kMax},
+        {"shuffle_buffer", &C::shuffle_buffer, "data", "> 0: stream .npy shards (data may be a glob) through a shuffle buffer of this many samples, with bounded memory", 0, 1e12},
+        {"data_dtype", &C::data_dtype, "data", "element type of .npy shards whose header does not say (bfloat16 is stored as raw 2-byte values)", 0, 0, {"auto", "bfloat16"}},
+        {"normalize_activations", &C::normalize_activations, "data", "expected_norm: scale inputs so E|x| = sqrt(d_in) (estimated from the data, folded into the saved weights)", 0, 0, {"none", "expected_norm"}},
+        {"architecture", &C::architecture, "model", "classic: the CS294A autoencoder; the others are today's interpretability SAEs (ReLU, linear decoder)", 0, 0, {"classic", "standard", "topk", "batchtopk", "jumprelu"}},
         {"d_sae", &C::d_sae, "model", "number of hidden units (latents)", 1, 1 << 24},
         {"encoder_activation", &C::encoder_activation, "model", "encoder activation f", 0, 0, {"sigmoid", "relu", "tanh"}},
         {"decoder_activation", &C::decoder_activation, "model", "decoder activation g", 0, 0, {"sigmoid", "linear"}},
         {"tied", &C::tied, "model", "tie weights: W_dec = W_enc^T"},
-        {"sparsity", &C::sparsity, "cost", "sparsity penalty", 0, 0, {"kl", "l1", "none"}},
+        {"sparsity", &C::sparsity, "cost", "classic: sparsity penalty; topk, batchtopk, jumprelu select that architecture", 0, 0, {"kl", "l1", "none", "topk", "batchtopk", "jumprelu"}},
         {"rho", &C::rho, "cost", "kl: target mean activation, in (0,1)", 1e-12, 1 - 1e-12},
         {"beta", &C::beta, "cost", "kl: weight of the sparsity term", 0, kMax},
         {"weight_decay", &C::weight_decay, "cost", "lambda: weight of (1/2)(|W_enc|^2 + |W_dec|^2)", 0, kMax},
-        {"l1_coefficient", &C::l1_coefficient, "cost", "l1: weight of (1/m) sum |h|", 0, kMax},
+        {"l1_coefficient", &C::l1_coefficient, "cost", "l1 / standard: weight of (1/m) sum |h| (standard: times |W_dec row|)", 0, kMax},
+        {"l1_decoder_norm", &C::l1_decoder_norm, "cost", "standard: weight each |h_j| by the norm of decoder row j"},
+        {"k", &C::k, "cost", "topk: latents kept per sample; batchtopk: per sample on average over the batch", 1, 1 << 24},
+        {"l0_coefficient", &C::l0_coefficient, "cost", "jumprelu: weight of the L0 penalty", 0, kMax},
+        {"bandwidth", &C::bandwidth, "cost", "jumprelu: width of the straight-through kernel", 1e-12, kMax},
+        {"jumprelu_init_threshold", &C::jumprelu_init_threshold, "cost", "jumprelu: initial threshold", 1e-12, kMax},
+        {"apply_b_dec_to_input", &C::apply_b_dec_to_input, "model", "modern: feed x - b_dec to the encoder"},
+        {"b_dec_init", &C::b_dec_init, "model", "modern: initial b_dec from a data sample", 0, 0, {"geometric_median", "mean", "zero"}},
+        {"decoder_unit_norm", &C::decoder_unit_norm, "model", "modern: keep decoder rows at unit norm (gradient projected, rows renormalised)"},
+        {"k_aux", &C::k_aux, "cost", "topk/batchtopk AuxK latents per sample (negative = d_in/2, 0 = off)", -1, 1 << 24},
+        {"aux_coefficient", &C::aux_coefficient, "cost", "AuxK loss weight", 0, kMax},
+        {"dead_threshold_samples", &C::dead_threshold_samples, "run", "a latent is dead after this many samples without firing", 1, 9e18},
+        {"resample_dead", &C::resample_dead, "run", "modern: re-initialise dead latents towards badly reconstructed samples at each log step"},
+        {"sparsity_warmup_steps", &C::sparsity_warmup_steps, "optimiser", "sparsity coefficient ramps linearly from 0 over these steps", 0, 1e12},
+        {"grad_clip_norm", &C::grad_clip_norm, "optimiser", "clip the gradient's global norm to this (0 = off)", 0, kMax},
         {"optimizer", &C::optimizer, "optimiser", "lbfgs is full-batch; the others use minibatches", 0, 0, {"lbfgs", "adam", "sgd", "rmsprop"}},
         {"lr", &C::lr, "optimiser", "base learning rate (adam, sgd, rmsprop)", 0, kMax},
         {"momentum", &C::momentum, "optimiser", "sgd momentum", 0, 1},
@@ -42,7 +62,7 @@ std::vector<OptionSpec> build_table() {
         {"batch_size", &C::batch_size, "optimiser", "minibatch size (adam, sgd, rmsprop)", 1, 1 << 24},
         {"epochs", &C::epochs, "optimiser", "passes over the data (adam, sgd, rmsprop)", 1, 1e9},
         {"max_iterations", &C::max_iterations, "optimiser", "lbfgs iterations", 1, 1e9},
-        {"lr_schedule", &C::lr_schedule, "optimiser", "learning-rate schedule after warm-up", 0, 0, {"constant", "step", "cosine"}},
+        {"lr_schedule", &C::lr_schedule, "optimiser", "learning-rate schedule after warm-up", 0, 0, {"constant", "step", "cosine", "linear"}},
         {"warmup_steps", &C::warmup_steps, "optimiser", "linear learning-rate warm-up steps", 0, 1e12},
         {"lr_step_size", &C::lr_step_size, "optimiser", "step schedule: steps between decays", 1, 1e12},
         {"lr_gamma", &C::lr_gamma, "optimiser", "step schedule: decay factor", 0, 1},
@@ -52,6 +72,7 @@ std::vector<OptionSpec> build_table() {
         {"backend", &C::backend, "run", "matrix-product backend", 0, 0, {"onednn", "reference"}},
         {"log_every", &C::log_every, "run", "steps between metrics lines", 1, 1e12},
         {"checkpoint_every", &C::checkpoint_every, "run", "steps between checkpoints", 1, 1e12},
+        {"on_nonfinite", &C::on_nonfinite, "run", "a batch with a non-finite loss or gradient: stop (keeping the last checkpoint) or skip it and count it", 0, 0, {"stop", "skip"}},
         {"active_threshold", &C::active_threshold, "run", "a latent is active when h > this (negative = auto: 0 for relu, 0.5 otherwise)", -1, kMax},
     };
 }
@@ -87,6 +108,84 @@ std::string trim(const std::string& s) {
     const auto e = s.find_last_not_of(" \t");
     return s.substr(b, e - b + 1);
 }
+
+// Text from a file or the command line, quoted in a one-line message: control characters
+// (a newline, say) escaped as \xNN, long text cut.
+std::string one_line(std::string_view s) {
+    std::string out;
+    for (size_t i = 0; i < s.size() && i < 200; ++i) {
+        const uint8_t c = uint8_t(s[i]);
+        if (c < 0x20 || c == 0x7f) {
+            const char* hex = "0123456789abcdef";
+            out += {'\\', 'x', hex[c >> 4], hex[c & 15]};
+        } else {
+            out += char(c);
+        }
+    }
+    return s.size() > 200 ? out + "..." : out;
+}
+
+// toml++ 3.3 (Debian 12) reaches __builtin_unreachable, i.e. undefined behaviour, when it tests
+// some non-ASCII characters for whitespace (upstream issues #190 and #295): any non-ASCII
+// character outside a string or comment, and one that follows a line-ending backslash in a
+// multi-line basic string. The first is never valid TOML; the second is valid but useless in a
+// settings file. Both are rejected here, before toml++ sees the text, in toml++'s message style.
+// A quote opens a string only where TOML allows one (a key or a value may start there); inside
+// a bare token (`x = 1e"é`) toml++ scans on, and so does this check.
+void toml_reject_unsafe_non_ascii(const std::string& t, const std::string& path) {
+    size_t line = 1, line_start = 0;
+    char prev = '\n';  // the last byte outside strings and comments that is not a space or tab
+    auto bad = [&](size_t at, const char* what) {
+        throw Error(path + ":" + std::to_string(line) + ":" + std::to_string(at - line_start + 1) +
+                    ": invalid TOML: " + what + "; fix the file (keys are flat: key = value)");
+    };
+    auto newline = [&](size_t at) { ++line, line_start = at + 1; };
+    auto run = [&](size_t at, char q) {  // length of the run of q starting at t[at], up to 6
+        size_t n = 0;
+        while (n < 6 && at + n < t.size() && t[at + n] == q) ++n;
+        return n;
+    };
+    size_t i = 0;
+    while (i < t.size()) {
+        const char c = t[i];
+        if (c == '\n') {
+            prev = c;
+            newline(i++);
+        } else if (c == '#') {  // comment: up to the end of the line
+            while (i < t.size() && t[i] != '\n') ++i;
+        } else if ((c == '"' || c == '\'') && std::string_view("\n=[{,.").find(prev) != std::string_view::npos) {
+            prev = c;
+            const bool multi = run(i, c) >= 3;
+            i += multi ? 3 : 1;
+            while (i < t.size()) {
+                if (t[i] == c && (!multi || run(i, c) >= 3)) {  // closing quote(s); """" ends with one " inside
+                    i += multi ? std::min<size_t>(run(i, c), 5) : 1;
+                    break;
+                }
+                if (t[i] == '\n') {
+                    if (!multi) break;  // unterminated: toml++ reports it
+                    newline(i);
+                } else if (c == '"' && t[i] == '\\') {
+                    ++i;  // escape: skip the escaped byte; a line-ending backslash skips whitespace
+                    if (multi && i < t.size() && (t[i] == ' ' || t[i] == '\t' || t[i] == '\r' || t[i] == '\n')) {
+                        for (; i < t.size() && (t[i] == ' ' || t[i] == '\t' || t[i] == '\r' || t[i] == '\n'); ++i)
+                            if (t[i] == '\n') newline(i);
+                        if (i < t.size() && uint8_t(t[i]) >= 0x80)
+                            bad(i, "a non-ASCII character right after a line-ending backslash is not supported");
+                        continue;
+                    }
+                    if (i < t.size() && t[i] == '\n') newline(i);
+                }
+                ++i;
+            }
+        } else if (uint8_t(c) >= 0x80) {
+            bad(i, "non-ASCII character outside a string or comment");
+        } else {
+            if (c != ' ' && c != '\t' && c != '\r') prev = c;
+            ++i;
+        }
+    }
+}
 }  // namespace
 
 const std::vector<OptionSpec>& option_table() {
@@ -112,7 +211,7 @@ std::string option_nearest(const std::string& key) {
 
 static const OptionSpec& find_or_suggest(const std::string& key) {
     const OptionSpec* o = option_find(key);
-    check(o != nullptr, "unknown setting '" + key + "'; did you mean '" + option_nearest(key) +
+    check(o != nullptr, "unknown setting '" + one_line(key) + "'; did you mean '" + option_nearest(key) +
                             "'? (sae train --help lists every setting)");
     return *o;
 }
@@ -121,7 +220,7 @@ void config_set(Config& cfg, const std::string& key, const std::string& raw) {
     const OptionSpec& o = find_or_suggest(key);
     const std::string value = trim(raw);
     auto bad = [&](const std::string& expected) {
-        return Error("setting '" + key + "': '" + value + "' is not " + expected);
+        return Error("setting '" + key + "': '" + one_line(value) + "' is not " + expected);
     };
     std::visit(
         [&](auto member) {
@@ -155,25 +254,26 @@ void config_set(Config& cfg, const std::string& key, const std::string& raw) {
 void config_apply_override(Config& cfg, const std::string& assignment) {
     const auto eq = assignment.find('=');
     check(eq != std::string::npos && eq > 0,
-          "--set '" + assignment + "': expected key=value, e.g. --set beta=3");
+          "--set '" + one_line(assignment) + "': expected key=value, e.g. --set beta=3");
     config_set(cfg, trim(assignment.substr(0, eq)), assignment.substr(eq + 1));
 }
 
-Config config_load_toml(const std::string& path) {
+Config config_parse_toml(const std::string& text, const std::string& path) {
+    toml_reject_unsafe_non_ascii(text, path);
     toml::table tbl;
     try {
-        tbl = toml::parse_file(path);
+        tbl = toml::parse(text, path);
     } catch (const toml::parse_error& e) {
         std::ostringstream os;
         os << path << ":" << e.source().begin.line << ":" << e.source().begin.column
-           << ": invalid TOML: " << e.description() << "; fix the file (keys are flat: key = value)";
+           << ": invalid TOML: " << one_line(e.description()) << "; fix the file (keys are flat: key = value)";
         throw Error(os.str());
     }
     Config cfg;
     for (auto&& [k, node] : tbl) {
         const std::string key(k.str());
         const OptionSpec* o = option_find(key);
-        check(o != nullptr, path + ": unknown setting '" + key + "'; did you mean '" +
+        check(o != nullptr, path + ": unknown setting '" + one_line(key) + "'; did you mean '" +
                                 option_nearest(key) + "'?");
         std::string text;
         if (auto s = node.value_exact<std::string>()) text = *s;
@@ -202,6 +302,8 @@ Config config_load_toml(const std::string& path) {
     return cfg;
 }
 
+Config config_load_toml(const std::string& path) { return config_parse_toml(read_file(path), path); }
+
 void config_validate(const Config& cfg) {
     for (const auto& o : option_table()) {
         std::visit(
@@ -211,7 +313,7 @@ void config_validate(const Config& cfg) {
                 if constexpr (std::is_same_v<T, std::string>) {
                     if (!o.choices.empty() &&
                         std::find(o.choices.begin(), o.choices.end(), v) == o.choices.end())
-                        throw Error("setting '" + std::string(o.name) + "' = '" + v +
+                        throw Error("setting '" + std::string(o.name) + "' = '" + one_line(v) +
                                     "' is not valid; use one of: " + join(o.choices));
                 } else if constexpr (!std::is_same_v<T, bool>) {
                     if (!(double(v) >= o.min && double(v) <= o.max)) {
@@ -225,7 +327,15 @@ void config_validate(const Config& cfg) {
             o.member);
     }
     check(!cfg.data.empty(), "setting 'data' is empty; give the path of an IDX or .npy file");
-    if (cfg.sparsity == "kl" && cfg.encoder_activation != "sigmoid")
+    const bool sparsity_names_arch = cfg.sparsity == "topk" || cfg.sparsity == "batchtopk" || cfg.sparsity == "jumprelu";
+    if (sparsity_names_arch && cfg.architecture != "classic" && cfg.architecture != cfg.sparsity)
+        throw Error("sparsity = \"" + cfg.sparsity + "\" contradicts architecture = \"" + cfg.architecture +
+                    "\"; set one of them");
+    const std::string arch = config_architecture(cfg);
+    if (arch == "classic" && cfg.normalize_activations != "none")
+        throw Error("normalize_activations = \"" + cfg.normalize_activations +
+                    "\" needs a modern architecture (linear decoder); use normalize instead for the classic model");
+    if (arch == "classic" && cfg.sparsity == "kl" && cfg.encoder_activation != "sigmoid")
         throw Error("sparsity = \"kl\" needs activations in (0,1) but encoder_activation = \"" +
                     cfg.encoder_activation + "\"; set encoder_activation = \"sigmoid\" or sparsity = \"l1\"");
 }
@@ -249,17 +359,31 @@ Config config_from_json(const std::string& text, const std::string& what) {
     for (const auto& o : option_table()) {
         if (!j.contains(o.name)) continue;
         const auto& v = j[o.name];
-        try {
-            std::visit(
-                [&](auto member) {
-                    using T = std::remove_cvref_t<decltype(cfg.*member)>;
-                    cfg.*member = v.get<T>();
-                },
-                o.member);
-        } catch (const nlohmann::json::exception&) {
-            throw Error(what + ": setting '" + std::string(o.name) + "' has the wrong type (" +
-                        v.dump() + "); the model directory is damaged");
-        }
+        // The JSON type must match exactly: no float for an integer (a conversion out of range
+        // would be undefined behaviour; found by fuzz_cfg_json), no bool or string for a number.
+        const bool ok = std::visit(
+            [&](auto member) {
+                using T = std::remove_cvref_t<decltype(cfg.*member)>;
+                if constexpr (std::is_same_v<T, std::string>) {
+                    if (!v.is_string()) return false;
+                    cfg.*member = v.get<std::string>();
+                } else if constexpr (std::is_same_v<T, bool>) {
+                    if (!v.is_boolean()) return false;
+                    cfg.*member = v.get<bool>();
+                } else if constexpr (std::is_same_v<T, int64_t>) {
+                    if (v.is_number_unsigned() ? v.get<uint64_t>() > uint64_t(INT64_MAX) : !v.is_number_integer())
+                        return false;
+                    cfg.*member = v.get<int64_t>();
+                } else {
+                    if (!v.is_number()) return false;
+                    cfg.*member = v.get<double>();
+                }
+                return true;
+            },
+            o.member);
+        if (!ok)
+            throw Error(what + ": setting '" + std::string(o.name) + "' has the wrong type (" + one_line(v.dump()) +
+                        "); the model directory is damaged");
     }
     return cfg;
 }
@@ -291,6 +415,15 @@ std::string config_help() {
     return os.str();
 }
 
+std::string config_architecture(const Config& cfg) {
+    if (cfg.architecture == "classic" &&
+        (cfg.sparsity == "topk" || cfg.sparsity == "batchtopk" || cfg.sparsity == "jumprelu"))
+        return cfg.sparsity;
+    return cfg.architecture;
+}
+
+bool config_is_modern(const Config& cfg) { return config_architecture(cfg) != "classic"; }
+
 ModelSpec config_model_spec(const Config& cfg, int64_t d_in) {
     ModelSpec s;
     s.d_in = d_in;
@@ -317,7 +450,7 @@ OptimizerHyper config_optimizer_hyper(const Config& cfg) {
 
 double config_active_threshold(const Config& cfg) {
     if (cfg.active_threshold >= 0) return cfg.active_threshold;
-    return cfg.encoder_activation == "relu" ? 0.0 : 0.5;
+    return (config_is_modern(cfg) || cfg.encoder_activation == "relu") ? 0.0 : 0.5;
 }
 
 }  // namespace sae

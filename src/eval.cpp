@@ -16,51 +16,48 @@ Matrix<float> dataset_load(const std::string& path, const std::string& normalize
     Matrix<float> X = array_to_samples(std::move(a));
     check(X.rows > 0, path + ": the data set has no samples");
     if (max_samples > 0 && max_samples < X.rows) X.resize(max_samples, X.cols);
+    check_finite(X, path);  // before normalising: a rescale could hide a NaN
     normalize_samples(X, normalize_parse(normalize), source);
-    check_finite(X, path);
+    check_finite(X, path + " (after normalize = " + normalize + ")");
     return X;
 }
 
-EvalResult evaluate(Backend& be, const ModelSpec& spec, const CostSpec& cost,
-                    const ParamLayout& layout, const float* params, const Matrix<float>& X,
-                    double threshold, int64_t chunk) {
-    check(X.cols == spec.d_in, "the data has " + std::to_string(X.cols) +
-                                   " features per sample but the model expects d_in = " +
-                                   std::to_string(spec.d_in) + "; use data of the model's shape");
-    const auto P = model_params(spec, layout, const_cast<float*>(params));
-    const int64_t c = std::min(chunk, X.rows);
-    Matrix<float> H(c, spec.d_sae), Xhat(c, spec.d_in);
+EvalResult evaluate(Backend& be, Objective& obj, const Config& cfg, const float* params,
+                    const Matrix<float>& X, double threshold, int64_t chunk) {
+    const int64_t d_in = obj.d_in(), d_sae = obj.d_sae();
+    check(X.cols == d_in, "the data has " + std::to_string(X.cols) +
+                              " features per sample but the model expects d_in = " +
+                              std::to_string(d_in) + "; use data of the model's shape");
+    obj.set_training(false);
+    obj.set_dead_mask(nullptr);
+    const int64_t c = std::max<int64_t>(1, std::min(chunk, X.rows));
+    obj.reserve(c);
     Stats st;
-    st.reset(spec.d_in, spec.d_sae);
+    st.reset(d_in, d_sae);
+    EvalResult out;
+    double sparsity_sum = 0;
     for (int64_t r = 0; r < X.rows; r += c) {
         const int64_t m = std::min(c, X.rows - r);
-        dense_forward(be, H.data.data(), X.row(r), P.W_enc, Trans::no, P.b_enc, m, spec.d_in,
-                      spec.d_sae, spec.encoder);
-        dense_forward(be, Xhat.data.data(), H.data.data(), P.W_dec, P.dec_trans, P.b_dec, m,
-                      spec.d_sae, spec.d_in, spec.decoder);
-        st.add(X.row(r), Xhat.data.data(), H.data.data(), m, threshold);
+        const CostTerms J = obj.cost(be, params, X.row(r), m, nullptr);
+        out.J.weight_decay = J.weight_decay;     // depends on the weights only
+        sparsity_sum += J.sparsity * double(m);  // every per-sample term is a batch mean
+        st.add(X.row(r), obj.reconstruction(), obj.hidden(), m, threshold);
     }
-    EvalResult out;
     out.n = st.n;
     out.J.rec = 0.5 * st.sq_err / double(st.n);
-    double wd = 0;
-    for (const auto& v : layout.views) {
-        if (v.name != "W_enc" && v.name != "W_dec") continue;
-        for (int64_t i = 0; i < v.numel(); ++i) wd += double(params[v.offset + i]) * params[v.offset + i];
-    }
-    out.J.weight_decay = 0.5 * cost.weight_decay * wd * (spec.tied ? 2.0 : 1.0);
+    out.J.sparsity = sparsity_sum / double(st.n);
     const auto rho_hat = st.rho_hat();
-    if (cost.sparsity == Sparsity::kl) {
-        double s = 0;
-        for (double r : rho_hat) s += kl_divergence(cost.rho, r);
-        out.J.sparsity = cost.beta * s;
-    } else if (cost.sparsity == Sparsity::l1) {
-        out.J.sparsity = cost.l1_coefficient * st.sum_abs_h / double(st.n);
+    if (config_architecture(cfg) == "classic" && cfg.sparsity == "kl") {
+        double s = 0;  // KL is not a per-sample mean: use ρ̂ over the whole set
+        for (double r : rho_hat) s += kl_divergence(cfg.rho, r);
+        out.J.sparsity = cfg.beta * s;
     }
     out.mse = st.mse();
     out.fvu = st.fvu();
     out.l0 = st.l0();
     out.dead_fraction = st.dead_fraction();
+    out.dense_fraction = st.dense_fraction();
+    out.density = st.density_histogram();
     double sum = 0;
     out.rho_hat_min = rho_hat.empty() ? 0 : rho_hat[0];
     out.rho_hat_max = out.rho_hat_min;
@@ -73,17 +70,21 @@ EvalResult evaluate(Backend& be, const ModelSpec& spec, const CostSpec& cost,
     return out;
 }
 
-Matrix<float> encode(Backend& be, const ModelSpec& spec, const ParamLayout& layout,
-                     const float* params, const Matrix<float>& X, int64_t chunk) {
-    check(X.cols == spec.d_in, "the data has " + std::to_string(X.cols) +
-                                   " features per sample but the model expects d_in = " +
-                                   std::to_string(spec.d_in) + "; use data of the model's shape");
-    const auto P = model_params(spec, layout, const_cast<float*>(params));
-    Matrix<float> H(X.rows, spec.d_sae);
-    for (int64_t r = 0; r < X.rows; r += chunk) {
-        const int64_t m = std::min(chunk, X.rows - r);
-        dense_forward(be, H.row(r), X.row(r), P.W_enc, Trans::no, P.b_enc, m, spec.d_in,
-                      spec.d_sae, spec.encoder);
+Matrix<float> encode(Backend& be, Objective& obj, const float* params, const Matrix<float>& X,
+                     int64_t chunk) {
+    const int64_t d_in = obj.d_in(), d_sae = obj.d_sae();
+    check(X.cols == d_in, "the data has " + std::to_string(X.cols) +
+                              " features per sample but the model expects d_in = " +
+                              std::to_string(d_in) + "; use data of the model's shape");
+    obj.set_training(false);
+    obj.set_dead_mask(nullptr);
+    const int64_t c = std::max<int64_t>(1, std::min(chunk, X.rows));
+    obj.reserve(c);
+    Matrix<float> H(X.rows, d_sae);
+    for (int64_t r = 0; r < X.rows; r += c) {
+        const int64_t m = std::min(c, X.rows - r);
+        obj.cost(be, params, X.row(r), m, nullptr);
+        std::copy(obj.hidden(), obj.hidden() + m * d_sae, H.row(r));
     }
     return H;
 }

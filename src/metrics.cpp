@@ -1,5 +1,6 @@
 #include "sae/metrics.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace sae {
@@ -57,6 +58,29 @@ double Stats::dead_fraction() const {
     int64_t dead = 0;
     for (auto f : fires) dead += f == 0;
     return double(dead) / double(d_sae);
+}
+
+double Stats::dense_fraction(double above) const {
+    if (!d_sae || !n) return 0.0;
+    int64_t dense = 0;
+    for (auto f : fires) dense += double(f) > above * double(n);
+    return double(dense) / double(d_sae);
+}
+
+Stats::Histogram Stats::density_histogram() const {
+    Histogram h;
+    for (int i = 0; i <= 16; ++i) h.edges.push_back(-8.0 + 0.5 * i);
+    h.counts.assign(16, 0);
+    for (auto f : fires) {
+        if (f == 0 || n == 0) {
+            ++h.never;
+            continue;
+        }
+        const double lg = std::log10(double(f) / double(n));
+        const int bin = std::clamp(int(std::floor((lg + 8.0) / 0.5)), 0, 15);
+        ++h.counts[size_t(bin)];
+    }
+    return h;
 }
 
 std::vector<double> Stats::rho_hat() const {

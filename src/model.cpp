@@ -193,9 +193,9 @@ template <class T>
 CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
                      const ParamLayout& layout, const T* params, const T* X, int64_t m, T* grad,
                      Workspace<T>& ws) {
-    check(m > 0, "model_cost: empty batch");
-    check(ws.H.rows >= m && ws.H.cols == spec.d_sae && ws.Xhat.cols == spec.d_in,
-          "model_cost: workspace not reserved for this batch size");
+    if (m <= 0) throw Error("model_cost: empty batch");
+    if (ws.H.rows < m || ws.H.cols != spec.d_sae || ws.Xhat.cols != spec.d_in)
+        throw Error("model_cost: workspace not reserved for this batch size");
     const int64_t d_in = spec.d_in, d_sae = spec.d_sae;
     const auto P = model_params(spec, layout, const_cast<T*>(params));
     T* H = ws.H.data.data();

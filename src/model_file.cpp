@@ -8,36 +8,23 @@
 
 namespace sae {
 
-std::string model_cfg_json(const Config& cfg, int64_t d_in) {
+std::string model_cfg_json(const Config& cfg, const Objective& obj, double input_scale) {
     auto j = nlohmann::ordered_json::parse(config_to_json(cfg));
-    j["architecture"] = "classic";
-    j["d_in"] = d_in;
+    j["architecture"] = obj.architecture();
+    j["d_in"] = obj.d_in();
+    j["d_sae"] = obj.d_sae();
     j["dtype"] = "float32";
+    j["input_scale"] = input_scale;  // already folded into the saved weights
     j["format_version"] = kModelFormatVersion;
     return j.dump(2) + "\n";
 }
 
-void model_save(const std::string& dir, const Config& cfg, const ModelSpec& spec,
-                const ParamLayout& layout, const float* params) {
-    std::vector<float> W_dec;  // tied: materialise W_encᵀ [d_sae, d_in]
-    const float* dec = nullptr;
-    if (spec.tied) {
-        const float* W = params + layout.get("W_enc").offset;
-        W_dec.resize(size_t(spec.d_sae * spec.d_in));
-        for (int64_t k = 0; k < spec.d_in; ++k)
-            for (int64_t j = 0; j < spec.d_sae; ++j) W_dec[size_t(j * spec.d_in + k)] = W[k * spec.d_sae + j];
-        dec = W_dec.data();
-    } else {
-        dec = params + layout.get("W_dec").offset;
-    }
-    std::vector<TensorOut> t = {
-        {"W_enc", {spec.d_in, spec.d_sae}, DType::f32, params + layout.get("W_enc").offset},
-        {"b_enc", {spec.d_sae}, DType::f32, params + layout.get("b_enc").offset},
-        {"W_dec", {spec.d_sae, spec.d_in}, DType::f32, dec},
-        {"b_dec", {spec.d_in}, DType::f32, params + layout.get("b_dec").offset},
-    };
-    safetensors_write(dir + "/model.safetensors", t, {{"format", "sae"}});
-    write_file_atomic(dir + "/cfg.json", model_cfg_json(cfg, spec.d_in));
+void model_save(const std::string& dir, const Config& cfg, const Objective& obj, const float* params,
+                double input_scale) {
+    std::vector<std::vector<float>> scratch;
+    const auto tensors = obj.export_tensors(params, input_scale, scratch);
+    safetensors_write(dir + "/model.safetensors", tensors, {{"format", "sae"}});
+    write_file_atomic(dir + "/cfg.json", model_cfg_json(cfg, obj, input_scale));
 }
 
 SavedModel model_load(const std::string& dir) {
@@ -65,40 +52,23 @@ SavedModel model_load(const std::string& dir) {
               " is newer than this sae understands (" + std::to_string(kModelFormatVersion) +
               "); upgrade sae");
     const int64_t d_in = get_int("d_in");
-    check(d_in > 0 && d_in < (int64_t(1) << 31), cfg_path + ": d_in out of range");
+    check(d_in > 0 && d_in < (int64_t(1) << 31), cfg_path + ": d_in out of range; the model directory is damaged");
+    if (j.contains("architecture") && j["architecture"].is_string()) {
+        // cfg.json records the effective architecture; a sparsity naming it is consistent.
+        const std::string arch = j["architecture"].get<std::string>();
+        check(arch == config_architecture(m.cfg),
+              cfg_path + ": architecture \"" + arch + "\" disagrees with the settings; the model directory is damaged");
+    }
     try {
         config_validate(m.cfg);
+        m.objective = objective_create(m.cfg, d_in);
     } catch (const Error& e) {
         throw Error(cfg_path + ": " + e.what());
     }
-    m.spec = config_model_spec(m.cfg, d_in);
-    m.layout = model_layout(m.spec);
-
-    SafeTensors st = safetensors_read(st_path);
-    auto want = [&](const std::string& name, std::vector<int64_t> shape) -> const TensorIn& {
-        auto it = st.tensors.find(name);
-        check(it != st.tensors.end(), st_path + ": tensor '" + name + "' is missing");
-        check(it->second.dtype == DType::f32,
-              st_path + ": tensor '" + name + "' is " + dtype_name(it->second.dtype) + ", expected F32");
-        auto shape_text = [](const std::vector<int64_t>& s) {
-            std::string t = "[";
-            for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
-            return t + "]";
-        };
-        check(it->second.shape == shape, st_path + ": tensor '" + name + "' has shape " +
-                                             shape_text(it->second.shape) + " but cfg.json implies " +
-                                             shape_text(shape));
-        return it->second;
-    };
-    m.params.assign(size_t(m.layout.total), 0.0f);
-    auto put = [&](const std::string& name, const TensorIn& t) {
-        std::copy(t.f32.begin(), t.f32.end(), m.params.begin() + m.layout.get(name).offset);
-    };
-    put("W_enc", want("W_enc", {d_in, m.spec.d_sae}));
-    put("b_enc", want("b_enc", {m.spec.d_sae}));
-    const TensorIn& W_dec = want("W_dec", {m.spec.d_sae, d_in});
-    if (!m.spec.tied) put("W_dec", W_dec);
-    put("b_dec", want("b_dec", {d_in}));
+    check(get_int("d_sae") == m.objective->d_sae(), cfg_path + ": d_sae disagrees with the settings; the model directory is damaged");
+    const SafeTensors st = safetensors_read(st_path);
+    m.params.assign(size_t(m.objective->layout().total), 0.0f);
+    m.objective->import_tensors(st.tensors, m.params.data(), st_path);
     return m;
 }
 

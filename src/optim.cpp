@@ -26,6 +26,11 @@ double LrSchedule::at(int64_t step) const {
             const double frac = double(std::min(s, T)) / double(T);
             return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + std::cos(std::numbers::pi * frac));
         }
+        case ScheduleKind::linear: {
+            const int64_t T = std::max<int64_t>(1, total_steps - warmup_steps);
+            const double frac = double(std::min(s, T)) / double(T);
+            return base_lr + (min_lr - base_lr) * frac;
+        }
     }
     return base_lr;
 }
@@ -34,7 +39,8 @@ ScheduleKind schedule_parse(const std::string& name) {
     if (name == "constant") return ScheduleKind::constant;
     if (name == "step") return ScheduleKind::step;
     if (name == "cosine") return ScheduleKind::cosine;
-    throw Error("learning-rate schedule '" + name + "' is unknown; use one of constant, step, cosine");
+    if (name == "linear") return ScheduleKind::linear;
+    throw Error("learning-rate schedule '" + name + "' is unknown; use one of constant, step, cosine, linear");
 }
 
 std::string schedule_name(ScheduleKind k) {
@@ -42,6 +48,7 @@ std::string schedule_name(ScheduleKind k) {
         case ScheduleKind::constant: return "constant";
         case ScheduleKind::step: return "step";
         case ScheduleKind::cosine: return "cosine";
+        case ScheduleKind::linear: return "linear";
     }
     return "unknown";
 }

@@ -86,13 +86,32 @@ TEST(Schedule, CosineWithoutWarmupDegenerateTotal) {
     EXPECT_NEAR(s.at(1), 0.1, 1e-15);
 }
 
+// Warm-up 2 steps to 0.1, then linear decay to 0.02 over T = 10 − 2 = 8 steps:
+// step 0 → 0.05, 1 → 0.1, 2 → 0.1, 6 → 0.1 + (0.02 − 0.1)·4/8 = 0.06, 10 → 0.02, 50 → 0.02.
+TEST(Schedule, LinearDecayWithWarmup) {
+    LrSchedule s;
+    s.kind = ScheduleKind::linear;
+    s.base_lr = 0.1;
+    s.min_lr = 0.02;
+    s.warmup_steps = 2;
+    s.total_steps = 10;
+    EXPECT_DOUBLE_EQ(s.at(0), 0.05);
+    EXPECT_DOUBLE_EQ(s.at(1), 0.1);
+    EXPECT_DOUBLE_EQ(s.at(2), 0.1);
+    EXPECT_NEAR(s.at(6), 0.06, 1e-15);
+    EXPECT_NEAR(s.at(10), 0.02, 1e-15);
+    EXPECT_NEAR(s.at(50), 0.02, 1e-15);
+    EXPECT_EQ(schedule_parse("linear"), ScheduleKind::linear);
+    EXPECT_EQ(schedule_name(ScheduleKind::linear), "linear");
+}
+
 TEST(Schedule, ParseAndName) {
     for (auto k : {ScheduleKind::constant, ScheduleKind::step, ScheduleKind::cosine})
         EXPECT_EQ(schedule_parse(schedule_name(k)), k);
     EXPECT_EQ(schedule_name(ScheduleKind::cosine), "cosine");
-    const std::string msg = error_of([] { schedule_parse("linear"); });
-    EXPECT_NE(msg.find("linear"), std::string::npos) << msg;
-    for (const char* valid : {"constant", "step", "cosine"}) EXPECT_NE(msg.find(valid), std::string::npos) << msg;
+    const std::string msg = error_of([] { schedule_parse("exponential"); });
+    EXPECT_NE(msg.find("exponential"), std::string::npos) << msg;
+    for (const char* valid : {"constant", "step", "cosine", "linear"}) EXPECT_NE(msg.find(valid), std::string::npos) << msg;
 }
 
 // --- first-order optimisers -----------------------------------------------------------------

@@ -16,7 +16,11 @@ struct Config {
     std::string data = "data/mnist10k/images-idx3-ubyte.gz";
     std::string normalize = "unit_range";
     int64_t max_samples = 0;
+    int64_t shuffle_buffer = 0;          // > 0: stream .npy shards through a shuffle buffer
+    std::string data_dtype = "auto";
+    std::string normalize_activations = "none";
     // model
+    std::string architecture = "classic";
     int64_t d_sae = 196;
     std::string encoder_activation = "sigmoid";
     std::string decoder_activation = "sigmoid";
@@ -27,6 +31,20 @@ struct Config {
     double beta = 3.0;
     double weight_decay = 3e-3;
     double l1_coefficient = 1e-3;
+    bool l1_decoder_norm = true;
+    int64_t k = 32;
+    double l0_coefficient = 1e-3;
+    double bandwidth = 1e-3;
+    double jumprelu_init_threshold = 1e-3;
+    bool apply_b_dec_to_input = true;
+    std::string b_dec_init = "geometric_median";
+    bool decoder_unit_norm = true;
+    int64_t k_aux = -1;                  // < 0: automatic, d_in / 2
+    double aux_coefficient = 1.0 / 32;
+    int64_t dead_threshold_samples = 10000000;
+    bool resample_dead = false;
+    int64_t sparsity_warmup_steps = 0;
+    double grad_clip_norm = 0;
     // optimisation
     std::string optimizer = "lbfgs";
     double lr = 1e-3;
@@ -50,6 +68,7 @@ struct Config {
     int64_t log_every = 10;
     int64_t checkpoint_every = 50;
     double active_threshold = -1;  // < 0: automatic (0 for relu, 0.5 otherwise)
+    std::string on_nonfinite = "stop";
 };
 
 using Member = std::variant<std::string Config::*, int64_t Config::*, double Config::*, bool Config::*>;
@@ -77,6 +96,9 @@ void config_apply_override(Config& cfg, const std::string& assignment);
 // Reads a flat TOML file. Relative paths in `data` are resolved against the file's directory.
 // Nested tables, arrays and unknown keys are errors naming the file and the key.
 Config config_load_toml(const std::string& path);
+// The same on a file's text already in memory (used by config_load_toml and the fuzzer); name
+// appears in messages and is the base against which a relative `data` path is resolved.
+Config config_parse_toml(const std::string& text, const std::string& name);
 
 // Checks every range and choice in the table, then cross-key rules (kl needs a sigmoid
 // encoder, ...). Throws with one line naming the key and what to do.
@@ -89,6 +111,11 @@ Config config_from_json(const std::string& json_text, const std::string& what);
 
 // The --help text for all keys, grouped, with defaults and ranges.
 std::string config_help();
+
+// The architecture the settings select: `architecture`, or the modern one named by `sparsity`
+// (topk, batchtopk, jumprelu) when architecture is left at "classic".
+std::string config_architecture(const Config& cfg);
+bool config_is_modern(const Config& cfg);
 
 // Model and cost specs implied by the config, for a given input dimension.
 ModelSpec config_model_spec(const Config& cfg, int64_t d_in);

@@ -1,12 +1,16 @@
 // Using a model: load a data set as the config says, evaluate every cost term and statistic
-// over a whole data set (in chunks, so ρ̂ is over the whole set), encode, and check gradients.
+// over a whole data set (in chunks; the classic KL term uses ρ̂ over the whole set), encode,
+// and check gradients.
 #pragma once
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "sae/backend.hpp"
+#include "sae/config.hpp"
+#include "sae/metrics.hpp"
 #include "sae/model.hpp"
+#include "sae/objective.hpp"
 #include "sae/tensor.hpp"
 
 namespace sae {
@@ -18,26 +22,27 @@ Matrix<float> dataset_load(const std::string& path, const std::string& normalize
 
 struct EvalResult {
     CostTerms J;
-    double mse = 0, fvu = 0, l0 = 0, mean_activation = 0, dead_fraction = 0;
+    double mse = 0, fvu = 0, l0 = 0, mean_activation = 0, dead_fraction = 0, dense_fraction = 0;
     double rho_hat_min = 0, rho_hat_max = 0;
+    Stats::Histogram density;
     int64_t n = 0;
 };
 
-// X [N, d_in]. A latent is active on a sample when h > threshold.
-EvalResult evaluate(Backend& be, const ModelSpec& spec, const CostSpec& cost,
-                    const ParamLayout& layout, const float* params, const Matrix<float>& X,
-                    double threshold, int64_t chunk = 4096);
+// X [N, d_in] (raw inputs: saved models have any input scale folded in). A latent is active on
+// a sample when h > threshold. The objective is put in inference mode.
+EvalResult evaluate(Backend& be, Objective& obj, const Config& cfg, const float* params,
+                    const Matrix<float>& X, double threshold, int64_t chunk = 4096);
 
 // Hidden activations H [N, d_sae].
-Matrix<float> encode(Backend& be, const ModelSpec& spec, const ParamLayout& layout,
-                     const float* params, const Matrix<float>& X, int64_t chunk = 4096);
+Matrix<float> encode(Backend& be, Objective& obj, const float* params, const Matrix<float>& X,
+                     int64_t chunk = 4096);
 
 // Central differences in double: ‖num − ana‖ / ‖num + ana‖ per parameter tensor and overall.
 struct GradcheckResult {
     std::vector<std::pair<std::string, double>> per_tensor;
     double overall = 0;
 };
-// X [m, spec.d_in] in double; parameters initialised from seed with non-zero biases.
+// Classic model. X [m, spec.d_in] in double; parameters initialised from seed with non-zero biases.
 GradcheckResult gradcheck(const ModelSpec& spec, const CostSpec& cost,
                           const std::vector<double>& X, int64_t m, uint64_t seed,
                           double eps = 3e-5);

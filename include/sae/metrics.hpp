@@ -25,6 +25,15 @@ struct Stats {
     double fvu() const;            // Σ‖x̂ − x‖² / Σ‖x − x̄‖²  (x̄: mean over the samples seen)
     double l0() const;             // mean number of active latents per sample
     double dead_fraction() const;  // latents never active over the samples seen
+    double dense_fraction(double above = 0.1) const;  // latents active on > 10% of samples
+    // Histogram of log10(firing frequency) over latents that fired at least once: bins of width
+    // 0.5 from −8 to 0 (frequencies below 1e-8 land in the first bin); `never` counts the rest.
+    struct Histogram {
+        std::vector<double> edges;    // [17]
+        std::vector<int64_t> counts;  // [16]
+        int64_t never = 0;
+    };
+    Histogram density_histogram() const;
     std::vector<double> rho_hat() const;  // [d_sae] mean activation
 };
 

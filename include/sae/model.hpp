@@ -84,7 +84,8 @@ void dense_backward(Backend& be, T* d_in, T* dW, T* db, const T* d_pre, const T*
 // --- cost ---------------------------------------------------------------------------------
 struct CostTerms {
     double rec = 0, weight_decay = 0, sparsity = 0;
-    double total() const { return rec + weight_decay + sparsity; }
+    double aux = 0;  // modern SAEs: AuxK loss on dead latents
+    double total() const { return rec + weight_decay + sparsity + aux; }
 };
 
 // Per-batch activations and statistics, sized once for the largest batch (no allocation per

@@ -12,7 +12,7 @@
 namespace sae {
 
 // --- learning-rate schedules --------------------------------------------------------------
-enum class ScheduleKind { constant, step, cosine };
+enum class ScheduleKind { constant, step, cosine, linear };
 struct LrSchedule {
     ScheduleKind kind = ScheduleKind::constant;
     double base_lr = 1e-3;
@@ -24,7 +24,8 @@ struct LrSchedule {
     // Learning rate for 0-based step `step`. During warm-up: base_lr·(step+1)/warmup_steps.
     // After it, with s = step − warmup_steps, T = max(1, total_steps − warmup_steps):
     //   constant: base_lr; step: base_lr·gamma^floor(s/step_size);
-    //   cosine: min_lr + ½(base_lr − min_lr)(1 + cos(π·min(s,T)/T)).
+    //   cosine: min_lr + ½(base_lr − min_lr)(1 + cos(π·min(s,T)/T));
+    //   linear: base_lr + (min_lr − base_lr)·min(s,T)/T (warm-up then linear decay).
     double at(int64_t step) const;
 };
 ScheduleKind schedule_parse(const std::string& name);  // throws listing valid names

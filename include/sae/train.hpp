@@ -20,6 +20,7 @@ struct TrainSummary {
     double mean_rho_hat = 0;
     double seconds = 0;
     std::string stop_reason;    // "max_iterations", "epochs", "converged_grad", ...
+    int64_t skipped_batches = 0;  // on_nonfinite = "skip": batches dropped
 };
 
 // Settings that may differ between a checkpoint and the run resuming it.

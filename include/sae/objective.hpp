@@ -1,0 +1,75 @@
+// What the trainer needs from a model, whatever its architecture: the parameter layout, an
+// initialisation, the cost of a batch with its gradient, and hooks around the optimiser step.
+// The optimiser sees only the flat buffers; the trainer sees only this interface.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sae/backend.hpp"
+#include "sae/config.hpp"
+#include "sae/io.hpp"
+#include "sae/model.hpp"
+#include "sae/rng.hpp"
+#include "sae/tensor.hpp"
+
+namespace sae {
+
+class Objective {
+public:
+    virtual ~Objective() = default;
+    virtual std::string architecture() const = 0;
+    int64_t d_in() const { return d_in_; }
+    int64_t d_sae() const { return d_sae_; }
+    const ParamLayout& layout() const { return layout_; }
+
+    // params [layout().total]. sample [n, d_in]: data for data-dependent initialisation
+    // (b_dec at the geometric median, ...), already scaled like the training data.
+    virtual void init(float* params, Rng& rng, const Matrix<float>& sample) = 0;
+    virtual void reserve(int64_t max_m) = 0;
+    // X [m, d_in]; grad overwritten when not null. Afterwards hidden() [m, d_sae] and
+    // reconstruction() [m, d_in] hold this batch's activations.
+    virtual CostTerms cost(Backend& be, const float* params, const float* X, int64_t m, float* grad) = 0;
+    virtual const float* hidden() const = 0;
+    virtual const float* reconstruction() const = 0;
+
+    // Around optimizer.update(): e.g. keep decoder rows at unit norm.
+    virtual void before_update(const float* params, float* grad) {}
+    virtual void after_update(float* params) {}
+    // Training (batch statistics may change state, e.g. BatchTopK's threshold) or inference.
+    virtual void set_training(bool training) {}
+    // Training signals from the trainer.
+    virtual void set_dead_mask(const uint8_t* dead) {}  // [d_sae], 1 = dead; null = none
+    virtual void set_sparsity_scale(double scale) {}    // sparsity-coefficient warm-up
+
+    // Named scalars that are part of the model's state but not optimised (e.g. BatchTopK's
+    // running threshold): saved in checkpoints and restored exactly.
+    virtual std::map<std::string, double> extra_state() const { return {}; }
+    virtual void set_extra_state(const std::map<std::string, double>& s) {}
+
+    // The tensors of model.safetensors, float32, with the field's names and shapes. input_scale:
+    // the factor the training data was multiplied by (folded into the weights so the saved model
+    // takes raw inputs). scratch keeps any materialised tensor alive until written.
+    virtual std::vector<TensorOut> export_tensors(const float* params, double input_scale,
+                                                  std::vector<std::vector<float>>& scratch) const = 0;
+    // The inverse of export_tensors (with input_scale 1): fills params (and any extra state,
+    // e.g. BatchTopK's threshold) from loaded tensors, checking names, dtypes and shapes.
+    virtual void import_tensors(const std::map<std::string, TensorIn>& tensors, float* params,
+                                const std::string& path) = 0;
+
+protected:
+    int64_t d_in_ = 0, d_sae_ = 0;
+    ParamLayout layout_;
+};
+
+// Checks a loaded tensor's presence, dtype (F32) and shape, then copies it to dst (if not null).
+void import_tensor(const std::map<std::string, TensorIn>& tensors, float* dst, const std::string& path,
+                   const std::string& name, const std::vector<int64_t>& shape);
+std::string shape_text(const std::vector<int64_t>& shape);
+
+// The objective the settings ask for, for inputs of dimension d_in.
+std::unique_ptr<Objective> objective_create(const Config& cfg, int64_t d_in);
+
+}  // namespace sae
