@@ -51,6 +51,12 @@ double sum_in_order(const double* v, int64_t n) {
     for (int64_t i = 0; i < n; ++i) s += v[i];
     return s;
 }
+
+// Grows M to at least [m, n] (no allocation once large enough).
+template <class T>
+void ensure_size(Matrix<T>& M, int64_t m, int64_t n) {
+    if (M.cols != n || int64_t(M.data.size()) < m * n) M.resize(m, n);
+}
 }  // namespace
 
 Activation activation_parse(const std::string& name) {
@@ -75,6 +81,54 @@ Sparsity sparsity_parse(const std::string& name) {
     if (name == "l1") return Sparsity::l1;
     throw Error("unknown sparsity '" + name + "'; use one of: kl, l1, none");
 }
+Corruption corruption_parse(const std::string& name) {
+    if (name == "none") return Corruption::none;
+    if (name == "masking") return Corruption::masking;
+    if (name == "gaussian") return Corruption::gaussian;
+    throw Error("unknown corruption '" + name + "'; use one of: none, masking, gaussian");
+}
+std::string corruption_name(Corruption c) {
+    switch (c) {
+        case Corruption::none: return "none";
+        case Corruption::masking: return "masking";
+        case Corruption::gaussian: return "gaussian";
+    }
+    return "?";
+}
+
+Rng corruption_rng(uint64_t seed, int64_t step) {
+    // A mix distinct from the epoch-order and initialisation seeds; Rng's splitmix spreads it.
+    return Rng(seed * 0xd1b54a32d192ed03ULL + uint64_t(step) * 0x8cb92ba72f3d8dd7ULL + 0x632be59bd9b4e019ULL);
+}
+
+template <class T>
+void draw_corruption(const DenoiseSpec& spec, int64_t m, int64_t d_in, int64_t d_sae, T* noise, T* drop,
+                     Rng& rng) {
+    const int64_t n = m * d_in;
+    if (spec.corruption == Corruption::masking)
+        for (int64_t i = 0; i < n; ++i) noise[i] = rng.uniform() < spec.level ? T(0) : T(1);
+    else if (spec.corruption == Corruption::gaussian)
+        for (int64_t i = 0; i < n; ++i) noise[i] = T(spec.level * rng.normal());
+    if (!drop) return;
+    const int64_t nh = m * d_sae;
+    if (spec.dropout <= 0) {
+        std::fill(drop, drop + nh, T(1));
+        return;
+    }
+    const T keep = T(1.0 / (1.0 - spec.dropout));
+    for (int64_t i = 0; i < nh; ++i) drop[i] = rng.uniform() < spec.dropout ? T(0) : keep;
+}
+
+template <class T>
+void apply_corruption(Corruption c, const T* X, const T* noise, int64_t n, T* Xc) {
+    if (c == Corruption::masking)
+        for (int64_t i = 0; i < n; ++i) Xc[i] = X[i] * noise[i];
+    else if (c == Corruption::gaussian)
+        for (int64_t i = 0; i < n; ++i) Xc[i] = X[i] + noise[i];
+    else
+        std::copy(X, X + n, Xc);
+}
+
 std::string sparsity_name(Sparsity s) {
     switch (s) {
         case Sparsity::none: return "none";
@@ -98,6 +152,7 @@ void validate(const ModelSpec& model, const CostSpec& cost) {
           "weight_decay must be a finite number >= 0");
     check(cost.l1_coefficient >= 0 && std::isfinite(cost.l1_coefficient),
           "l1_coefficient must be a finite number >= 0");
+    check(cost.gamma >= 0 && std::isfinite(cost.gamma), "gamma must be a finite number >= 0");
 }
 
 ParamLayout model_layout(const ModelSpec& spec) {
@@ -175,13 +230,18 @@ void dense_backward(Backend& be, T* d_in, T* dW, T* db, const T* d_pre, const T*
 }
 
 template <class T>
-void Workspace<T>::reserve(const ModelSpec& spec, int64_t max_m) {
+void Workspace<T>::reserve(const ModelSpec& spec, int64_t max_m, bool denoising) {
     H.resize(max_m, spec.d_sae);
     Xhat.resize(max_m, spec.d_in);
     dXhat.resize(max_m, spec.d_in);
     dH.resize(max_m, spec.d_sae);
     rho_hat.resize(size_t(spec.d_sae));
     row_sums.resize(size_t(max_m));
+    if (denoising) {
+        Hdrop.resize(max_m, spec.d_sae);
+        Hclean.resize(max_m, spec.d_sae);
+        dHclean.resize(max_m, spec.d_sae);
+    }
 }
 
 double kl_divergence(double rho, double rho_hat) {
@@ -192,7 +252,7 @@ double kl_divergence(double rho, double rho_hat) {
 template <class T>
 CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
                      const ParamLayout& layout, const T* params, const T* X, int64_t m, T* grad,
-                     Workspace<T>& ws) {
+                     Workspace<T>& ws, const T* Xc, const T* drop) {
     if (m <= 0) throw Error("model_cost: empty batch");
     if (ws.H.rows < m || ws.H.cols != spec.d_sae || ws.Xhat.cols != spec.d_in)
         throw Error("model_cost: workspace not reserved for this batch size");
@@ -204,8 +264,20 @@ CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
     T* dH = ws.dH.data.data();
     const double inv_m = 1.0 / double(m);
 
-    dense_forward(be, H, X, P.W_enc, Trans::no, P.b_enc, m, d_in, d_sae, spec.encoder);
-    dense_forward(be, Xhat, H, P.W_dec, P.dec_trans, P.b_dec, m, d_sae, d_in, spec.decoder);
+    // Denoising: the encoder sees Xc (if given), the decoder r ⊙ h (if a dropout mask is given).
+    const T* Xenc = Xc ? Xc : X;
+    const bool with_D = Xc != nullptr && cost.gamma != 0;
+    dense_forward(be, H, Xenc, P.W_enc, Trans::no, P.b_enc, m, d_in, d_sae, spec.encoder);
+    const T* Hdec = H;
+    if (drop) {
+        ensure_size(ws.Hdrop, m, d_sae);
+        T* Hd = ws.Hdrop.data.data();
+        const int64_t total = m * d_sae;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < total; ++i) Hd[i] = H[i] * drop[i];
+        Hdec = Hd;
+    }
+    dense_forward(be, Xhat, Hdec, P.W_dec, P.dec_trans, P.b_dec, m, d_sae, d_in, spec.decoder);
 
     CostTerms J;
     // Reconstruction error; dXhat = (x̂ − x)/m. Per-row sums in double, then summed in row order.
@@ -221,6 +293,24 @@ CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
         row_sums[i] = row;
     }
     J.rec = 0.5 * sum_in_order(row_sums, m) * inv_m;
+
+    // γ·D(x, x′) = γ·(1/m)·Σᵢ ½‖h(xᵢ) − h(x′ᵢ)‖², with h(x) from a second encoder pass.
+    T* Hc = nullptr;
+    if (with_D) {
+        ensure_size(ws.Hclean, m, d_sae);
+        Hc = ws.Hclean.data.data();
+        dense_forward(be, Hc, X, P.W_enc, Trans::no, P.b_enc, m, d_in, d_sae, spec.encoder);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < m; ++i) {
+            double row = 0;
+            for (int64_t j = 0; j < d_sae; ++j) {
+                const double e = double(H[i * d_sae + j]) - double(Hc[i * d_sae + j]);
+                row += e * e;
+            }
+            row_sums[i] = row;
+        }
+        J.denoise = cost.gamma * 0.5 * sum_in_order(row_sums, m) * inv_m;
+    }
 
     // ρ̂ⱼ = mean of column j of H, summed in a fixed order.
 #pragma omp parallel for schedule(static)
@@ -264,7 +354,12 @@ CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
 
     // Decoder: dXhat → pre-activation gradient; dW_dec, db_dec; dH = dZ2·W_decᵀ.
     activation_backward(dXhat, Xhat, m, d_in, spec.decoder);
-    dense_backward(be, dH, G.W_dec, G.b_dec, dXhat, H, P.W_dec, P.dec_trans, m, d_sae, d_in);
+    dense_backward(be, dH, G.W_dec, G.b_dec, dXhat, Hdec, P.W_dec, P.dec_trans, m, d_sae, d_in);
+    if (drop) {  // ∂(r ⊙ h)/∂h = r
+        const int64_t total = m * d_sae;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < total; ++i) dH[i] *= drop[i];
+    }
 
     // Sparsity gradient w.r.t. H, added to dH.
     if (cost.sparsity == Sparsity::kl && cost.beta != 0) {
@@ -284,9 +379,28 @@ CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
         }
     }
 
+    // D: ∂/∂h(x′) = (γ/m)·(h(x′) − h(x)) and the opposite for h(x), which has its own encoder pass.
+    T* dHc = nullptr;
+    if (with_D) {
+        ensure_size(ws.dHclean, m, d_sae);
+        dHc = ws.dHclean.data.data();
+        const T c = T(cost.gamma * inv_m);
+        const int64_t total = m * d_sae;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < total; ++i) {
+            const T t = c * (H[i] - Hc[i]);
+            dH[i] += t;
+            dHc[i] = -t;
+        }
+    }
+
     // Encoder.
     activation_backward(dH, H, m, d_sae, spec.encoder);
-    dense_backward<T>(be, nullptr, G.W_enc, G.b_enc, dH, X, P.W_enc, Trans::no, m, d_in, d_sae);
+    dense_backward<T>(be, nullptr, G.W_enc, G.b_enc, dH, Xenc, P.W_enc, Trans::no, m, d_in, d_sae);
+    if (with_D) {
+        activation_backward(dHc, Hc, m, d_sae, spec.encoder);
+        dense_backward<T>(be, nullptr, G.W_enc, G.b_enc, dHc, X, P.W_enc, Trans::no, m, d_in, d_sae);
+    }
 
     // Weight decay: λ·W (tied: 2λ·W_enc, matching J_weight_decay above).
     if (cost.weight_decay != 0) {
@@ -312,7 +426,9 @@ CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
     template struct Workspace<T>;                                                                \
     template CostTerms model_cost<T>(Backend&, const ModelSpec&, const CostSpec&,                \
                                      const ParamLayout&, const T*, const T*, int64_t, T*,        \
-                                     Workspace<T>&);
+                                     Workspace<T>&, const T*, const T*);                         \
+    template void draw_corruption<T>(const DenoiseSpec&, int64_t, int64_t, int64_t, T*, T*, Rng&); \
+    template void apply_corruption<T>(Corruption, const T*, const T*, int64_t, T*);
 SAE_INSTANTIATE(float)
 SAE_INSTANTIATE(double)
 #undef SAE_INSTANTIATE

@@ -1,4 +1,7 @@
-// The classic (CS294A) sparse autoencoder as an Objective.
+// The classic (CS294A) sparse autoencoder as an Objective, optionally denoising: in training
+// mode each cost() corrupts its batch (and drops hidden units) with masks drawn from
+// (seed, step) — see set_step() and model.hpp. The trainer's L-BFGS keeps step 0 for the whole
+// run, i.e. one fixed corruption of the data set, so the line searches see one fixed function.
 #include "sae/error.hpp"
 #include "sae/objective.hpp"
 
@@ -7,7 +10,8 @@ namespace sae {
 class ClassicObjective final : public Objective {
 public:
     ClassicObjective(const Config& cfg, int64_t d_in)
-        : spec_(config_model_spec(cfg, d_in)), cost_(config_cost_spec(cfg)) {
+        : spec_(config_model_spec(cfg, d_in)), cost_(config_cost_spec(cfg)), noise_(config_denoise_spec(cfg)),
+          seed_(uint64_t(cfg.seed)) {
         validate(spec_, cost_);
         d_in_ = d_in;
         d_sae_ = spec_.d_sae;
@@ -15,11 +19,34 @@ public:
     }
     std::string architecture() const override { return "classic"; }
     void init(float* params, Rng& rng, const Matrix<float>&) override { model_init(spec_, layout_, params, rng); }
-    void reserve(int64_t max_m) override { ws_.reserve(spec_, max_m); }
-    CostTerms cost(Backend& be, const float* params, const float* X, int64_t m, float* grad) override {
-        if (ws_.H.rows < m) ws_.reserve(spec_, m);
-        return model_cost<float>(be, spec_, cost_, layout_, params, X, m, grad, ws_);
+    void reserve(int64_t max_m) override {
+        ws_.reserve(spec_, max_m, noise_.active());
+        if (noise_.active()) {
+            Xc_.resize(max_m, d_in_);
+            noise_buf_.resize(max_m, d_in_);
+            drop_.resize(max_m, d_sae_);
+        }
     }
+    CostTerms cost(Backend& be, const float* params, const float* X, int64_t m, float* grad) override {
+        if (ws_.H.rows < m) reserve(m);
+        if (!training_ || !noise_.active())
+            return model_cost<float>(be, spec_, cost_, layout_, params, X, m, grad, ws_);
+        // The draws depend on (seed, step, m) only; kept while those stay the same (L-BFGS
+        // evaluates the same step many times), applied afresh to whatever X is.
+        const bool corrupt = noise_.corruption != Corruption::none && noise_.level > 0;
+        const bool dropout = noise_.dropout > 0;
+        if (drawn_step_ != step_ || drawn_m_ != m) {
+            Rng rng = corruption_rng(seed_, step_);
+            draw_corruption(noise_, m, d_in_, d_sae_, noise_buf_.data.data(), dropout ? drop_.data.data() : nullptr, rng);
+            drawn_step_ = step_;
+            drawn_m_ = m;
+        }
+        if (corrupt) apply_corruption(noise_.corruption, X, noise_buf_.data.data(), m * d_in_, Xc_.data.data());
+        return model_cost<float>(be, spec_, cost_, layout_, params, X, m, grad, ws_, corrupt ? Xc_.data.data() : nullptr,
+                                 dropout ? drop_.data.data() : nullptr);
+    }
+    void set_training(bool training) override { training_ = training; }
+    void set_step(int64_t step) override { step_ = step; }
     const float* hidden() const override { return ws_.H.data.data(); }
     const float* reconstruction() const override { return ws_.Xhat.data.data(); }
 
@@ -59,7 +86,12 @@ public:
 private:
     ModelSpec spec_;
     CostSpec cost_;
+    DenoiseSpec noise_;
+    uint64_t seed_ = 0;
     Workspace<float> ws_;
+    bool training_ = true;
+    int64_t step_ = 0, drawn_step_ = -1, drawn_m_ = -1;
+    Matrix<float> Xc_, noise_buf_, drop_;  // [m, d_in] corrupted batch and its draws, [m, d_sae] dropout
 };
 
 std::string shape_text(const std::vector<int64_t>& s) {

@@ -43,6 +43,9 @@ public:
     // Training signals from the trainer.
     virtual void set_dead_mask(const uint8_t* dead) {}  // [d_sae], 1 = dead; null = none
     virtual void set_sparsity_scale(double scale) {}    // sparsity-coefficient warm-up
+    // The training step the next cost() belongs to: random training-time masks (denoising
+    // corruption, dropout) are drawn from (seed, step), so runs are deterministic and resumable.
+    virtual void set_step(int64_t step) {}
 
     // Named scalars that are part of the model's state but not optimised (e.g. BatchTopK's
     // running threshold): saved in checkpoints and restored exactly.

@@ -33,7 +33,8 @@ double act_prime(Activation a, double z) {
 }  // namespace
 
 Result cost(const ModelSpec& spec, const CostSpec& c, const std::vector<double>& params,
-            const std::vector<double>& X, int64_t m, bool with_grad) {
+            const std::vector<double>& X, int64_t m, bool with_grad, const std::vector<double>& Xc,
+            const std::vector<double>& drop) {
     const int64_t n = spec.d_in, h = spec.d_sae;
     const ParamLayout L = model_layout(spec);
     const double* W1 = params.data() + L.get("W_enc").offset;  // W1[k*h + j]: input k → hidden j
@@ -43,22 +44,38 @@ Result cost(const ModelSpec& spec, const CostSpec& c, const std::vector<double>&
     // Decoder weight from hidden j to output k.
     auto W2 = [&](int64_t j, int64_t k) { return spec.tied ? W1[k * h + j] : Wd[j * n + k]; };
 
+    // Denoising: the encoder's input x′ (Xc, or X), dropout multiplier r, and whether D is on.
+    const std::vector<double>& Xin = Xc.empty() ? X : Xc;
+    auto r_of = [&](int64_t i, int64_t j) { return drop.empty() ? 1.0 : drop[size_t(i * h + j)]; };
+    const bool with_D = !Xc.empty() && c.gamma != 0;
+
     Result r;
     std::vector<double> z2(size_t(m * h)), a2(size_t(m * h)), z3(size_t(m * n)), a3(size_t(m * n));
+    std::vector<double> z2c(size_t(m * h)), a2c(size_t(m * h));  // clean input's code h(x), for D
     for (int64_t i = 0; i < m; ++i) {
         for (int64_t j = 0; j < h; ++j) {
             double z = b1[j];
-            for (int64_t k = 0; k < n; ++k) z += X[size_t(i * n + k)] * W1[k * h + j];
+            for (int64_t k = 0; k < n; ++k) z += Xin[size_t(i * n + k)] * W1[k * h + j];
             z2[size_t(i * h + j)] = z;
             a2[size_t(i * h + j)] = act(spec.encoder, z);
+            double zc = b1[j];
+            for (int64_t k = 0; k < n; ++k) zc += X[size_t(i * n + k)] * W1[k * h + j];
+            z2c[size_t(i * h + j)] = zc;
+            a2c[size_t(i * h + j)] = act(spec.encoder, zc);
         }
         for (int64_t k = 0; k < n; ++k) {
             double z = b2[k];
-            for (int64_t j = 0; j < h; ++j) z += a2[size_t(i * h + j)] * W2(j, k);
+            for (int64_t j = 0; j < h; ++j) z += r_of(i, j) * a2[size_t(i * h + j)] * W2(j, k);
             z3[size_t(i * n + k)] = z;
             a3[size_t(i * n + k)] = act(spec.decoder, z);
         }
     }
+    if (with_D)
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < h; ++j) {
+                const double e = a2[size_t(i * h + j)] - a2c[size_t(i * h + j)];
+                r.J.denoise += c.gamma * 0.5 * e * e / double(m);
+            }
 
     for (int64_t i = 0; i < m; ++i)
         for (int64_t k = 0; k < n; ++k) {
@@ -97,6 +114,8 @@ Result cost(const ModelSpec& spec, const CostSpec& c, const std::vector<double>&
         for (int64_t j = 0; j < h; ++j) {
             double back = 0;
             for (int64_t k = 0; k < n; ++k) back += W2(j, k) * d3[size_t(k)];
+            back *= r_of(i, j);  // the decoder saw r·h
+            if (with_D) back += c.gamma * (a2[size_t(i * h + j)] - a2c[size_t(i * h + j)]);
             if (c.sparsity == Sparsity::kl) {
                 const double p = c.rho, q = r.rho_hat[size_t(j)];
                 back += c.beta * (-p / q + (1 - p) / (1 - q));
@@ -107,11 +126,19 @@ Result cost(const ModelSpec& spec, const CostSpec& c, const std::vector<double>&
             d2[size_t(j)] = back * act_prime(spec.encoder, z2[size_t(i * h + j)]);
         }
         for (int64_t j = 0; j < h; ++j)
-            for (int64_t k = 0; k < n; ++k) gW2[size_t(j * n + k)] += a2[size_t(i * h + j)] * d3[size_t(k)] / double(m);
+            for (int64_t k = 0; k < n; ++k)
+                gW2[size_t(j * n + k)] += r_of(i, j) * a2[size_t(i * h + j)] * d3[size_t(k)] / double(m);
         for (int64_t k = 0; k < n; ++k) gb2[size_t(k)] += d3[size_t(k)] / double(m);
         for (int64_t k = 0; k < n; ++k)
-            for (int64_t j = 0; j < h; ++j) gW1[size_t(k * h + j)] += X[size_t(i * n + k)] * d2[size_t(j)] / double(m);
+            for (int64_t j = 0; j < h; ++j) gW1[size_t(k * h + j)] += Xin[size_t(i * n + k)] * d2[size_t(j)] / double(m);
         for (int64_t j = 0; j < h; ++j) gb1[size_t(j)] += d2[size_t(j)] / double(m);
+        if (with_D)  // D through the clean code: ∂/∂h(x) = γ·(h(x) − h(x′))
+            for (int64_t j = 0; j < h; ++j) {
+                const double dc = c.gamma * (a2c[size_t(i * h + j)] - a2[size_t(i * h + j)]) *
+                                  act_prime(spec.encoder, z2c[size_t(i * h + j)]);
+                for (int64_t k = 0; k < n; ++k) gW1[size_t(k * h + j)] += X[size_t(i * n + k)] * dc / double(m);
+                gb1[size_t(j)] += dc / double(m);
+            }
     }
     for (int64_t k = 0; k < n; ++k)
         for (int64_t j = 0; j < h; ++j) gW1[size_t(k * h + j)] += c.weight_decay * W1[k * h + j];

@@ -16,7 +16,11 @@ struct Result {
 };
 
 // params: flat vector in model_layout(spec) order. X: [m, d_in] row-major.
+// Denoising (model.hpp): Xc [m, d_in] the corrupted input the encoder sees (empty = X), drop
+// [m, d_sae] the dropout multipliers (empty = none); γ·D(x, x′) is added when Xc is given.
+// H is then h(x′) before dropout.
 Result cost(const ModelSpec& spec, const CostSpec& cost, const std::vector<double>& params,
-            const std::vector<double>& X, int64_t m, bool with_grad);
+            const std::vector<double>& X, int64_t m, bool with_grad,
+            const std::vector<double>& Xc = {}, const std::vector<double>& drop = {});
 
 }  // namespace sae::reference
