@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages sae needs (when root; otherwise prints the one command to run),
 # then configures and builds into build/. Used by scripts/demo.sh and scripts/test.sh.
+# `scripts/setup.sh --packages` installs the packages only (scripts/sanitize.sh, scripts/fuzz.sh).
+# clang, libclang-rt-14-dev (libFuzzer) and llvm-14 (llvm-symbolizer, for readable reports)
+# are for the fuzz targets that CI runs (scripts/sanitize.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(g++ cmake ninja-build pkg-config libdnnl-dev libcli11-dev libtomlplusplus-dev
-          nlohmann-json3-dev libstb-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev)
+          nlohmann-json3-dev libstb-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
+          clang libclang-rt-14-dev llvm-14 chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,6 +26,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+[ "${1:-}" = --packages ] && exit 0
 
 BUILD_DIR=${BUILD_DIR:-build}
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then
