@@ -13,6 +13,14 @@ void add_eval(CLI::App& app);
 void add_encode(CLI::App& app);
 void add_gradcheck(CLI::App& app);
 void add_synth(CLI::App& app);
+void add_stack(CLI::App& app);     // cli/stack.cpp
+void add_classify(CLI::App& app);  // cli/classify.cpp: classify and select
+void add_select(CLI::App& app);
+void add_patches(CLI::App& app);   // cli/patches.cpp
+void add_features(CLI::App& app);  // cli/features.cpp
+void add_sweep(CLI::App& app);     // cli/sweep.cpp
+void add_report(CLI::App& app);    // cli/report.cpp
+void add_bench(CLI::App& app);     // cli/bench.cpp
 
 // CONFIG file (optional) then every --set key=value in order, validated.
 sae::Config load_config(const std::string& path, const std::vector<std::string>& sets);

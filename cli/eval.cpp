@@ -89,6 +89,7 @@ void add_eval(CLI::App& app) {
         j["J_rec"] = r.J.rec;
         j["J_weight_decay"] = r.J.weight_decay;
         j["J_sparsity"] = r.J.sparsity;
+        j["J_denoise"] = r.J.denoise;  // 0: evaluation never corrupts
         j["mse"] = r.mse;
         j["fvu"] = r.fvu;
         j["l0"] = r.l0;

@@ -28,6 +28,14 @@ int main(int argc, char** argv) {
     sae_cli::add_encode(app);
     sae_cli::add_gradcheck(app);
     sae_cli::add_synth(app);
+    sae_cli::add_stack(app);
+    sae_cli::add_classify(app);
+    sae_cli::add_select(app);
+    sae_cli::add_patches(app);
+    sae_cli::add_features(app);
+    sae_cli::add_sweep(app);
+    sae_cli::add_report(app);
+    sae_cli::add_bench(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -39,6 +39,10 @@ std::vector<OptionSpec> build_table() {
         {"weight_decay", &C::weight_decay, "cost", "lambda: weight of (1/2)(|W_enc|^2 + |W_dec|^2)", 0, kMax},
         {"l1_coefficient", &C::l1_coefficient, "cost", "l1 / standard: weight of (1/m) sum |h| (standard: times |W_dec row|)", 0, kMax},
         {"l1_decoder_norm", &C::l1_decoder_norm, "cost", "standard: weight each |h_j| by the norm of decoder row j"},
+        {"corruption", &C::corruption, "cost", "denoising (classic, training only): corrupt the encoder's input x' = corrupt(x); the target stays x", 0, 0, {"none", "masking", "gaussian"}},
+        {"corruption_level", &C::corruption_level, "cost", "masking: probability of zeroing each input (<= 1); gaussian: noise standard deviation", 0, kMax},
+        {"dropout", &C::dropout, "cost", "classic, training only: probability of dropping each hidden unit (kept units scaled by 1/(1-p))", 0, 0.99},
+        {"gamma", &C::gamma, "cost", "denoising: weight of D = (1/m) sum (1/2)|h(x) - h(x')|^2, the distance between clean and corrupted codes", 0, kMax},
         {"k", &C::k, "cost", "topk: latents kept per sample; batchtopk: per sample on average over the batch", 1, 1 << 24},
         {"l0_coefficient", &C::l0_coefficient, "cost", "jumprelu: weight of the L0 penalty", 0, kMax},
         {"bandwidth", &C::bandwidth, "cost", "jumprelu: width of the straight-through kernel", 1e-12, kMax},
@@ -70,10 +74,16 @@ std::vector<OptionSpec> build_table() {
         {"seed", &C::seed, "run", "random seed (initialisation, shuffling)", 0, 9.2e18},
         {"threads", &C::threads, "run", "threads (0 = all cores)", 0, 4096},
         {"backend", &C::backend, "run", "matrix-product backend", 0, 0, {"onednn", "reference"}},
+        {"dtype", &C::dtype, "run", "matrix products of the modern architectures: float32, or bf16 (bf16 inputs, fp32 accumulation; weights and optimiser state stay fp32)", 0, 0, {"float32", "bf16"}},
         {"log_every", &C::log_every, "run", "steps between metrics lines", 1, 1e12},
         {"checkpoint_every", &C::checkpoint_every, "run", "steps between checkpoints", 1, 1e12},
         {"on_nonfinite", &C::on_nonfinite, "run", "a batch with a non-finite loss or gradient: stop (keeping the last checkpoint) or skip it and count it", 0, 0, {"stop", "skip"}},
         {"active_threshold", &C::active_threshold, "run", "a latent is active when h > this (negative = auto: 0 for relu, 0.5 otherwise)", -1, kMax},
+        {"layers", &C::layers, "stack", "sae stack: hidden units of each stacked encoder, e.g. [200, 200] (--set layers=200,200)", 1, 1 << 24},
+        {"test_fraction", &C::test_fraction, "stack", "sae stack: fraction of the labelled samples held out for testing (split by seed)", 1e-6, 1 - 1e-6},
+        {"softmax_weight_decay", &C::softmax_weight_decay, "stack", "sae stack: weight decay of the softmax layer and of fine-tuning", 0, kMax},
+        {"softmax_iterations", &C::softmax_iterations, "stack", "sae stack: L-BFGS iterations of the softmax layer on the pretrained features", 0, 1e9},
+        {"finetune_iterations", &C::finetune_iterations, "stack", "sae stack: L-BFGS iterations of end-to-end fine-tuning (0 = none)", 0, 1e9},
     };
 }
 
@@ -240,6 +250,23 @@ void config_set(Config& cfg, const std::string& key, const std::string& raw) {
                 if (ec != std::errc() || p != value.data() + value.size() || value.empty())
                     throw bad("an integer");
                 cfg.*member = v;
+            } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+                // "200,200", "[200, 200]"; "" or "[]" is the empty list.
+                std::string v = value;
+                if (v.size() >= 2 && v.front() == '[' && v.back() == ']') v = trim(v.substr(1, v.size() - 2));
+                std::vector<int64_t> list;
+                for (size_t pos = 0; !v.empty();) {
+                    const size_t comma = v.find(',', pos);
+                    const std::string tok = trim(v.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
+                    int64_t x = 0;
+                    auto [p, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), x);
+                    if (ec != std::errc() || p != tok.data() + tok.size() || tok.empty())
+                        throw bad("a list of integers, e.g. 200,200");
+                    list.push_back(x);
+                    if (comma == std::string::npos) break;
+                    pos = comma + 1;
+                }
+                cfg.*member = list;
             } else {
                 char* end = nullptr;
                 const double v = std::strtod(value.c_str(), &end);
@@ -275,6 +302,23 @@ Config config_parse_toml(const std::string& text, const std::string& path) {
         const OptionSpec* o = option_find(key);
         check(o != nullptr, path + ": unknown setting '" + one_line(key) + "'; did you mean '" +
                                 option_nearest(key) + "'?");
+        if (std::holds_alternative<std::vector<int64_t> Config::*>(o->member)) {  // an array of integers
+            const toml::array* arr = node.as_array();
+            check(arr != nullptr, path + ": setting '" + key + "' must be an array of integers, e.g. " + key + " = [200, 200]");
+            std::string list;
+            for (auto&& el : *arr) {
+                const auto i = el.value_exact<int64_t>();
+                check(i.has_value(), path + ": setting '" + key + "' must contain only integers, e.g. " + key + " = [200, 200]");
+                if (!list.empty()) list += ',';
+                list += std::to_string(*i);
+            }
+            try {
+                config_set(cfg, key, list);
+            } catch (const Error& e) {
+                throw Error(path + ": " + e.what());
+            }
+            continue;
+        }
         std::string text;
         if (auto s = node.value_exact<std::string>()) text = *s;
         else if (auto i = node.value_exact<int64_t>()) text = std::to_string(*i);
@@ -315,6 +359,14 @@ void config_validate(const Config& cfg) {
                         std::find(o.choices.begin(), o.choices.end(), v) == o.choices.end())
                         throw Error("setting '" + std::string(o.name) + "' = '" + one_line(v) +
                                     "' is not valid; use one of: " + join(o.choices));
+                } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+                    for (const int64_t x : v)
+                        if (!(double(x) >= o.min && double(x) <= o.max)) {
+                            std::ostringstream os;
+                            os << "setting '" << o.name << "' contains " << x << ", which is out of range; each entry must be in "
+                               << range_text(o);
+                            throw Error(os.str());
+                        }
                 } else if constexpr (!std::is_same_v<T, bool>) {
                     if (!(double(v) >= o.min && double(v) <= o.max)) {
                         std::ostringstream os;
@@ -335,6 +387,15 @@ void config_validate(const Config& cfg) {
     if (arch == "classic" && cfg.normalize_activations != "none")
         throw Error("normalize_activations = \"" + cfg.normalize_activations +
                     "\" needs a modern architecture (linear decoder); use normalize instead for the classic model");
+    if (arch != "classic" && (cfg.corruption != "none" || cfg.dropout > 0 || cfg.gamma > 0))
+        throw Error("corruption, dropout and gamma (denoising) apply to the classic architecture only, not \"" + arch +
+                    "\"; set corruption = \"none\", dropout = 0, gamma = 0");
+    if (cfg.corruption == "masking" && cfg.corruption_level > 1)
+        throw Error("corruption_level = " + std::to_string(cfg.corruption_level) +
+                    " is the probability of zeroing an input for corruption = \"masking\"; use a value in [0, 1]");
+    if (cfg.gamma > 0 && cfg.corruption == "none")
+        throw Error("gamma > 0 weighs the distance between the codes of clean and corrupted inputs, but corruption = \"none\"; "
+                    "set corruption = \"masking\" or \"gaussian\", or gamma = 0");
     if (arch == "classic" && cfg.sparsity == "kl" && cfg.encoder_activation != "sigmoid")
         throw Error("sparsity = \"kl\" needs activations in (0,1) but encoder_activation = \"" +
                     cfg.encoder_activation + "\"; set encoder_activation = \"sigmoid\" or sparsity = \"l1\"");
@@ -374,6 +435,15 @@ Config config_from_json(const std::string& text, const std::string& what) {
                     if (v.is_number_unsigned() ? v.get<uint64_t>() > uint64_t(INT64_MAX) : !v.is_number_integer())
                         return false;
                     cfg.*member = v.get<int64_t>();
+                } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+                    if (!v.is_array()) return false;
+                    std::vector<int64_t> list;
+                    for (const auto& x : v) {
+                        if (x.is_number_unsigned() ? x.get<uint64_t>() > uint64_t(INT64_MAX) : !x.is_number_integer())
+                            return false;
+                        list.push_back(x.get<int64_t>());
+                    }
+                    cfg.*member = list;
                 } else {
                     if (!v.is_number()) return false;
                     cfg.*member = v.get<double>();
@@ -403,7 +473,11 @@ std::string config_help() {
                 std::ostringstream v;
                 using T = std::remove_cvref_t<decltype(def.*member)>;
                 if constexpr (std::is_same_v<T, bool>) v << (def.*member ? "true" : "false");
-                else v << def.*member;
+                else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+                    v << "[";
+                    for (size_t i = 0; i < (def.*member).size(); ++i) v << (i ? ", " : "") << (def.*member)[i];
+                    v << "]";
+                } else v << def.*member;
                 d = v.str();
             },
             o.member);
@@ -435,7 +509,17 @@ ModelSpec config_model_spec(const Config& cfg, int64_t d_in) {
 }
 
 CostSpec config_cost_spec(const Config& cfg) {
-    return CostSpec{sparsity_parse(cfg.sparsity), cfg.rho, cfg.beta, cfg.weight_decay, cfg.l1_coefficient};
+    CostSpec c{sparsity_parse(cfg.sparsity), cfg.rho, cfg.beta, cfg.weight_decay, cfg.l1_coefficient};
+    c.gamma = cfg.gamma;
+    return c;
+}
+
+DenoiseSpec config_denoise_spec(const Config& cfg) {
+    DenoiseSpec d;
+    d.corruption = corruption_parse(cfg.corruption);
+    d.level = cfg.corruption_level;
+    d.dropout = cfg.dropout;
+    return d;
 }
 
 OptimizerHyper config_optimizer_hyper(const Config& cfg) {

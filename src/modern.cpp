@@ -2,9 +2,15 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <omp.h>
+#include <type_traits>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "sae/error.hpp"
 
@@ -57,6 +63,14 @@ Tensors<T> tensors(const ParamLayout& layout, T* flat) {
     return t;
 }
 
+// Hot loops are compiled for AVX-512 and AVX2 too, picked at load time by the CPU (GCC
+// function multi-versioning); the rest of the library stays at the baseline ISA.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SAE_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SAE_SIMD_CLONES
+#endif
+
 // Selection key: NaN is read as −∞ so nth_element sees a strict weak order.
 template <class T>
 inline T key(T v) {
@@ -70,30 +84,148 @@ T kth_largest(T* s, int64_t n, int64_t k) {
     return s[k - 1];
 }
 
-// TopK over each row of pre [m, n]: keeps the k largest (ties at the k-th value go to the lower
-// columns), then relu. scratch [m·n].
+// --- vector kernels (fixed summation order: results do not depend on the ISA picked) -------
 template <class T>
-void select_topk_rows(T* H, const T* pre, int64_t m, int64_t n, int64_t k, T* scratch) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-        const T* p = pre + i * n;
-        T* h = H + i * n;
-        T* s = scratch + i * n;
-        for (int64_t j = 0; j < n; ++j) s[j] = key(p[j]);
-        const T v = kth_largest(s, n, k);
-        int64_t above = 0;
-        for (int64_t j = 0; j < n; ++j) above += key(p[j]) > v;
-        int64_t ties = k - above;  // entries equal to v still to keep
-        for (int64_t j = 0; j < n; ++j) {
-            const T q = key(p[j]);
-            bool keep = q > v;
-            if (!keep && q == v && ties > 0) {
-                keep = true;
-                --ties;
+SAE_SIMD_CLONES void axpy(T* y, T a, const T* x, int64_t n) {
+    for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
+}
+
+template <class T>
+SAE_SIMD_CLONES T dot(const T* x, const T* y, int64_t n) {
+    constexpr int L = 16;
+    T acc[L] = {};
+    int64_t c = 0;
+    for (; c + L <= n; c += L)
+        for (int t = 0; t < L; ++t) acc[t] += x[c + t] * y[c + t];
+    T s = 0;
+    for (int t = 0; t < L; ++t) s += acc[t];
+    for (; c < n; ++c) s += x[c] * y[c];
+    return s;
+}
+
+// Σ x[c]·y[c] accumulated in double.
+template <class T>
+SAE_SIMD_CLONES double dot_double(const T* x, const T* y, int64_t n) {
+    constexpr int L = 8;
+    double acc[L] = {};
+    int64_t c = 0;
+    for (; c + L <= n; c += L)
+        for (int t = 0; t < L; ++t) acc[t] += double(x[c + t]) * double(y[c + t]);
+    double s = 0;
+    for (int t = 0; t < L; ++t) s += acc[t];
+    for (; c < n; ++c) s += double(x[c]) * double(y[c]);
+    return s;
+}
+
+// Group maxima: gmax[g] = max over p[g], p[g + G], p[g + 2G], ... (NaN never wins; −∞ for a
+// group of NaNs). Every group is non-empty when G ≤ n.
+template <class T>
+SAE_SIMD_CLONES void group_max(const T* p, int64_t n, int64_t G, T* gmax) {
+    for (int64_t g = 0; g < G; ++g) gmax[g] = -std::numeric_limits<T>::infinity();
+    int64_t j = 0;
+    for (; j + G <= n; j += G)
+        for (int64_t g = 0; g < G; ++g) {
+            const T x = p[j + g];
+            gmax[g] = x > gmax[g] ? x : gmax[g];
+        }
+    for (int64_t g = 0; j + g < n; ++g) {
+        const T x = p[j + g];
+        gmax[g] = x > gmax[g] ? x : gmax[g];
+    }
+}
+
+// Entries of p[0..n) with x > 0 and x ≥ lo, in index order, into (cidx, cval); returns their
+// count. Blocks of 16 are tested first so the common case (no candidate) stays vectorised.
+template <class T>
+SAE_SIMD_CLONES int64_t positive_at_least(const T* p, int64_t n, T lo, int32_t* cidx, T* cval) {
+    int64_t c = 0, j = 0;
+    for (; j + 16 <= n; j += 16) {
+        int any = 0;
+        for (int t = 0; t < 16; ++t) any |= (p[j + t] > T(0)) & (p[j + t] >= lo);
+        if (!any) continue;
+        for (int t = 0; t < 16; ++t) {
+            const T x = p[j + t];
+            if (x > T(0) && x >= lo) {
+                cidx[c] = int32_t(j + t);
+                cval[c++] = x;
             }
-            h[j] = keep && p[j] > T(0) ? p[j] : T(0);
         }
     }
+    for (; j < n; ++j) {
+        const T x = p[j];
+        if (x > T(0) && x >= lo) {
+            cidx[c] = int32_t(j);
+            cval[c++] = x;
+        }
+    }
+    return c;
+}
+
+// Lower bound for the k-th largest of p[0..n): with G = 4k groups, the k-th largest group
+// maximum (k distinct elements are ≥ it). −∞ when the row is too short for groups to help.
+template <class T>
+T topk_lower_bound(const T* p, int64_t n, int64_t k, T* gmax) {
+    const int64_t G = 4 * k;
+    if (2 * G > n) return -std::numeric_limits<T>::infinity();
+    group_max(p, n, G, gmax);
+    return kth_largest(gmax, G, k);
+}
+
+// TopK of one row p [n]: the k largest (ties at the k-th value go to the lower columns), then
+// relu, as (column, value) pairs in column order. Scans the row twice (group maxima, then the
+// few entries above their bound) while it sits in cache. Buffers: gmax [4k], cidx [n],
+// cval [n], tmp [n]. Returns the number kept (≤ k).
+template <class T>
+int64_t topk_row(const T* p, int64_t n, int64_t k, T* gmax, int32_t* cidx, T* cval, T* tmp,
+                 int32_t* out_col, T* out_val) {
+    const T lo = topk_lower_bound(p, n, k, gmax);
+    const int64_t c = positive_at_least(p, n, lo, cidx, cval);
+    if (c <= k) {  // every positive entry at or above the bound is kept (all of them, if < k)
+        std::copy(cidx, cidx + c, out_col);
+        std::copy(cval, cval + c, out_val);
+        return c;
+    }
+    std::copy(cval, cval + c, tmp);
+    const T v = kth_largest(tmp, c, k);  // the row's k-th largest (> 0)
+    int64_t above = 0;
+    for (int64_t t = 0; t < c; ++t) above += cval[t] > v;
+    int64_t ties = k - above, out = 0;
+    for (int64_t t = 0; t < c; ++t) {
+        bool keep = cval[t] > v;
+        if (!keep && cval[t] == v && ties > 0) {
+            keep = true;
+            --ties;
+        }
+        if (keep) {
+            out_col[out] = cidx[t];
+            out_val[out++] = cval[t];
+        }
+    }
+    return out;
+}
+
+// Zeroes p [n] with streaming stores where the CPU has them: the dense H of a sparse batch is
+// almost all zeros and is not read again soon, so its lines need not be fetched first.
+template <class T>
+void zero_streaming(T* p, int64_t n) {
+#if defined(__SSE2__)
+    char* b = reinterpret_cast<char*>(p);
+    int64_t bytes = n * int64_t(sizeof(T));
+    for (; (reinterpret_cast<uintptr_t>(b) & 15) != 0 && bytes > 0; --bytes) *b++ = 0;
+    const __m128i z = _mm_setzero_si128();
+    for (; bytes >= 16; bytes -= 16, b += 16) _mm_stream_si128(reinterpret_cast<__m128i*>(b), z);
+    for (; bytes > 0; --bytes) *b++ = 0;
+    _mm_sfence();  // order the streamed zeros before the ordinary stores that follow
+#else
+    std::fill(p, p + n, T(0));
+#endif
+}
+
+// Writes row i of a dense [m, n] matrix from its (column, value) list.
+template <class T>
+void scatter_row(T* dense_row, int64_t n, const int32_t* col, const T* val, int64_t count) {
+    zero_streaming(dense_row, n);
+    for (int64_t e = 0; e < count; ++e) dense_row[col[e]] = val[e];
 }
 
 // Order-preserving map of a value to an unsigned integer (a < b ⇔ order_key(a) < order_key(b));
@@ -118,14 +250,14 @@ inline typename KeyType<T>::type order_key(T v) {
     return key;
 }
 
-// BatchTopK training: keeps the m·k largest entries of pre [m, n] over the whole batch (ties
-// at the cut go to the lower flattened index), then relu. row_sums [m].
-// The cut is found by a most-significant-digit-first radix select over order keys, 11 bits per
-// pass, each pass a parallel histogram over rows: O(m·n) per pass instead of a serial
-// nth_element over the whole batch. Histograms hold integer counts, so merging the per-thread
-// ones in any order gives the same result.
+// BatchTopK training, exact fallback: keeps the m·k largest entries of pre [m, n] over the whole
+// batch (ties at the cut go to the lower flattened index), then relu, into the dense H.
+// row_sums [m]. The cut is found by a most-significant-digit-first radix select over order keys,
+// 11 bits per pass, each pass a parallel histogram over rows. Histograms hold integer counts, so
+// merging the per-thread ones in any order gives the same result. Used when the candidate
+// buffers of the fast selection overflow (masses of equal values).
 template <class T>
-void select_batchtopk(T* H, const T* pre, int64_t m, int64_t n, int64_t k, double* row_sums) {
+void select_batchtopk_radix(T* H, const T* pre, int64_t m, int64_t n, int64_t k, double* row_sums) {
     using U = typename KeyType<T>::type;
     constexpr int kKeyBits = int(sizeof(U)) * 8, kMaxBits = 11, kBins = 1 << kMaxBits;
     U prefix = 0, mask = 0;
@@ -199,36 +331,68 @@ void column_sums(int64_t m, int64_t n, F&& f, Fin&& fin) {
     }
 }
 
-// AuxK selection: per row of pre [m, n], the k_aux largest among dead latents (ties to the
-// lower index), relu; zero elsewhere. scratch [m·n].
+// Builds the by-column copy of S (counting sort over columns; rows stay ascending).
 template <class T>
-void select_aux(T* Haux, const T* pre, int64_t m, int64_t n, const uint8_t* dead,
-                int64_t n_dead, int64_t k_aux, T* scratch) {
-    const int64_t k = std::min(k_aux, n_dead);
+void transpose_lists(SparseRows<T>& S, int64_t m, int64_t n, int64_t* cursor) {
+    int64_t* cp = S.col_ptr.data();
+    std::fill(cp, cp + n + 1, int64_t(0));
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t e = S.beg[size_t(i)]; e < S.end[size_t(i)]; ++e) ++cp[S.col[size_t(e)] + 1];
+    for (int64_t j = 0; j < n; ++j) cp[j + 1] += cp[j];
+    std::copy(cp, cp + n, cursor);
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t e = S.beg[size_t(i)]; e < S.end[size_t(i)]; ++e) {
+            const int64_t q = cursor[S.col[size_t(e)]]++;
+            S.t_row[size_t(q)] = int32_t(i);
+            S.t_val[size_t(q)] = S.val[size_t(e)];
+        }
+}
+
+// Lists from a dense [m, n] matrix: its positive entries (count, offsets, fill).
+template <class T>
+void lists_from_dense(SparseRows<T>& S, const T* H, int64_t m, int64_t n) {
+    int64_t pos = 0;
+    for (int64_t i = 0; i < m; ++i) {
+        int64_t c = 0;
+        for (int64_t j = 0; j < n; ++j) c += H[i * n + j] > T(0);
+        S.beg[size_t(i)] = pos;
+        S.end[size_t(i)] = pos += c;
+    }
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < m; ++i) {
-        const T* p = pre + i * n;
-        T* h = Haux + i * n;
-        T* s = scratch + i * n;
-        int64_t c = 0;
+        int64_t q = S.beg[size_t(i)];
         for (int64_t j = 0; j < n; ++j)
-            if (dead[j]) s[c++] = key(p[j]);
-        const T v = kth_largest(s, c, k);
-        int64_t above = 0;
-        for (int64_t j = 0; j < n; ++j) above += dead[j] && key(p[j]) > v;
-        int64_t ties = k - above;
-        for (int64_t j = 0; j < n; ++j) {
-            h[j] = T(0);
-            if (!dead[j]) continue;
-            const T q = key(p[j]);
-            bool keep = q > v;
-            if (!keep && q == v && ties > 0) {
-                keep = true;
-                --ties;
+            if (H[i * n + j] > T(0)) {
+                S.col[size_t(q)] = int32_t(j);
+                S.val[size_t(q++)] = H[i * n + j];
             }
-            if (keep && p[j] > T(0)) h[j] = p[j];
-        }
     }
+}
+
+// The products of modern_cost: float in the requested precision, double in double.
+inline void product(Backend& be, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K,
+                    const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                    float* C, int64_t ldc, const float* bias, Precision p) {
+    be.gemm_ex(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc, bias, p);
+}
+inline void product(Backend& be, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K,
+                    const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
+                    double* C, int64_t ldc, const double* bias, Precision) {
+    be.gemm(ta, tb, M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc);
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) C[i * ldc + j] += bias[j];
+    }
+}
+
+// Entries kept per row by the threshold rules (jumprelu, BatchTopK inference) on the automatic
+// path; above this the batch takes the dense path.
+int64_t threshold_row_cap(const ModernSpec& spec, ProductPath path) {
+    const int64_t n = spec.d_sae;
+    if (path == ProductPath::sparse) return n;
+    const int64_t k = spec.arch == Arch::batchtopk ? spec.k : 1;
+    return std::min(n, std::max(k, n / 16));
 }
 
 }  // namespace
@@ -313,22 +477,328 @@ void modern_init(const ModernSpec& spec, const ParamLayout& layout, T* params, R
 }
 
 template <class T>
+void SparseRows<T>::reserve(int64_t m, int64_t n, int64_t capacity) {
+    beg.assign(size_t(m), 0);
+    end.assign(size_t(m), 0);
+    col.resize(size_t(capacity));
+    val.resize(size_t(capacity));
+    col_ptr.assign(size_t(n + 1), 0);
+    t_row.resize(size_t(capacity));
+    t_val.resize(size_t(capacity));
+    cap = capacity;
+}
+
+template <class T>
+int64_t SparseRows<T>::nnz(int64_t m) const {
+    int64_t s = 0;
+    for (int64_t i = 0; i < m; ++i) s += end[size_t(i)] - beg[size_t(i)];
+    return s;
+}
+
+template <class T>
 void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     const int64_t d_in = spec.d_in, d_sae = spec.d_sae;
+    const bool selecting = uses_selection(spec.arch), with_aux = uses_aux(spec);
+    const bool sparse_arch = spec.arch != Arch::standard && path != ProductPath::dense;
+    // The dense path's dH: standard always, jumprelu for dense batches, any arch when forced.
+    const bool dense_dh = spec.arch == Arch::standard || path == ProductPath::dense ||
+                          (spec.arch == Arch::jumprelu && path == ProductPath::automatic);
     xin.resize(max_m, d_in);
     pre.resize(max_m, d_sae);
     H.resize(max_m, d_sae);
     Xhat.resize(max_m, d_in);
     dXhat.resize(max_m, d_in);
-    dH.resize(max_m, d_sae);
-    const bool aux = uses_aux(spec);
-    Haux.resize(aux ? max_m : 0, d_sae);
-    Eaux.resize(aux ? max_m : 0, d_in);
-    dEaux.resize(aux ? max_m : 0, d_in);
-    scratch.resize(spec.arch == Arch::topk || aux ? size_t(max_m * d_sae) : 0);
+    dH.resize(dense_dh ? max_m : 0, d_sae);
+    Haux.resize(with_aux ? max_m : 0, d_sae);
+    Eaux.resize(with_aux ? max_m : 0, d_in);
+    dEaux.resize(with_aux ? max_m : 0, d_in);
+    int64_t row_cap = 0;
+    if (spec.arch == Arch::topk) row_cap = spec.k;
+    if (spec.arch == Arch::batchtopk) row_cap = std::max(spec.k, threshold_row_cap(spec, path));
+    if (spec.arch == Arch::jumprelu) row_cap = threshold_row_cap(spec, path);
+    act.reserve(max_m, d_sae, max_m * row_cap);
+    aux.reserve(with_aux ? max_m : 0, with_aux ? d_sae : 0, with_aux ? max_m * spec.k_aux : 0);
+    threads = std::max(1, omp_get_max_threads());
+    per_thread = 0;
+    if (spec.arch != Arch::standard)
+        per_thread = std::max<int64_t>(3 * d_sae + 4 * (selecting ? spec.k : 0) + 16,
+                                       sparse_arch ? 16 * d_in : 0);
+    scratch.resize(size_t(threads * per_thread));
+    iscratch.resize(spec.arch != Arch::standard ? size_t(threads * d_sae) : 0);
+    const bool bt = spec.arch == Arch::batchtopk;
+    const int64_t groups = bt ? (8 * spec.k <= d_sae ? 4 * spec.k : d_sae) : 0;
+    const int64_t cand_cap = bt ? 2 * max_m * spec.k + d_sae : 0;
+    cand_val.resize(size_t(cand_cap));
+    cand_col.resize(size_t(cand_cap));
+    cand_tmp.resize(size_t(std::max(cand_cap, max_m * groups)));
+    cand_beg.resize(bt ? size_t(max_m) : 0);
+    cand_end.resize(bt ? size_t(max_m) : 0);
+    dead_idx.resize(with_aux ? size_t(d_sae) : 0);
+    cursor.resize(spec.arch != Arch::standard ? size_t(d_sae) : 0);
     row_sums.resize(size_t(max_m));
     latent.resize(size_t(d_sae));
 }
+
+namespace {
+
+// TopK over every row of pre [m, n] into ws.act (row i at [i·k, i·k + kept)); the dense H too
+// when write_h.
+template <class T>
+void select_topk(ModernWorkspace<T>& ws, const T* pre, int64_t m, int64_t n, int64_t k,
+                 bool write_h, int nt) {
+    SparseRows<T>& A = ws.act;
+    T* H = ws.H.data.data();
+#pragma omp parallel num_threads(nt)
+    {
+        const int tid = omp_get_thread_num();
+        T* s = ws.scratch.data() + tid * ws.per_thread;
+        int32_t* cidx = ws.iscratch.data() + int64_t(tid) * n;
+        T* gmax = s;
+        T* cval = s + 4 * k;
+        T* tmp = cval + n;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < m; ++i) {
+            const int64_t b = i * k;
+            const int64_t c = topk_row(pre + i * n, n, k, gmax, cidx, cval, tmp,
+                                       A.col.data() + b, A.val.data() + b);
+            A.beg[size_t(i)] = b;
+            A.end[size_t(i)] = b + c;
+            if (write_h) scatter_row(H + i * n, n, A.col.data() + b, A.val.data() + b, c);
+        }
+    }
+}
+
+// BatchTopK training into ws.act (exact offsets, m·k entries at most). A lower bound for the
+// batch's (m·k)-th largest entry: with 4k groups per row, the (m·k)-th largest of all group
+// maxima. One pass computes the group maxima, a second collects the positive entries at or
+// above the bound (a little over m·k of them), and the exact cut and its ties (in flattened
+// order) are settled on those alone. Falls back to the radix select over everything (which
+// writes the dense H whatever write_h says) when the candidates overflow their buffer (masses
+// of equal values).
+template <class T>
+void select_batchtopk(ModernWorkspace<T>& ws, const T* pre, int64_t m, int64_t n, int64_t k,
+                      bool write_h, int nt) {
+    SparseRows<T>& A = ws.act;
+    T* H = ws.H.data.data();
+    const int64_t target = m * k;
+    const int64_t G = 8 * k <= n ? 4 * k : n;
+    T* gm = ws.cand_tmp.data();
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < m; ++i) group_max(pre + i * n, n, G, gm + i * G);
+    const T lo = kth_largest(gm, m * G, target);
+
+    const int64_t cap = int64_t(ws.cand_val.size());
+    bool overflow = false;
+#pragma omp parallel num_threads(nt) reduction(|| : overflow)
+    {
+        const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
+        const int64_t r0 = m * tid / nthr, r1 = m * (tid + 1) / nthr;
+        const int64_t c0 = cap * tid / nthr, c1 = cap * (tid + 1) / nthr;
+        int32_t* cidx = ws.iscratch.data() + int64_t(tid) * n;
+        T* cval = ws.scratch.data() + tid * ws.per_thread;
+        int64_t pos = c0;
+        for (int64_t i = r0; i < r1; ++i) {
+            const int64_t c = positive_at_least(pre + i * n, n, lo, cidx, cval);
+            ws.cand_beg[size_t(i)] = pos;
+            if (pos + c > c1) {
+                overflow = true;
+                ws.cand_end[size_t(i)] = pos;
+                continue;
+            }
+            std::copy(cidx, cidx + c, ws.cand_col.data() + pos);
+            std::copy(cval, cval + c, ws.cand_val.data() + pos);
+            ws.cand_end[size_t(i)] = pos += c;
+        }
+    }
+    if (overflow) {
+        select_batchtopk_radix(H, pre, m, n, k, ws.row_sums.data());
+        lists_from_dense(A, H, m, n);
+        return;
+    }
+
+    // The exact cut v among the candidates: above it everything is kept, at it the first ties
+    // in flattened order.
+    int64_t total = 0;
+    for (int64_t i = 0; i < m; ++i) {
+        const int64_t b = ws.cand_beg[size_t(i)], c = ws.cand_end[size_t(i)] - b;
+        std::copy(ws.cand_val.data() + b, ws.cand_val.data() + b + c, ws.cand_tmp.data() + total);
+        total += c;
+    }
+    const bool keep_all = total <= target;
+    const T v = keep_all ? T(0) : kth_largest(ws.cand_tmp.data(), total, target);
+    int64_t ties = target, pos = 0;
+    if (!keep_all)
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t e = ws.cand_beg[size_t(i)]; e < ws.cand_end[size_t(i)]; ++e)
+                ties -= ws.cand_val[size_t(e)] > v;
+    for (int64_t i = 0; i < m; ++i) {  // per row: count kept; ws.row_sums[i] = its ties
+        int64_t kept = 0, row_ties = 0;
+        for (int64_t e = ws.cand_beg[size_t(i)]; e < ws.cand_end[size_t(i)]; ++e) {
+            const T x = ws.cand_val[size_t(e)];
+            if (keep_all || x > v) {
+                ++kept;
+            } else if (x == v && ties > 0) {
+                ++kept;
+                ++row_ties;
+                --ties;
+            }
+        }
+        ws.row_sums[size_t(i)] = double(row_ties);
+        A.beg[size_t(i)] = pos;
+        A.end[size_t(i)] = pos += kept;
+    }
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < m; ++i) {
+        int64_t q = A.beg[size_t(i)], row_ties = int64_t(ws.row_sums[size_t(i)]);
+        for (int64_t e = ws.cand_beg[size_t(i)]; e < ws.cand_end[size_t(i)]; ++e) {
+            const T x = ws.cand_val[size_t(e)];
+            bool keep = keep_all || x > v;
+            if (!keep && x == v && row_ties > 0) {
+                keep = true;
+                --row_ties;
+            }
+            if (keep) {
+                A.col[size_t(q)] = ws.cand_col[size_t(e)];
+                A.val[size_t(q++)] = x;
+            }
+        }
+        if (write_h)
+            scatter_row(H + i * n, n, A.col.data() + A.beg[size_t(i)], A.val.data() + A.beg[size_t(i)],
+                        A.end[size_t(i)] - A.beg[size_t(i)]);
+    }
+}
+
+// Threshold rules, h = pre·1[pre > θ] with θ = theta[j] (jumprelu; also listing the entries in
+// the straight-through window |pre − θ|/ε < ½ with value 0) or one θ for every latent
+// (BatchTopK inference). Row i's entries go to [i·cap_row, ...); the dense H when write_h.
+// ws.row_sums[i] = the row's active count. Returns false if a row had more than cap_row entries
+// (the caller then takes the dense path; the dense H is always complete when write_h).
+template <class T>
+bool select_threshold(ModernWorkspace<T>& ws, const T* pre, int64_t m, int64_t n,
+                      const double* theta, double one_theta, double eps, int64_t cap_row,
+                      bool write_h, int nt) {
+    SparseRows<T>& A = ws.act;
+    T* H = ws.H.data.data();
+    const bool window = eps > 0;
+    bool overflow = false;
+#pragma omp parallel for schedule(static) num_threads(nt) reduction(|| : overflow)
+    for (int64_t i = 0; i < m; ++i) {
+        const T* p = pre + i * n;
+        T* h = H + i * n;
+        const int64_t b = i * cap_row;
+        int64_t c = 0, active = 0;
+        for (int64_t j = 0; j < n; ++j) {
+            const double th = theta ? theta[j] : one_theta;
+            const bool on = double(p[j]) > th;
+            const bool in_window = window && std::fabs((double(p[j]) - th) / eps) < 0.5;
+            active += on;
+            if (write_h) h[j] = on ? p[j] : T(0);
+            if (on || in_window) {
+                if (c < cap_row) {
+                    A.col[size_t(b + c)] = int32_t(j);
+                    A.val[size_t(b + c)] = on ? p[j] : T(0);
+                }
+                ++c;
+            }
+        }
+        overflow = overflow || c > cap_row;
+        A.beg[size_t(i)] = b;
+        A.end[size_t(i)] = b + std::min(c, cap_row);
+        ws.row_sums[size_t(i)] = double(active);
+    }
+    return !overflow;
+}
+
+// AuxK selection: per row of pre [m, n], the k_aux largest among the dead latents (ties to the
+// lower index), relu, into ws.aux (row i at [i·k_aux, ...)); the dense Haux when write_h.
+template <class T>
+void select_aux(ModernWorkspace<T>& ws, const T* pre, int64_t m, int64_t n, int64_t n_dead,
+                int64_t k_aux, bool write_h, int nt) {
+    const int64_t k = std::min(k_aux, n_dead);
+    SparseRows<T>& S = ws.aux;
+    const int32_t* di = ws.dead_idx.data();
+    T* Haux = ws.Haux.data.data();
+#pragma omp parallel num_threads(nt)
+    {
+        T* s = ws.scratch.data() + omp_get_thread_num() * ws.per_thread;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < m; ++i) {
+            const T* p = pre + i * n;
+            for (int64_t t = 0; t < n_dead; ++t) s[t] = key(p[di[t]]);
+            const T v = kth_largest(s, n_dead, k);
+            int64_t above = 0;
+            for (int64_t t = 0; t < n_dead; ++t) above += key(p[di[t]]) > v;
+            int64_t ties = k - above;
+            const int64_t b = i * k_aux;
+            int64_t c = 0;
+            for (int64_t t = 0; t < n_dead; ++t) {
+                const T q = key(p[di[t]]);
+                bool keep = q > v;
+                if (!keep && q == v && ties > 0) {
+                    keep = true;
+                    --ties;
+                }
+                if (keep && p[di[t]] > T(0)) {
+                    S.col[size_t(b + c)] = di[t];
+                    S.val[size_t(b + c++)] = p[di[t]];
+                }
+            }
+            S.beg[size_t(i)] = b;
+            S.end[size_t(i)] = b + c;
+            if (write_h) scatter_row(Haux + i * n, n, S.col.data() + b, S.val.data() + b, c);
+        }
+    }
+}
+
+// Asks for a row of n values ahead of its use (the gathers below jump between rows that the
+// hardware prefetcher cannot guess).
+template <class T>
+inline void prefetch_row(const T* p, int64_t n) {
+    const char* b = reinterpret_cast<const char*>(p);
+    for (int64_t o = 0; o < n * int64_t(sizeof(T)); o += 64) __builtin_prefetch(b + o);
+}
+
+// out_i = (bias, or 0) + Σ_{(j, v) in row i of S} v·W[j]   for W [n, d] row-major, out [m, d].
+template <class T>
+void sparse_rows_times(const SparseRows<T>& S, const T* W, const T* bias, int64_t m, int64_t d,
+                       T* out, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < m; ++i) {
+        T* o = out + i * d;
+        if (bias) std::copy(bias, bias + d, o);
+        else std::fill(o, o + d, T(0));
+        const int64_t e0 = S.beg[size_t(i)], e1 = S.end[size_t(i)];
+        if (e0 < e1) prefetch_row(W + int64_t(S.col[size_t(e0)]) * d, d);
+        for (int64_t e = e0; e < e1; ++e) {
+            if (e + 1 < e1) prefetch_row(W + int64_t(S.col[size_t(e + 1)]) * d, d);
+            const T v = S.val[size_t(e)];
+            if (v != T(0)) axpy(o, v, W + int64_t(S.col[size_t(e)]) * d, d);
+        }
+    }
+}
+
+}  // namespace
+
+const std::array<const char*, 8>& modern_phase_names() {
+    static const std::array<const char*, 8> names = {"input", "encoder", "select", "decode",
+                                                     "auxk", "lists", "backward", "b_dec"};
+    return names;
+}
+
+namespace {
+// Adds the time since the previous mark to phase p (when profiling).
+struct PhaseClock {
+    bool on;
+    std::array<double, 8>& ms;
+    std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+    void mark(int p) {
+        if (!on) return;
+        const auto now = std::chrono::steady_clock::now();
+        ms[size_t(p)] += std::chrono::duration<double, std::milli>(now - t).count();
+        t = now;
+    }
+};
+}  // namespace
 
 template <class T>
 CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& layout,
@@ -336,14 +806,23 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
                       const uint8_t* dead, double batchtopk_threshold, double sparsity_scale) {
     const int64_t d_in = spec.d_in, d_sae = spec.d_sae;
     require(m > 0, "modern_cost: empty batch");
-    require(ws.pre.rows >= m && ws.pre.cols == d_sae && ws.xin.cols == d_in &&
+    require(ws.pre.rows >= m && ws.pre.cols == d_sae && ws.xin.cols == d_in && ws.H.rows >= m &&
                 int64_t(ws.row_sums.size()) >= m && int64_t(ws.latent.size()) == d_sae,
             "modern_cost: workspace not reserved for this model and batch size");
     const bool selecting = uses_selection(spec.arch);
     require(!selecting || (spec.k >= 1 && spec.k <= d_sae),
             "modern_cost: k out of range; set k between 1 and d_sae");
-    require(spec.arch != Arch::topk || int64_t(ws.scratch.size()) >= m * d_sae,
+    const bool lists = spec.arch != Arch::standard;
+    require(!lists || (int64_t(ws.act.beg.size()) >= m && int64_t(ws.act.col_ptr.size()) == d_sae + 1 &&
+                       int64_t(ws.iscratch.size()) >= int64_t(ws.threads) * d_sae &&
+                       ws.per_thread >= 3 * d_sae + (selecting ? 4 * spec.k : 0)),
             "modern_cost: workspace not reserved for this architecture");
+    require(spec.arch != Arch::topk || ws.act.cap >= m * spec.k,
+            "modern_cost: workspace not reserved for this k");
+    require(spec.arch != Arch::batchtopk || batchtopk_threshold >= 0 ||
+                (int64_t(ws.cand_val.size()) >= 2 * m * spec.k + d_sae && ws.act.cap >= m * spec.k &&
+                 int64_t(ws.cand_tmp.size()) >= m * (8 * spec.k <= d_sae ? 4 * spec.k : d_sae)),
+            "modern_cost: workspace not reserved for this k");
 
     const auto P = tensors(layout, const_cast<T*>(params));
     require(spec.arch != Arch::jumprelu || P.log_threshold,
@@ -352,12 +831,16 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     T* H = ws.H.data.data();
     T* Xhat = ws.Xhat.data.data();
     T* dXhat = ws.dXhat.data.data();
-    T* dH = ws.dH.data.data();
     double* row_sums = ws.row_sums.data();
     double* latent = ws.latent.data();
     const double inv_m = 1.0 / double(m);
     const int64_t nH = m * d_sae;
+    const int nt = std::max(1, std::min(omp_get_max_threads(), ws.threads));
+    const Precision prec = std::is_same_v<T, float> ? ws.precision : Precision::f32;
+    const double l1 = spec.l1_coefficient * sparsity_scale;
+    const double l0 = spec.l0_coefficient * sparsity_scale;
 
+    PhaseClock clock{ws.profile, ws.profile_ms};
     // Encoder input x' [m, d_in].
     const T* xin = X;
     if (spec.apply_b_dec_to_input) {
@@ -368,43 +851,62 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
         xin = xb;
     }
 
-    // pre [m, d_sae] = x'·W_enc + b_enc.
-    dense_forward(be, pre, xin, P.W_enc, Trans::no, P.b_enc, m, d_in, d_sae, Activation::linear);
+    clock.mark(0);
+    // pre [m, d_sae] = x'·W_enc + b_enc: the one dense product of the sparse architectures.
+    product(be, Trans::no, Trans::no, m, d_sae, d_in, xin, d_in, P.W_enc, d_sae, T(0), pre, d_sae,
+            P.b_enc, prec);
+    clock.mark(1);
 
-    // h = σ(pre). For jumprelu latent[j] = θⱼ.
+    // h = σ(pre). The sparse path keeps the active entries as lists (ws.act); the dense H is
+    // written when asked for or when the dense path runs. For jumprelu latent[j] = θⱼ.
+    CostTerms J;
+    const bool want_sparse = lists && ws.path != ProductPath::dense;
+    const bool write_h = ws.dense_h || !want_sparse;
+    bool sparse = want_sparse;
     switch (spec.arch) {
         case Arch::standard:
 #pragma omp parallel for schedule(static)
             for (int64_t t = 0; t < nH; ++t) H[t] = pre[t] > T(0) ? pre[t] : T(0);
             break;
         case Arch::topk:
-            select_topk_rows(H, pre, m, d_sae, spec.k, ws.scratch.data());
+            select_topk(ws, pre, m, d_sae, spec.k, write_h, nt);
             break;
         case Arch::batchtopk:
             if (batchtopk_threshold < 0) {
-                select_batchtopk(H, pre, m, d_sae, spec.k, row_sums);
+                select_batchtopk(ws, pre, m, d_sae, spec.k, write_h, nt);
             } else {
-#pragma omp parallel for schedule(static)
-                for (int64_t t = 0; t < nH; ++t)
-                    H[t] = double(pre[t]) > batchtopk_threshold ? pre[t] : T(0);
+                const int64_t cap_row = ws.act.cap / int64_t(ws.act.beg.size());
+                sparse = select_threshold(ws, pre, m, d_sae, nullptr, batchtopk_threshold, 0.0,
+                                          cap_row, write_h, nt) && want_sparse;
             }
             break;
-        case Arch::jumprelu:
+        case Arch::jumprelu: {
             for (int64_t j = 0; j < d_sae; ++j) latent[j] = std::exp(double(P.log_threshold[j]));
-#pragma omp parallel for schedule(static)
-            for (int64_t i = 0; i < m; ++i)
-                for (int64_t j = 0; j < d_sae; ++j) {
-                    const T p = pre[i * d_sae + j];
-                    H[i * d_sae + j] = double(p) > latent[j] ? p : T(0);
-                }
+            const int64_t cap_row = ws.act.cap / int64_t(ws.act.beg.size());
+            sparse = select_threshold(ws, pre, m, d_sae, latent, 0.0, spec.bandwidth, cap_row,
+                                      write_h, nt) && want_sparse;
+            J.sparsity = l0 * sum_in_order(row_sums, m) * inv_m;
             break;
+        }
     }
+    if (!sparse && !write_h) {  // a threshold rule overflowed its lists: the dense path needs H
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < d_sae; ++j) {
+                const double th = spec.arch == Arch::jumprelu ? latent[j] : batchtopk_threshold;
+                const T p = pre[i * d_sae + j];
+                H[i * d_sae + j] = double(p) > th ? p : T(0);
+            }
+    }
+    ws.sparse_used = sparse;
+    clock.mark(2);
 
-    // x̂ [m, d_in] = h·W_dec + b_dec.
-    dense_forward(be, Xhat, H, P.W_dec, Trans::no, P.b_dec, m, d_sae, d_in, Activation::linear);
-
-    CostTerms J;
-    // rec; dXhat = (x̂ − x)/m.
+    // x̂ [m, d_in] = h·W_dec + b_dec; rec; dXhat = (x̂ − x)/m.
+    if (sparse)
+        sparse_rows_times(ws.act, P.W_dec, P.b_dec, m, d_in, Xhat, nt);
+    else
+        product(be, Trans::no, Trans::no, m, d_in, d_sae, H, d_sae, P.W_dec, d_in, T(0), Xhat,
+                d_in, P.b_dec, prec);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < m; ++i) {
         double row = 0;
@@ -417,9 +919,7 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     }
     J.rec = 0.5 * sum_in_order(row_sums, m) * inv_m;
 
-    // Sparsity. For standard with l1_decoder_norm, latent[j] = ‖W_dec[j]‖.
-    const double l1 = spec.l1_coefficient * sparsity_scale;
-    const double l0 = spec.l0_coefficient * sparsity_scale;
+    // Sparsity of standard. latent[j] = ‖W_dec[j]‖ (or 1).
     if (spec.arch == Arch::standard) {
         if (spec.l1_decoder_norm) {
 #pragma omp parallel for schedule(static)
@@ -441,16 +941,9 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
             row_sums[i] = row;
         }
         J.sparsity = l1 * sum_in_order(row_sums, m) * inv_m;
-    } else if (spec.arch == Arch::jumprelu) {
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < m; ++i) {
-            int64_t c = 0;
-            for (int64_t j = 0; j < d_sae; ++j) c += double(pre[i * d_sae + j]) > latent[j];
-            row_sums[i] = double(c);
-        }
-        J.sparsity = l0 * sum_in_order(row_sums, m) * inv_m;
     }
 
+    clock.mark(3);
     // AuxK on dead latents: ê = h_aux·W_dec against e = x − x̂ (a constant).
     int64_t n_dead = 0;
     if (uses_aux(spec) && dead)
@@ -458,14 +951,18 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     const bool aux = n_dead > 0;
     if (aux) {
         require(ws.Haux.rows >= m && ws.Haux.cols == d_sae && ws.Eaux.cols == d_in &&
-                    int64_t(ws.scratch.size()) >= m * d_sae,
+                    int64_t(ws.dead_idx.size()) == d_sae && ws.aux.cap >= m * spec.k_aux,
                 "modern_cost: workspace not reserved for AuxK");
-        T* Haux = ws.Haux.data.data();
         T* Eaux = ws.Eaux.data.data();
         T* dEaux = ws.dEaux.data.data();
-        select_aux(Haux, pre, m, d_sae, dead, n_dead, spec.k_aux, ws.scratch.data());
-        be.gemm(Trans::no, Trans::no, m, d_in, d_sae, T(1), Haux, d_sae, P.W_dec, d_in, T(0),
-                Eaux, d_in);
+        for (int64_t j = 0, t = 0; j < d_sae; ++j)
+            if (dead[j]) ws.dead_idx[size_t(t++)] = int32_t(j);
+        select_aux(ws, pre, m, d_sae, n_dead, spec.k_aux, write_h, nt);
+        if (sparse)
+            sparse_rows_times<T>(ws.aux, P.W_dec, nullptr, m, d_in, Eaux, nt);
+        else
+            product(be, Trans::no, Trans::no, m, d_in, d_sae, ws.Haux.data.data(), d_sae, P.W_dec,
+                    d_in, T(0), Eaux, d_in, nullptr, prec);
         const double c = spec.aux_coefficient * inv_m;
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < m; ++i) {
@@ -482,13 +979,108 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
         J.aux = spec.aux_coefficient * 0.5 * sum_in_order(row_sums, m) * inv_m;
     }
 
+    clock.mark(4);
     if (!grad) return J;
-
-    std::fill(grad, grad + layout.total, T(0));
     const auto G = tensors(layout, grad);
 
+    if (sparse) {
+        // Every gradient entry is written exactly once below: no fill.
+        int64_t* cursor = ws.cursor.data();
+        transpose_lists(ws.act, m, d_sae, cursor);
+        if (aux) transpose_lists(ws.aux, m, d_sae, cursor);
+        clock.mark(5);
+        const SparseRows<T>& A = ws.act;
+        const SparseRows<T>& X2 = ws.aux;
+        const T* dEaux = aux ? ws.dEaux.data.data() : nullptr;
+        const bool jump = spec.arch == Arch::jumprelu;
+        const double eps = spec.bandwidth;
+        const double l0_term = -l0 * inv_m / eps;
+        constexpr int64_t kB = 16;  // latents per block: one cache line of a W_enc row
+        const int64_t blocks = (d_sae + kB - 1) / kB;
+        // Per latent j: ∂J/∂h_ij = dXhat_i·W_dec[j] for its listed rows i; dW_dec[j] = Σ h_ij·dXhat_i;
+        // the gate passes it where h > 0 (dpre); dW_enc[:, j] = Σ dpre_ij·x'_i and db_enc[j] = Σ dpre_ij,
+        // collected for 16 latents in a tile [16, d_in] and written as 16-wide column blocks.
+#pragma omp parallel num_threads(nt)
+        {
+            T* tile = ws.scratch.data() + omp_get_thread_num() * ws.per_thread;
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t blk = 0; blk < blocks; ++blk) {
+                const int64_t j0 = blk * kB, w = std::min(kB, d_sae - j0);
+                std::fill(tile, tile + w * d_in, T(0));
+                for (int64_t t = 0; t < w; ++t) {
+                    const int64_t j = j0 + t;
+                    T* gd = G.W_dec + j * d_in;
+                    const T* wd = P.W_dec + j * d_in;
+                    T* tj = tile + t * d_in;
+                    std::fill(gd, gd + d_in, T(0));
+                    double db = 0, gth = 0;
+                    const double th = jump ? latent[j] : 0.0;
+                    const int64_t q0 = A.col_ptr[size_t(j)], q1 = A.col_ptr[size_t(j + 1)];
+                    for (int64_t q = q0; q < q1; ++q) {
+                        if (q + 1 < q1) {
+                            const int64_t next = A.t_row[size_t(q + 1)];
+                            prefetch_row(dXhat + next * d_in, d_in);
+                            prefetch_row(xin + next * d_in, d_in);
+                        }
+                        const int64_t i = A.t_row[size_t(q)];
+                        const T h = A.t_val[size_t(q)];
+                        const T* dx = dXhat + i * d_in;
+                        const T d = dot(dx, wd, d_in);
+                        if (h > T(0)) {
+                            axpy(gd, h, dx, d_in);
+                            axpy(tj, d, xin + i * d_in, d_in);
+                            db += double(d);
+                        }
+                        if (jump) {
+                            const double u = (double(pre[i * d_sae + j]) - th) / eps;
+                            if (std::fabs(u) < 0.5) gth += -th / eps * double(d) + l0_term;
+                        }
+                    }
+                    if (aux)
+                        for (int64_t q = X2.col_ptr[size_t(j)]; q < X2.col_ptr[size_t(j + 1)]; ++q) {
+                            const int64_t i = X2.t_row[size_t(q)];
+                            const T* de = dEaux + i * d_in;
+                            const T d = dot(de, wd, d_in);
+                            axpy(gd, X2.t_val[size_t(q)], de, d_in);
+                            axpy(tj, d, xin + i * d_in, d_in);
+                            db += double(d);
+                        }
+                    G.b_enc[j] = T(db);
+                    if (jump) G.log_threshold[j] = T(th * gth);
+                }
+                for (int64_t c = 0; c < d_in; ++c) {
+                    T* g = G.W_enc + c * d_sae + j0;
+                    for (int64_t t = 0; t < w; ++t) g[t] = tile[t * d_in + c];
+                }
+            }
+        }
+        clock.mark(6);
+        // db_dec = Σᵢ dXhat_i − W_enc·db_enc (the second term through x' = x − b_dec).
+        column_sums(
+            m, d_in, [&](int64_t i, int64_t c) { return double(dXhat[i * d_in + c]); },
+            [&](int64_t c, double s) { G.b_dec[c] = T(s); });
+        if (spec.apply_b_dec_to_input) {
+#pragma omp parallel for schedule(static)
+            for (int64_t c = 0; c < d_in; ++c)
+                G.b_dec[c] -= T(dot_double(P.W_enc + c * d_sae, G.b_enc, d_sae));
+        }
+        clock.mark(7);
+        return J;
+    }
+
+    // ---- dense path ----
+    std::fill(grad, grad + layout.total, T(0));
+    if (ws.dH.rows < m || ws.dH.cols != d_sae) ws.dH.resize(ws.H.rows, d_sae);  // see header
+    T* dH = ws.dH.data.data();
+
     // Decoder: dW_dec += hᵀ·dXhat, db_dec += Σᵢ dXhat, dH = dXhat·W_decᵀ.
-    dense_backward(be, dH, G.W_dec, G.b_dec, dXhat, H, P.W_dec, Trans::no, m, d_sae, d_in);
+    product(be, Trans::yes, Trans::no, d_sae, d_in, m, H, d_sae, dXhat, d_in, T(1), G.W_dec, d_in,
+            nullptr, prec);
+    column_sums(
+        m, d_in, [&](int64_t i, int64_t c) { return double(dXhat[i * d_in + c]); },
+        [&](int64_t c, double s) { G.b_dec[c] += T(s); });
+    product(be, Trans::no, Trans::yes, m, d_sae, d_in, dXhat, d_in, P.W_dec, d_in, T(0), dH, d_sae,
+            nullptr, prec);
 
     if (spec.arch == Arch::standard && l1 != 0) {
         // ∂/∂hᵢⱼ = (λ/m)·sign(hᵢⱼ)·‖W_dec[j]‖; ∂/∂W_dec[j] = (λ/m)·Σᵢ|hᵢⱼ|·W_dec[j]/‖W_dec[j]‖.
@@ -535,31 +1127,33 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     if (aux) {
         const T* Haux = ws.Haux.data.data();
         const T* dEaux = ws.dEaux.data.data();
-        T* dHaux = ws.scratch.data();  // [m, d_sae]; selection is finished
-        // dW_dec += h_auxᵀ·dEaux; dHaux = dEaux·W_decᵀ, passed where h_aux > 0.
-        be.gemm(Trans::yes, Trans::no, d_sae, d_in, m, T(1), Haux, d_sae, dEaux, d_in, T(1),
-                G.W_dec, d_in);
-        be.gemm(Trans::no, Trans::yes, m, d_sae, d_in, T(1), dEaux, d_in, P.W_dec, d_in, T(0),
-                dHaux, d_sae);
+        // dW_dec += h_auxᵀ·dEaux; ∂aux/∂h_aux = dEaux·W_decᵀ, passed where h_aux > 0. Summed
+        // into dH per row (W_dec row j by a dot product), so no [m, d_sae] buffer is needed.
+        product(be, Trans::yes, Trans::no, d_sae, d_in, m, Haux, d_sae, dEaux, d_in, T(1), G.W_dec,
+                d_in, nullptr, prec);
 #pragma omp parallel for schedule(static)
-        for (int64_t t = 0; t < nH; ++t)
-            if (Haux[t] > T(0)) dH[t] += dHaux[t];
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < d_sae; ++j)
+                if (Haux[i * d_sae + j] > T(0))
+                    dH[i * d_sae + j] += dot(dEaux + i * d_in, P.W_dec + j * d_in, d_in);
     }
 
     // Encoder: dW_enc += x'ᵀ·dpre, db_enc += Σᵢ dpre.
-    dense_backward<T>(be, nullptr, G.W_enc, G.b_enc, dH, xin, P.W_enc, Trans::no, m, d_in, d_sae);
+    product(be, Trans::yes, Trans::no, d_in, d_sae, m, xin, d_in, dH, d_sae, T(1), G.W_enc, d_sae,
+            nullptr, prec);
+    column_sums(
+        m, d_sae, [&](int64_t i, int64_t j) { return double(dH[i * d_sae + j]); },
+        [&](int64_t j, double s) { G.b_enc[j] += T(s); });
 
+    clock.mark(6);
     // Through x' = x − b_dec: ∂J/∂b_dec −= Σᵢ dpreᵢ·W_encᵀ = W_enc·(Σᵢ dpreᵢ), and Σᵢ dpreᵢ is
     // exactly the b_enc gradient.
     if (spec.apply_b_dec_to_input) {
 #pragma omp parallel for schedule(static)
-        for (int64_t c = 0; c < d_in; ++c) {
-            double s = 0;
-            for (int64_t j = 0; j < d_sae; ++j)
-                s += double(P.W_enc[c * d_sae + j]) * double(G.b_enc[j]);
-            G.b_dec[c] -= T(s);
-        }
+        for (int64_t c = 0; c < d_in; ++c)
+            G.b_dec[c] -= T(dot_double(P.W_enc + c * d_sae, G.b_enc, d_sae));
     }
+    clock.mark(7);
     return J;
 }
 
@@ -567,7 +1161,9 @@ template <class T>
 void decoder_remove_parallel_grad(const ModernSpec& spec, const ParamLayout& layout,
                                   const T* params, T* grad) {
     const int64_t d_in = spec.d_in;
-    const int64_t off = layout.get("W_dec").offset;
+    const ParamView* v = layout.find("W_dec");  // find, not get: no message string is built
+    require(v != nullptr, "decoder_remove_parallel_grad: the layout has no W_dec");
+    const int64_t off = v->offset;
     const T* W = params + off;
     T* G = grad + off;
 #pragma omp parallel for schedule(static)
@@ -586,7 +1182,9 @@ void decoder_remove_parallel_grad(const ModernSpec& spec, const ParamLayout& lay
 template <class T>
 void decoder_normalize_rows(const ModernSpec& spec, const ParamLayout& layout, T* params) {
     const int64_t d_in = spec.d_in;
-    T* W = params + layout.get("W_dec").offset;
+    const ParamView* v = layout.find("W_dec");
+    require(v != nullptr, "decoder_normalize_rows: the layout has no W_dec");
+    T* W = params + v->offset;
 #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < spec.d_sae; ++j) {
         double ww = 0;
@@ -599,19 +1197,25 @@ void decoder_normalize_rows(const ModernSpec& spec, const ParamLayout& layout, T
 
 template <class T>
 double batchtopk_min_kept(const ModernWorkspace<T>& ws, int64_t m, int64_t d_sae) {
-    check(ws.H.rows >= m && ws.H.cols == d_sae, "batchtopk_min_kept: workspace has no batch of that size");
+    require(ws.H.rows >= m && ws.H.cols == d_sae, "batchtopk_min_kept: workspace has no batch of that size");
     double best = -1;
-    const T* H = ws.H.data.data();
-    for (int64_t t = 0; t < m * d_sae; ++t) {
-        const double h = double(H[t]);
+    auto take = [&](double h) {
         if (h > 0 && (best < 0 || h < best)) best = h;
+    };
+    if (ws.sparse_used) {  // the lists hold every kept entry
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t e = ws.act.beg[size_t(i)]; e < ws.act.end[size_t(i)]; ++e) take(double(ws.act.val[size_t(e)]));
+        return best;
     }
+    const T* H = ws.H.data.data();
+    for (int64_t t = 0; t < m * d_sae; ++t) take(double(H[t]));
     return best;
 }
 
 #define SAE_INSTANTIATE(T)                                                                       \
     template void modern_init<T>(const ModernSpec&, const ParamLayout&, T*, Rng&);               \
     template struct ModernWorkspace<T>;                                                          \
+    template struct SparseRows<T>;                                                               \
     template CostTerms modern_cost<T>(Backend&, const ModernSpec&, const ParamLayout&, const T*, \
                                       const T*, int64_t, T*, ModernWorkspace<T>&,                \
                                       const uint8_t*, double, double);                           \

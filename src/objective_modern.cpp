@@ -72,6 +72,7 @@ public:
         d_in_ = d_in;
         d_sae_ = spec_.d_sae;
         layout_ = modern_layout(spec_);
+        ws_.precision = precision_parse(cfg.dtype);  // bf16: products only; params stay fp32
     }
     std::string architecture() const override { return arch_name(spec_.arch); }
 

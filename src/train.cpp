@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -93,6 +94,7 @@ const char* nonfinite_term(const CostTerms& J, const float* grad, int64_t n) {
     if (!std::isfinite(J.weight_decay)) return "J_weight_decay";
     if (!std::isfinite(J.sparsity)) return "J_sparsity";
     if (!std::isfinite(J.aux)) return "J_aux";
+    if (!std::isfinite(J.denoise)) return "J_denoise";
     if (grad)
         for (int64_t i = 0; i < n; ++i)
             if (!std::isfinite(grad[i])) return "the gradient";
@@ -177,6 +179,7 @@ Checkpoint checkpoint_load(const std::string& path, const Config& cfg) {
 struct RunState {
     int64_t step = 0;
     int64_t skipped = 0;                 // batches skipped for non-finite values
+    int64_t resampled = 0;               // dead latents re-initialised (resample_dead)
     std::vector<int64_t> since_fired;    // [d_sae] samples since each latent last fired
     double input_scale = 1.0;
 };
@@ -197,6 +200,7 @@ std::string metrics_line(int64_t step, double epoch, const CostTerms& J, const S
     j["J_weight_decay"] = J.weight_decay;
     j["J_sparsity"] = J.sparsity;
     j["J_aux"] = J.aux;
+    j["J_denoise"] = J.denoise;
     j["rho_hat_mean"] = mean;
     j["rho_hat_min"] = lo;
     j["rho_hat_max"] = hi;
@@ -208,9 +212,70 @@ std::string metrics_line(int64_t step, double epoch, const CostTerms& J, const S
     j["lr"] = lr;
     j["samples_per_s"] = samples_per_s;
     j["skipped_batches"] = rs.skipped;
+    j["resampled_latents"] = rs.resampled;
     const auto hist = st.density_histogram();
     j["density_log10_hist"] = {{"edges", hist.edges}, {"counts", hist.counts}, {"never", hist.never}};
     return j.dump() + "\n";
+}
+
+// Re-initialises each dead latent j (modern layouts: W_enc [d_in, d_sae], b_enc, W_dec
+// [d_sae, d_in]) towards a sample the model reconstructs badly: samples of the batch X [m, d_in]
+// are drawn with probability ∝ ‖x − x̂‖², W_dec[j] = x/‖x‖, W_enc[:, j] = 0.2 · (mean norm of the
+// live encoder columns) · x/‖x‖, b_enc[j] = 0, and those entries of every optimiser moment are
+// zeroed. Returns the number of latents resampled.
+int64_t resample_dead_latents(const ParamLayout& L, float* params, Optimizer& opt, const float* X,
+                              const float* Xhat, int64_t m, RunState& rs, int64_t dead_threshold, Rng& rng) {
+    const auto& we = L.get("W_enc");
+    const int64_t d_in = we.shape[0], d_sae = we.shape[1];
+    std::vector<double> cum(static_cast<size_t>(m));
+    double total = 0;
+    for (int64_t i = 0; i < m; ++i) {
+        double e = 0;
+        for (int64_t k = 0; k < d_in; ++k) e += double(Xhat[i * d_in + k] - X[i * d_in + k]) * (Xhat[i * d_in + k] - X[i * d_in + k]);
+        total += e;
+        cum[size_t(i)] = total;
+    }
+    float* W_enc = params + we.offset;
+    float* b_enc = params + L.get("b_enc").offset;
+    float* W_dec = params + L.get("W_dec").offset;
+    double live_norm = 0;
+    int64_t live = 0;
+    for (int64_t j = 0; j < d_sae; ++j) {
+        if (rs.since_fired[size_t(j)] >= dead_threshold) continue;
+        double s = 0;
+        for (int64_t k = 0; k < d_in; ++k) s += double(W_enc[k * d_sae + j]) * W_enc[k * d_sae + j];
+        live_norm += std::sqrt(s);
+        ++live;
+    }
+    const double enc_scale = 0.2 * (live ? live_norm / double(live) : 1.0);
+    auto moments = opt.state();
+    int64_t count = 0;
+    for (int64_t j = 0; j < d_sae; ++j) {
+        if (rs.since_fired[size_t(j)] < dead_threshold || total <= 0) continue;
+        const double u = rng.uniform() * total;
+        const int64_t i = std::min<int64_t>(m - 1, std::upper_bound(cum.begin(), cum.end(), u) - cum.begin());
+        double norm = 0;
+        for (int64_t k = 0; k < d_in; ++k) norm += double(X[i * d_in + k]) * X[i * d_in + k];
+        norm = std::sqrt(norm);
+        if (norm == 0) continue;
+        for (int64_t k = 0; k < d_in; ++k) {
+            const double v = double(X[i * d_in + k]) / norm;
+            W_dec[j * d_in + k] = float(v);
+            W_enc[k * d_sae + j] = float(enc_scale * v);
+        }
+        b_enc[j] = 0;
+        for (auto& [name, buf] : moments) {
+            float* b = buf->data();
+            for (int64_t k = 0; k < d_in; ++k) {
+                b[we.offset + k * d_sae + j] = 0;
+                b[L.get("W_dec").offset + j * d_in + k] = 0;
+            }
+            b[L.get("b_enc").offset + j] = 0;
+        }
+        rs.since_fired[size_t(j)] = 0;
+        ++count;
+    }
+    return count;
 }
 
 }  // namespace
@@ -278,6 +343,7 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
         std::copy(p.begin(), p.end(), params.begin());
         rs.step = ckpt.get_int("step");
         rs.skipped = ckpt.get_int("skipped_batches");
+        rs.resampled = ckpt.get_int("resampled_latents");
         const auto& sf = ckpt.tensor("since_fired", d_sae).i64;
         check(int64_t(sf.size()) == d_sae, ckpt_path + ": 'since_fired' must be I64; the checkpoint is damaged");
         std::copy(sf.begin(), sf.end(), rs.since_fired.begin());
@@ -321,6 +387,7 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
         meta["config"] = cfg_json;
         meta["step"] = std::to_string(rs.step);
         meta["skipped_batches"] = std::to_string(rs.skipped);
+        meta["resampled_latents"] = std::to_string(rs.resampled);
         char buf[64];
         std::snprintf(buf, sizeof buf, "%.17g", rs.input_scale);
         meta["input_scale"] = buf;
@@ -343,6 +410,7 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
         Lbfgs opt(n, LbfgsOptions{});
         auto objective = [&](const double* x, double* g) {
             for (int64_t i = 0; i < n; ++i) params[size_t(i)] = float(x[i]);
+            obj->set_step(0);  // denoising: one corruption for the whole run, a fixed function for L-BFGS
             const CostTerms J = obj->cost(*be, params.data(), X.data.data(), X.rows, grad.data());
             for (int64_t i = 0; i < n; ++i) g[i] = grad[size_t(i)];
             return J.total();
@@ -485,6 +553,7 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
             obj->set_sparsity_scale(cfg.sparsity_warmup_steps > 0
                                         ? std::min(1.0, double(rs.step + 1) / double(cfg.sparsity_warmup_steps))
                                         : 1.0);
+            obj->set_step(rs.step);  // denoising masks drawn from (seed, step)
             const CostTerms J = obj->cost(*be, params.data(), Xb.data.data(), m, grad.data());
             lr = sched.at(rs.step);
             if (const char* bad = nonfinite_term(J, grad.data(), n)) {
@@ -525,6 +594,7 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
                 J_sum.weight_decay += J.weight_decay;
                 J_sum.sparsity += J.sparsity;
                 J_sum.aux += J.aux;
+                J_sum.denoise += J.denoise;
                 ++win_steps;
                 summary.samples += m;
             }
@@ -533,10 +603,16 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
             const bool log_line = rs.step % cfg.log_every == 0 || last;
             if ((log_line || rs.step % 8 == 0) && win_steps > 0) {
                 const double w = 1.0 / double(win_steps);
-                const CostTerms Jm{J_sum.rec * w, J_sum.weight_decay * w, J_sum.sparsity * w, J_sum.aux * w};
+                const CostTerms Jm{J_sum.rec * w, J_sum.weight_decay * w, J_sum.sparsity * w, J_sum.aux * w, J_sum.denoise * w};
                 const double secs = seconds_since(win_start);
                 const double sps = secs > 0 ? double(win.n) / secs : 0;
                 progress.update(rs.step, first, Jm, sps, log_line);
+                if (log_line && cfg.resample_dead && config_is_modern(cfg)) {
+                    // Deterministic: the draw depends on (seed, step) only.
+                    Rng rrng(uint64_t(cfg.seed) * 0x2545f4914f6cdd1dULL + uint64_t(rs.step));
+                    rs.resampled += resample_dead_latents(obj->layout(), params.data(), *opt, Xb.data.data(),
+                                                          obj->reconstruction(), m, rs, cfg.dead_threshold_samples, rrng);
+                }
                 if (log_line) {
                     write_metrics(metrics_line(rs.step, (streaming ? double(rs.step) * double(B) / double(N) : double(rs.step) / double(per_epoch)), Jm, win, lr, sps, rs,
                                                cfg.dead_threshold_samples));

@@ -65,7 +65,7 @@ TEST(Reliability, SigkillAtRandomMomentsThenResumeIsBitIdentical) {
         const bool have_ckpt = fs::exists(out + "/checkpoint.safetensors");
         // Random moments within the run; the window widens with each attempt so that a loaded
         // machine (slower start-up) still makes progress between kills.
-        const double delay = std::max(0.02, rng.uniform(0.1, 0.5) * T * (1.0 + attempts / 8.0));
+        const double delay = std::max(0.02, rng.uniform(0.05, 0.4) * T * (1.0 + attempts / 8.0));
         char buf[32];
         std::snprintf(buf, sizeof buf, "%.3f", delay);
         auto r = run("timeout -s KILL " + std::string(buf) + " " + kSae + " train" + args + " --out " + out +

@@ -45,6 +45,11 @@ struct Config {
     bool resample_dead = false;
     int64_t sparsity_warmup_steps = 0;
     double grad_clip_norm = 0;
+    // denoising (classic)
+    std::string corruption = "none";
+    double corruption_level = 0.3;
+    double dropout = 0;
+    double gamma = 0;
     // optimisation
     std::string optimizer = "lbfgs";
     double lr = 1e-3;
@@ -65,13 +70,21 @@ struct Config {
     int64_t seed = 0;
     int64_t threads = 0;
     std::string backend = "onednn";
+    std::string dtype = "float32";   // products: float32, or bf16 (fp32 master weights and state)
     int64_t log_every = 10;
     int64_t checkpoint_every = 50;
     double active_threshold = -1;  // < 0: automatic (0 for relu, 0.5 otherwise)
     std::string on_nonfinite = "stop";
+    // stacked autoencoders (sae stack)
+    std::vector<int64_t> layers;         // hidden sizes, e.g. {200, 200}
+    double test_fraction = 0.5;
+    double softmax_weight_decay = 1e-4;
+    int64_t softmax_iterations = 400;
+    int64_t finetune_iterations = 400;
 };
 
-using Member = std::variant<std::string Config::*, int64_t Config::*, double Config::*, bool Config::*>;
+using Member = std::variant<std::string Config::*, int64_t Config::*, double Config::*, bool Config::*,
+                            std::vector<int64_t> Config::*>;  // an integer list: TOML array, --set a,b,c
 
 struct OptionSpec {
     const char* name;
@@ -87,14 +100,16 @@ const OptionSpec* option_find(const std::string& key);
 // The valid key closest to `key` by edit distance.
 std::string option_nearest(const std::string& key);
 
-// Sets one key from text ("--set key=value" or a TOML scalar rendered as text). Throws
+// Sets one key from text ("--set key=value" or a TOML scalar rendered as text; an integer list
+// as "200,200", optionally in brackets, "" = empty). Throws
 // sae::Error naming the key and the expected type/range, or the nearest key when unknown.
 void config_set(Config& cfg, const std::string& key, const std::string& value);
 // "key=value" form.
 void config_apply_override(Config& cfg, const std::string& assignment);
 
 // Reads a flat TOML file. Relative paths in `data` are resolved against the file's directory.
-// Nested tables, arrays and unknown keys are errors naming the file and the key.
+// Nested tables, unknown keys and arrays (except arrays of integers for list settings such as
+// `layers`) are errors naming the file and the key.
 Config config_load_toml(const std::string& path);
 // The same on a file's text already in memory (used by config_load_toml and the fuzzer); name
 // appears in messages and is the base against which a relative `data` path is resolved.
@@ -120,6 +135,7 @@ bool config_is_modern(const Config& cfg);
 // Model and cost specs implied by the config, for a given input dimension.
 ModelSpec config_model_spec(const Config& cfg, int64_t d_in);
 CostSpec config_cost_spec(const Config& cfg);
+DenoiseSpec config_denoise_spec(const Config& cfg);
 OptimizerHyper config_optimizer_hyper(const Config& cfg);
 // The threshold above which a latent counts as active (for L0 and dead latents).
 double config_active_threshold(const Config& cfg);

@@ -25,6 +25,7 @@
 // apply the chain rule through θ = exp(log_threshold).
 // TopK/BatchTopK: gradient flows only through the kept entries (the selection is constant).
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -64,27 +65,81 @@ ParamLayout modern_layout(const ModernSpec& spec);
 template <class T>
 void modern_init(const ModernSpec& spec, const ParamLayout& layout, T* params, Rng& rng);
 
+// How modern_cost forms its products (set in the workspace before reserve()).
+//   dense:  every product over the dense [m, d_sae] activations (three GEMMs in the backward).
+//   sparse: topk/batchtopk/jumprelu through per-row index lists of the active latents: the
+//           decoder forward and backward cost ∝ m·k·d_in instead of m·d_sae·d_in, and the
+//           encoder backward touches only active latents. The encoder product stays dense.
+//   automatic: sparse for topk and batchtopk; for jumprelu (and BatchTopK's inference rule)
+//           sparse while a batch has at most d_sae/16 active latents per row, dense above
+//           (at init half the JumpReLU gates are open). standard is always dense.
+enum class ProductPath { automatic, dense, sparse };
+
+// The kept entries of an [m, n] matrix by row (row i: [beg[i], end[i]) of col/val, columns
+// ascending) and the same entries by column (column j: [col_ptr[j], col_ptr[j+1]) of t_row/t_val,
+// rows ascending).
+template <class T>
+struct SparseRows {
+    std::vector<int64_t> beg, end;  // [m]
+    std::vector<int32_t> col;       // [cap]
+    std::vector<T> val;             // [cap]
+    std::vector<int64_t> col_ptr;   // [n + 1]
+    std::vector<int32_t> t_row;     // [cap]
+    std::vector<T> t_val;           // [cap]
+    int64_t cap = 0;
+    void reserve(int64_t m, int64_t n, int64_t capacity);
+    int64_t nnz(int64_t m) const;
+};
+
 template <class T>
 struct ModernWorkspace {
+    // Execution options; set before reserve().
+    Precision precision = Precision::f32;  // float products in f32 or bf16 (double: always double)
+    ProductPath path = ProductPath::automatic;
+    bool dense_h = true;  // sparse path: also write H and Haux [m, d_sae] (else only the lists)
+
     Matrix<T> xin;    // [m, d_in] encoder input x − b_dec
     Matrix<T> pre;    // [m, d_sae]
     Matrix<T> H;      // [m, d_sae] activations (dense storage)
     Matrix<T> Xhat;   // [m, d_in]
     Matrix<T> dXhat;  // [m, d_in]
-    Matrix<T> dH;     // [m, d_sae]
+    Matrix<T> dH;     // [m, d_sae]; dense path only (empty when the sparse path serves the arch)
     Matrix<T> Haux, Eaux, dEaux;  // AuxK: h_aux [m, d_sae], ê [m, d_in], ∂aux/∂ê [m, d_in]
-    std::vector<T> scratch;       // selection buffers [m·d_sae] (topk, AuxK only)
+    SparseRows<T> act;            // active latents (jumprelu: also those in the kernel window)
+    SparseRows<T> aux;            // AuxK's selected dead latents
+    std::vector<T> scratch;       // per-thread selection and tile buffers [threads · per_thread]
+    std::vector<int32_t> iscratch;  // per-thread index buffers [threads · d_sae]
+    std::vector<T> cand_val, cand_tmp;  // BatchTopK candidates [2·m·k + d_sae]
+    std::vector<int32_t> cand_col;
+    std::vector<int64_t> cand_beg, cand_end;  // [m]
+    std::vector<int32_t> dead_idx;            // [d_sae]
+    std::vector<int64_t> cursor;              // [d_sae]
     std::vector<double> row_sums; // [m] per-row partial sums, combined in row order
     std::vector<double> latent;   // [d_sae] per-latent values (decoder row norms, thresholds)
+    int threads = 0;              // per-thread buffers reserved for this many threads
+    int64_t per_thread = 0;       // T elements of scratch per thread
+    bool sparse_used = false;     // the last modern_cost call took the sparse path
+    // Optional profile: when profile is set, modern_cost adds each phase's milliseconds to
+    // profile_ms (phases named by modern_phase_names()).
+    bool profile = false;
+    std::array<double, 8> profile_ms{};
     // Sizes every buffer for batches of up to max_m rows; AuxK buffers and scratch stay empty
     // for architectures that do not use them.
     void reserve(const ModernSpec& spec, int64_t max_m);
 };
 
+// Phases of modern_cost, in order: "input" (x − b_dec), "encoder" (the dense product with its
+// bias), "select" (σ: TopK/BatchTopK/JumpReLU selection into lists, dense H if written),
+// "decode" (x̂, reconstruction loss, dXhat; standard's sparsity), "auxk", "lists" (the
+// by-column copies for the backward), "backward" (decoder and encoder gradients), "b_dec".
+const std::array<const char*, 8>& modern_phase_names();
+
 // Cost terms for X [m, d_in]; grad (layout of params) overwritten when not null.
 // dead [d_sae] (nullable): 1 for latents currently counted as dead (for AuxK).
 // batchtopk_threshold: < 0 in training (batch selection), ≥ 0 to use the inference rule.
-// Leaves pre, H, Xhat in ws.
+// Leaves pre, Xhat, H (unless the sparse path ran with dense_h off; ws.act always holds the
+// active entries when ws.sparse_used) in ws. No allocation once ws is reserved (except the
+// dense fallback of BatchTopK's inference rule with a gradient, which sizes dH on first use).
 template <class T>
 CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& layout,
                       const T* params, const T* X, int64_t m, T* grad, ModernWorkspace<T>& ws,
@@ -100,7 +155,8 @@ template <class T>
 void decoder_normalize_rows(const ModernSpec& spec, const ParamLayout& layout, T* params);
 
 // BatchTopK inference threshold contribution of one training batch: the smallest positive
-// activation kept in ws.H (the caller keeps a running mean). Returns -1 if none was kept.
+// activation kept (from ws.act after a sparse call, else ws.H; the caller keeps a running mean).
+// Returns -1 if none was kept.
 template <class T>
 double batchtopk_min_kept(const ModernWorkspace<T>& ws, int64_t m, int64_t d_sae);
 

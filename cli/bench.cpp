@@ -1,0 +1,246 @@
+// sae bench: times the training step of the configured model on synthetic data of its shape.
+// One step = objective cost with gradient + before_update + optimiser update + after_update,
+// exactly what `sae train` runs per minibatch (without its per-step statistics and I/O).
+// Prints one JSON object (docs/performance.md explains every field).
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "sae/backend.hpp"
+#include "sae/error.hpp"
+#include "sae/modern.hpp"
+#include "sae/objective.hpp"
+#include "sae/optim.hpp"
+#include "sae/rng.hpp"
+
+namespace sae_cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string loadavg() {
+    std::ifstream f("/proc/loadavg");
+    std::string a, b, c;
+    f >> a >> b >> c;
+    return a.empty() ? "n/a" : a + " " + b + " " + c;
+}
+
+double peak_rss_mib() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return double(u.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Synthetic batches of the configured shape. Modern models: sparse sums of random unit
+// directions (so TopK selects among meaningful latents); classic: uniform in [0, 1] (its
+// sigmoid decoder reconstructs values in (0, 1)).
+sae::Matrix<float> synthetic(int64_t rows, int64_t d, bool modern, uint64_t seed) {
+    sae::Rng rng(seed);
+    sae::Matrix<float> X(rows, d);
+    if (!modern) {
+        for (auto& x : X.data) x = float(rng.uniform());
+        return X;
+    }
+    const int64_t features = 4 * d, active = 16;
+    std::vector<float> F(size_t(features * d));
+    for (int64_t f = 0; f < features; ++f) {
+        double sq = 0;
+        for (int64_t c = 0; c < d; ++c) {
+            const double v = rng.normal();
+            F[size_t(f * d + c)] = float(v);
+            sq += v * v;
+        }
+        const float s = float(1.0 / std::sqrt(sq));
+        for (int64_t c = 0; c < d; ++c) F[size_t(f * d + c)] *= s;
+    }
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t a = 0; a < active; ++a) {
+            const int64_t f = int64_t(rng.below(uint64_t(features)));
+            const float coef = float(rng.uniform());
+            for (int64_t c = 0; c < d; ++c) X(i, c) += coef * F[size_t(f * d + c)];
+        }
+    return X;
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+    auto* cmd = app.add_subcommand("bench", "time the training step of CONFIG's model on synthetic data of its shape; prints JSON");
+    struct Args {
+        std::string config;
+        std::vector<std::string> sets;
+        int64_t steps = 20, warmup = 3, d_in = 784, batches = 4;
+        bool profile = false;
+    };
+    auto args = std::make_shared<Args>();
+    cmd->add_option("CONFIG", args->config, "TOML file of settings (optional; defaults otherwise)");
+    cmd->add_option("--set", args->sets, "override a setting: --set key=value (repeatable)");
+    cmd->add_option("--steps", args->steps, "timed training steps")->capture_default_str();
+    cmd->add_option("--warmup", args->warmup, "untimed steps first (primitive creation, page faults)")->capture_default_str();
+    cmd->add_option("--d-in", args->d_in, "input dimension of the synthetic data")->capture_default_str();
+    cmd->add_option("--batches", args->batches, "distinct synthetic batches cycled through")->capture_default_str();
+    cmd->add_flag("--profile", args->profile, "modern architectures: also time each phase of the cost (phases_ms)");
+    cmd->callback([args]() {
+        const sae::Config cfg = load_config(args->config, args->sets);
+        sae::check(args->steps >= 1 && args->warmup >= 0 && args->d_in >= 1 && args->batches >= 1,
+                   "bench: --steps, --d-in and --batches must be >= 1 and --warmup >= 0");
+        sae::check(cfg.optimizer != "lbfgs",
+                   "bench times minibatch steps; set optimizer to adam, sgd or rmsprop (e.g. --set optimizer=adam)");
+        sae::set_num_threads(int(cfg.threads));
+        const std::string load_before = loadavg();
+        const int64_t d_in = args->d_in, B = cfg.batch_size;
+        const bool modern = sae::config_is_modern(cfg);
+
+        auto be = sae::backend_create(cfg.backend);
+        auto obj = sae::objective_create(cfg, d_in);
+        const int64_t n = obj->layout().total, d_sae = obj->d_sae();
+        std::vector<float> params(static_cast<size_t>(n)), grad(static_cast<size_t>(n));
+        const sae::Matrix<float> X = synthetic(B * args->batches, d_in, modern, uint64_t(cfg.seed) + 1);
+        {
+            sae::Rng rng(uint64_t(cfg.seed));
+            sae::Matrix<float> sample(std::min<int64_t>(X.rows, 4096), d_in);
+            std::copy(X.data.begin(), X.data.begin() + sample.size(), sample.data.begin());
+            obj->init(params.data(), rng, sample);
+        }
+        auto opt = sae::optimizer_create(cfg.optimizer, n, sae::config_optimizer_hyper(cfg));
+        obj->reserve(B);
+        obj->set_training(true);
+
+        std::vector<double> t_step, t_cost, t_update;
+        sae::CostTerms J{}, J0{};
+        for (int64_t s = 0; s < args->warmup + args->steps; ++s) {
+            const float* Xb = X.row((s % args->batches) * B);
+            const auto t0 = Clock::now();
+            J = obj->cost(*be, params.data(), Xb, B, grad.data());
+            const auto t1 = Clock::now();
+            obj->before_update(params.data(), grad.data());
+            opt->update(params.data(), grad.data(), cfg.lr);
+            obj->after_update(params.data());
+            const double cost_s = std::chrono::duration<double>(t1 - t0).count();
+            const double all_s = since(t0);
+            if (s == 0) J0 = J;
+            sae::check(std::isfinite(J.total()), "bench: the loss became non-finite at step " + std::to_string(s) + "; lower lr");
+            if (s < args->warmup) continue;
+            t_step.push_back(all_s);
+            t_cost.push_back(cost_s);
+            t_update.push_back(all_s - cost_s);
+        }
+
+        // The products alone, through the same backend and precision: the classic model's five
+        // (2 forward, 3 backward) and the modern encoder's one (with its bias, as in the step).
+        const sae::Precision prec = modern ? sae::precision_parse(cfg.dtype) : sae::Precision::f32;
+        std::vector<float> A(size_t(B * d_sae)), C(size_t(B * std::max(d_in, d_sae))), Wt(size_t(d_in * d_sae));
+        const float* W = params.data();  // W_enc [d_in, d_sae] is the first tensor of both layouts
+        const float* Xb = X.row(0);
+        auto encoder = [&] {
+            be->gemm_ex(sae::Trans::no, sae::Trans::no, B, d_sae, d_in, 1.0f, Xb, d_in, W, d_sae, 0.0f,
+                        A.data(), d_sae, W + d_in * d_sae, prec);
+        };
+        auto classic5 = [&] {
+            using sae::Trans;
+            be->gemm_ex(Trans::no, Trans::no, B, d_sae, d_in, 1.0f, Xb, d_in, W, d_sae, 0.0f, A.data(), d_sae, nullptr, prec);
+            be->gemm_ex(Trans::no, Trans::no, B, d_in, d_sae, 1.0f, A.data(), d_sae, Wt.data(), d_in, 0.0f, C.data(), d_in, nullptr, prec);
+            be->gemm_ex(Trans::yes, Trans::no, d_sae, d_in, B, 1.0f, A.data(), d_sae, C.data(), d_in, 1.0f, Wt.data(), d_in, nullptr, prec);
+            be->gemm_ex(Trans::no, Trans::yes, B, d_sae, d_in, 1.0f, C.data(), d_in, Wt.data(), d_in, 0.0f, A.data(), d_sae, nullptr, prec);
+            be->gemm_ex(Trans::yes, Trans::no, d_in, d_sae, B, 1.0f, Xb, d_in, A.data(), d_sae, 1.0f, grad.data(), d_sae, nullptr, prec);
+        };
+        const int64_t reps = std::max<int64_t>(3, args->steps);
+        std::vector<double> t_prod;
+        for (int64_t r = 0; r < reps + 2; ++r) {
+            const auto t0 = Clock::now();
+            if (modern) encoder(); else classic5();
+            if (r >= 2) t_prod.push_back(since(t0));
+        }
+        // Phases of the modern cost, on the trained parameters (the objective's layout is
+        // modern_layout of the same spec).
+        nlohmann::ordered_json phases;
+        if (args->profile && modern) {
+            sae::ModernSpec spec;
+            spec.d_in = d_in;
+            spec.d_sae = d_sae;
+            spec.arch = sae::arch_parse(sae::config_architecture(cfg));
+            spec.k = cfg.k;
+            spec.apply_b_dec_to_input = cfg.apply_b_dec_to_input;
+            spec.l1_decoder_norm = cfg.l1_decoder_norm;
+            spec.l1_coefficient = cfg.l1_coefficient;
+            spec.l0_coefficient = cfg.l0_coefficient;
+            spec.bandwidth = cfg.bandwidth;
+            spec.initial_threshold = cfg.jumprelu_init_threshold;
+            spec.k_aux = 0;
+            const sae::ParamLayout L = sae::modern_layout(spec);
+            sae::check(L.total == n, "bench: the profiled layout differs from the objective's");
+            sae::ModernWorkspace<float> ws;
+            ws.precision = sae::precision_parse(cfg.dtype);
+            ws.reserve(spec, B);
+            for (int64_t s = 0; s < args->steps + 1; ++s) {
+                ws.profile = s > 0;
+                sae::modern_cost<float>(*be, spec, L, params.data(), X.row((s % args->batches) * B), B,
+                                        grad.data(), ws);
+            }
+            const auto& names = sae::modern_phase_names();
+            for (size_t p = 0; p < names.size(); ++p) phases[names[p]] = ws.profile_ms[p] / double(args->steps);
+            phases["sparse_path"] = ws.sparse_used;
+        }
+        const std::string load_after = loadavg();
+
+        const double mnk = double(B) * double(d_in) * double(d_sae);
+        const double step_s = median(t_step), prod_s = median(t_prod);
+        const double dense_flop = 10.0 * mnk;  // 5 products of 2·m·d_in·d_sae: the dense model
+        size_t state = 0;
+        for (auto& [name, buf] : opt->state()) state += buf->size();
+        nlohmann::ordered_json j;
+        j["config"] = args->config.empty() ? "(defaults)" : args->config;
+        j["architecture"] = obj->architecture();
+        j["dtype"] = modern ? sae::precision_name(prec) : "float32";
+        j["backend"] = be->name();
+        j["threads"] = sae::get_num_threads();
+        j["d_in"] = d_in;
+        j["d_sae"] = d_sae;
+        j["batch"] = B;
+        if (modern) j["k"] = cfg.k;
+        j["optimizer"] = cfg.optimizer;
+        j["steps"] = args->steps;
+        j["ms_per_step"] = step_s * 1e3;
+        j["ms_per_step_mean"] = [&] { double s = 0; for (double t : t_step) s += t; return s / double(t_step.size()) * 1e3; }();
+        j["ms_per_step_min"] = *std::min_element(t_step.begin(), t_step.end()) * 1e3;
+        j["samples_per_s"] = double(B) / step_s;
+        j["ms_cost"] = median(t_cost) * 1e3;
+        j["ms_update"] = median(t_update) * 1e3;
+        j["effective_gflops"] = dense_flop / step_s * 1e-9;
+        if (modern) {
+            j["encoder_product_ms"] = prod_s * 1e3;
+            j["encoder_product_gflops"] = 2.0 * mnk / prod_s * 1e-9;
+            j["step_over_encoder_product"] = step_s / prod_s;
+        } else {
+            j["products_ms"] = prod_s * 1e3;
+            j["matmul_gflops"] = dense_flop / prod_s * 1e-9;
+            j["effective_over_matmul"] = prod_s / step_s;
+        }
+        if (!phases.empty()) j["phases_ms"] = phases;
+        j["J_first"] = J0.total();
+        j["J_last"] = J.total();
+        j["params_mib"] = double(n) * 4 / 1048576.0;
+        j["grad_mib"] = double(n) * 4 / 1048576.0;
+        j["optimizer_state_mib"] = double(state) * 4 / 1048576.0;
+        j["data_mib"] = double(X.size()) * 4 / 1048576.0;
+        j["peak_rss_mib"] = peak_rss_mib();
+        j["loadavg_before"] = load_before;
+        j["loadavg_after"] = load_after;
+        std::printf("%s\n", j.dump(2).c_str());
+    });
+}
+
+}  // namespace sae_cli
