@@ -222,7 +222,10 @@ std::string class_spec_text(const std::vector<int32_t>& classes) {
         while (j + 1 < classes.size() && classes[j + 1] == classes[j] + 1) ++j;
         if (!s.empty()) s += ",";
         s += std::to_string(classes[i]);
-        if (j > i) s += "-" + std::to_string(classes[j]);
+        if (j > i) {
+            s += '-';
+            s += std::to_string(classes[j]);
+        }
         i = j + 1;
     }
     return s;
