@@ -54,6 +54,10 @@ rc=0
 
 final_stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
 runs=$(final_stat number_of_executed_units) rate=$(final_stat average_exec_per_sec)
+if [ "$rc" = 72 ]; then  # libFuzzer's exit code when it gets SIGINT/SIGTERM
+  echo "fuzz_$target: interrupted after ${runs:-?} executions" >&2
+  exit 130
+fi
 if [ "$rc" != 0 ]; then
   echo "fuzz_$target: FAILED (exit $rc) after ${runs:-?} executions; the report:" >&2
   grep -v -E '^(INFO|#[0-9]|	NEW_FUNC)' "$log" | tail -60 >&2
