@@ -122,19 +122,21 @@ def torch_worker(kind, steps, threads, warmup=2):
         flop = 10.0 * m * d_in * d_sae
 
     batches = data.shape[0] // m
-    times, losses = [], []
+    times, cpu, losses = [], [], []
     for s in range(warmup + steps):
         x = data[(s % batches) * m:(s % batches + 1) * m]
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         losses.append(step(x))
         if s >= warmup:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     ms = statistics.median(times) * 1e3
     return {
         "framework": "pytorch " + torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": m,
         "ms_per_step": ms,
+        "cpu_ms_per_step": statistics.median(cpu) * 1e3,
         "samples_per_s": m / ms * 1e3,
         "effective_gflops": flop / ms * 1e-6,
         "loss_first": losses[0],
@@ -191,17 +193,19 @@ def main():
                   (r + 1, n, s["samples_per_s"], t["samples_per_s"], s["samples_per_s"] / t["samples_per_s"],
                    loadavg()), file=sys.stderr, flush=True)
 
-    print("| configuration | sae samples/s | PyTorch samples/s | ratio | sae ms/step | PyTorch ms/step | "
-          "sae GFLOP/s (dense-equiv.) | sae RSS MiB | PyTorch RSS MiB | load avg |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("threads: %d" % a.threads)
+    print("| configuration | sae samples/s | PyTorch samples/s | ratio | ratio by CPU time | sae ms/step | "
+          "PyTorch ms/step | sae GFLOP/s (dense-equiv.) | sae RSS MiB | PyTorch RSS MiB | load avg |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for n in names:
         R = results[n]
         ratios = [s["samples_per_s"] / t["samples_per_s"] for s, t in zip(R["sae"], R["torch"])]
+        cpu_ratios = [t["cpu_ms_per_step"] / s["cpu_ms_per_step"] for s, t in zip(R["sae"], R["torch"])]
         med = lambda key, who: statistics.median(x[key] for x in R[who])
-        print("| %s | %.0f | %.0f | %.1f× (%.1f–%.1f) | %.2f | %.1f | %.0f | %.0f | %.0f | %.1f–%.1f |" % (
+        print("| %s | %.0f | %.0f | %.1f× (%.1f–%.1f) | %.1f× | %.2f | %.1f | %.0f | %.0f | %.0f | %.1f–%.1f |" % (
             n, med("samples_per_s", "sae"), med("samples_per_s", "torch"), statistics.median(ratios),
-            min(ratios), max(ratios), med("ms_per_step", "sae"), med("ms_per_step", "torch"),
-            med("effective_gflops", "sae"), max(x["peak_rss_mib"] for x in R["sae"]),
+            min(ratios), max(ratios), statistics.median(cpu_ratios), med("ms_per_step", "sae"),
+            med("ms_per_step", "torch"), med("effective_gflops", "sae"), max(x["peak_rss_mib"] for x in R["sae"]),
             max(x["peak_rss_mib"] for x in R["torch"]), min(R["load"]), max(R["load"])))
     extra = []
     for n in names:

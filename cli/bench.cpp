@@ -3,6 +3,7 @@
 // exactly what `sae train` runs per minibatch (without its per-step statistics and I/O).
 // Prints one JSON object (docs/performance.md explains every field).
 #include <sys/resource.h>
+#include <time.h>
 
 #include <algorithm>
 #include <chrono>
@@ -36,6 +37,13 @@ double peak_rss_mib() {
     rusage u{};
     getrusage(RUSAGE_SELF, &u);
     return double(u.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// CPU time of the whole process (all threads), in seconds.
+double cpu_seconds() {
+    timespec t{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
 }
 
 double median(std::vector<double> v) {
@@ -119,10 +127,11 @@ void add_bench(CLI::App& app) {
         obj->reserve(B);
         obj->set_training(true);
 
-        std::vector<double> t_step, t_cost, t_update;
+        std::vector<double> t_step, t_cost, t_update, t_cpu;
         sae::CostTerms J{}, J0{};
         for (int64_t s = 0; s < args->warmup + args->steps; ++s) {
             const float* Xb = X.row((s % args->batches) * B);
+            const double c0 = cpu_seconds();
             const auto t0 = Clock::now();
             J = obj->cost(*be, params.data(), Xb, B, grad.data());
             const auto t1 = Clock::now();
@@ -130,13 +139,14 @@ void add_bench(CLI::App& app) {
             opt->update(params.data(), grad.data(), cfg.lr);
             obj->after_update(params.data());
             const double cost_s = std::chrono::duration<double>(t1 - t0).count();
-            const double all_s = since(t0);
+            const double all_s = since(t0), cpu_s = cpu_seconds() - c0;
             if (s == 0) J0 = J;
             sae::check(std::isfinite(J.total()), "bench: the loss became non-finite at step " + std::to_string(s) + "; lower lr");
             if (s < args->warmup) continue;
             t_step.push_back(all_s);
             t_cost.push_back(cost_s);
             t_update.push_back(all_s - cost_s);
+            t_cpu.push_back(cpu_s);
         }
 
         // The products alone, through the same backend and precision: the classic model's five
@@ -217,6 +227,7 @@ void add_bench(CLI::App& app) {
         j["ms_per_step_mean"] = [&] { double s = 0; for (double t : t_step) s += t; return s / double(t_step.size()) * 1e3; }();
         j["ms_per_step_min"] = *std::min_element(t_step.begin(), t_step.end()) * 1e3;
         j["samples_per_s"] = double(B) / step_s;
+        j["cpu_ms_per_step"] = median(t_cpu) * 1e3;  // all threads; ≈ threads × ms_per_step when quiet
         j["ms_cost"] = median(t_cost) * 1e3;
         j["ms_update"] = median(t_update) * 1e3;
         j["effective_gflops"] = dense_flop / step_s * 1e-9;

@@ -606,14 +606,16 @@ std::string jstr(const nlohmann::json& cfg, const char* key) {
 
 // The settings worth showing for this model (the rest are in the full cfg.json below).
 std::vector<std::pair<std::string, std::string>> key_settings(const nlohmann::json& cfg) {
-    std::vector<std::string> keys = {"data", "max_samples", "normalize", "architecture", "d_in", "d_sae",
-                                     "encoder_activation", "decoder_activation", "tied", "sparsity"};
+    const bool classic = jstr(cfg, "architecture") == "classic";
+    std::vector<std::string> keys = {"data", "max_samples", "normalize", "architecture", "d_in", "d_sae"};
+    if (classic) keys.insert(keys.end(), {"encoder_activation", "decoder_activation"});
+    keys.insert(keys.end(), {"tied", "sparsity"});
     const std::string sp = jstr(cfg, "sparsity"), opt = jstr(cfg, "optimizer");
     if (sp == "kl") keys.insert(keys.end(), {"rho", "beta"});
     if (sp == "l1") keys.push_back("l1_coefficient");
     if (sp == "topk" || sp == "batchtopk") keys.push_back("k");
     if (sp == "jumprelu") keys.insert(keys.end(), {"l0_coefficient", "bandwidth"});
-    keys.push_back("weight_decay");
+    if (classic) keys.push_back("weight_decay");
     if (cfg.contains("corruption") && jstr(cfg, "corruption") != "none") keys.insert(keys.end(), {"corruption", "corruption_level"});
     keys.push_back("optimizer");
     if (opt == "lbfgs") {
@@ -747,11 +749,13 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
     if (square && have_data) nav.emplace_back("reconstructions", "Reconstructions");
 
     std::string subtitle = html_escape(model.objective->architecture() + " · " + std::to_string(d_in) + " → " +
-                                       std::to_string(d_sae) + " → " + std::to_string(d_in) + " · " + cfg.encoder_activation +
-                                       " encoder · sparsity " + cfg.sparsity);
+                                       std::to_string(d_sae) + " → " + std::to_string(d_in));
+    if (classic) subtitle += " · " + html_escape(cfg.encoder_activation) + " encoder";
+    subtitle += " · sparsity " + html_escape(cfg.sparsity);
     if (kl) subtitle += " (ρ = " + html_escape(tick_label(cfg.rho)) + ", β = " + html_escape(tick_label(cfg.beta)) + ")";
-    subtitle += " · λ = " + html_escape(tick_label(cfg.weight_decay)) + " · " + html_escape(cfg.optimizer) + " · " +
-                std::to_string(info.metrics.lines) + " metrics lines";
+    if (!classic && (cfg.sparsity == "topk" || cfg.sparsity == "batchtopk")) subtitle += " (k = " + std::to_string(cfg.k) + ")";
+    if (classic) subtitle += " · λ = " + html_escape(tick_label(cfg.weight_decay));
+    subtitle += " · " + html_escape(cfg.optimizer) + " · " + std::to_string(info.metrics.lines) + " metrics lines";
     std::string html = page_open("sae report: " + fs::path(dir).lexically_normal().filename().string(), subtitle, nav);
     if (!have_data)
         html += "<p class=\"note\">The training data could not be loaded (" + html_escape(data_problem) +
