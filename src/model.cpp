@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "sae/error.hpp"
+#include "simd.hpp"
 
 namespace sae {
 
@@ -13,33 +15,119 @@ constexpr double kRhoClamp = 1e-12;
 
 template <class T>
 inline T sigmoid(T z) {
-    // Two branches so exp never overflows: the result stays in [0, 1] for any finite z.
-    if (z >= T(0)) return T(1) / (T(1) + std::exp(-z));
-    const T e = std::exp(z);
-    return e / (T(1) + e);
+    // Never overflows: the result stays in [0, 1] for any finite z (simd.hpp).
+    if constexpr (std::is_same_v<T, float>) return simd::sigmoid_f32(z);
+    else return simd::sigmoid_f64(z);
 }
 
+// --- element-wise kernels of the classic model ----------------------------------------------
+// Each is one pass, the activation chosen outside the loop so the loop vectorises. Reductions
+// use fixed lanes and a fixed order: the bits do not depend on the thread count or the ISA.
+
+// o[j] = act(o[j] + b[j]) for j < n (one row of a layer's output).
 template <class T>
-inline T apply(Activation a, T z) {
-    switch (a) {
-        case Activation::sigmoid: return sigmoid(z);
-        case Activation::relu: return z > T(0) ? z : T(0);
-        case Activation::tanh: return std::tanh(z);
-        case Activation::linear: return z;
+SAE_SIMD_CLONES void bias_act_row(T* __restrict o, const T* __restrict b, int64_t n, Activation act) {
+    switch (act) {
+        case Activation::sigmoid:
+            for (int64_t j = 0; j < n; ++j) o[j] = sigmoid(o[j] + b[j]);
+            return;
+        case Activation::relu:
+            for (int64_t j = 0; j < n; ++j) {
+                const T z = o[j] + b[j];
+                o[j] = z > T(0) ? z : T(0);
+            }
+            return;
+        case Activation::tanh:
+            for (int64_t j = 0; j < n; ++j) o[j] = std::tanh(o[j] + b[j]);
+            return;
+        case Activation::linear:
+            for (int64_t j = 0; j < n; ++j) o[j] += b[j];
+            return;
     }
-    return z;
 }
 
-// Derivative expressed through the activation's output y.
+// d[i] = (d[i] + add[i mod n]) · f′ expressed through the output y (add may be null).
 template <class T>
-inline T derivative_from_output(Activation a, T y) {
-    switch (a) {
-        case Activation::sigmoid: return y * (T(1) - y);
-        case Activation::relu: return y > T(0) ? T(1) : T(0);
-        case Activation::tanh: return T(1) - y * y;
-        case Activation::linear: return T(1);
+SAE_SIMD_CLONES void act_backward_row(T* __restrict d, const T* __restrict y, const T* __restrict add, int64_t n,
+                                      Activation act) {
+    if (add)
+        for (int64_t j = 0; j < n; ++j) d[j] += add[j];
+    switch (act) {
+        case Activation::sigmoid:
+            for (int64_t j = 0; j < n; ++j) d[j] *= y[j] * (T(1) - y[j]);
+            return;
+        case Activation::relu:
+            for (int64_t j = 0; j < n; ++j) d[j] = y[j] > T(0) ? d[j] : T(0);
+            return;
+        case Activation::tanh:
+            for (int64_t j = 0; j < n; ++j) d[j] *= T(1) - y[j] * y[j];
+            return;
+        case Activation::linear:
+            return;
     }
-    return T(1);
+}
+
+// One row of the reconstruction error: d = (x̂ − x)·inv_m·g′(x̂); returns Σ (x̂ − x)² in double.
+template <class T>
+SAE_SIMD_CLONES double reconstruction_row(const T* __restrict xhat, const T* __restrict x, T* __restrict d,
+                                          int64_t n, T inv_m, Activation dec) {
+    constexpr int L = 8;
+    double acc[L] = {};
+    int64_t j = 0;
+    for (; j + L <= n; j += L)
+        for (int t = 0; t < L; ++t) {
+            const T e = xhat[j + t] - x[j + t];
+            acc[t] += double(e) * double(e);
+            d[j + t] = e * inv_m;
+        }
+    double s = 0;
+    for (int t = 0; t < L; ++t) s += acc[t];
+    for (; j < n; ++j) {
+        const T e = xhat[j] - x[j];
+        s += double(e) * double(e);
+        d[j] = e * inv_m;
+    }
+    act_backward_row<T>(d, xhat, nullptr, n, dec);
+    return s;
+}
+
+// acc[j] += Σᵢ A[i, j] over rows i in order (column sums of a row-major [m, n] block).
+template <class T, class A>
+SAE_SIMD_CLONES void column_sums(const T* __restrict M, int64_t m, int64_t n, A* __restrict acc) {
+    for (int64_t i = 0; i < m; ++i) {
+        const T* r = M + i * n;
+        for (int64_t j = 0; j < n; ++j) acc[j] += A(r[j]);
+    }
+}
+
+// Σ w² in double over one chunk; and g = lam·w unless g is null (the weight-decay gradient).
+template <class T>
+SAE_SIMD_CLONES double squares_and_decay(const T* __restrict w, T* __restrict g, int64_t n, T lam) {
+    constexpr int L = 8;
+    double acc[L] = {};
+    int64_t i = 0;
+    for (; i + L <= n; i += L)
+        for (int t = 0; t < L; ++t) acc[t] += double(w[i + t]) * double(w[i + t]);
+    double s = 0;
+    for (int t = 0; t < L; ++t) s += acc[t];
+    for (; i < n; ++i) s += double(w[i]) * double(w[i]);
+    if (g)
+        for (i = 0; i < n; ++i) g[i] = lam * w[i];
+    return s;
+}
+
+// Σ |h| in double over one row.
+template <class T>
+SAE_SIMD_CLONES double abs_sum(const T* __restrict h, int64_t n) {
+    constexpr int L = 8;
+    double acc[L] = {};
+    int64_t i = 0;
+    for (; i + L <= n; i += L)
+        for (int t = 0; t < L; ++t) acc[t] += std::fabs(double(h[i + t]));
+    double s = 0;
+    for (int t = 0; t < L; ++t) s += acc[t];
+    for (; i < n; ++i) s += std::fabs(double(h[i]));
+    return s;
 }
 
 double clamp_rho(double r) { return std::clamp(r, kRhoClamp, 1.0 - kRhoClamp); }
@@ -196,18 +284,14 @@ void dense_forward(Backend& be, T* out, const T* in, const T* W, Trans tw, const
                    int64_t k, int64_t n, Activation act) {
     be.gemm(Trans::no, tw, m, n, k, T(1), in, k, W, tw == Trans::no ? n : k, T(0), out, n);
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-        T* o = out + i * n;
-        for (int64_t j = 0; j < n; ++j) o[j] = apply(act, o[j] + b[j]);
-    }
+    for (int64_t i = 0; i < m; ++i) bias_act_row<T>(out + i * n, b, n, act);
 }
 
 template <class T>
 void activation_backward(T* d_out, const T* out, int64_t m, int64_t n, Activation act) {
     if (act == Activation::linear) return;
-    const int64_t total = m * n;
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < total; ++i) d_out[i] *= derivative_from_output(act, out[i]);
+    for (int64_t i = 0; i < m; ++i) act_backward_row<T>(d_out + i * n, out + i * n, nullptr, n, act);
 }
 
 template <class T>
@@ -217,13 +301,8 @@ void dense_backward(Backend& be, T* d_in, T* dW, T* db, const T* d_pre, const T*
         be.gemm(Trans::yes, Trans::no, k, n, m, T(1), in, k, d_pre, n, T(1), dW, n);
     else                  // dW [n, k] += d_preᵀ [n, m] · in [m, k]
         be.gemm(Trans::yes, Trans::no, n, k, m, T(1), d_pre, n, in, k, T(1), dW, k);
-    // Column sums in a fixed order, so results do not depend on the thread count.
-#pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < n; ++j) {
-        T s = 0;
-        for (int64_t i = 0; i < m; ++i) s += d_pre[i * n + j];
-        db[j] += s;
-    }
+    // Column sums in row order, so results do not depend on the thread count.
+    column_sums<T, T>(d_pre, m, n, db);
     if (d_in)  // d_in [m, k] = d_pre [m, n] · op(W)ᵀ
         be.gemm(Trans::no, tw == Trans::no ? Trans::yes : Trans::no, m, k, n, T(1), d_pre, n, W,
                 tw == Trans::no ? n : k, T(0), d_in, k);
@@ -237,6 +316,9 @@ void Workspace<T>::reserve(const ModelSpec& spec, int64_t max_m, bool denoising)
     dH.resize(max_m, spec.d_sae);
     rho_hat.resize(size_t(spec.d_sae));
     row_sums.resize(size_t(max_m));
+    col_acc.reserve(size_t(spec.d_sae));
+    kl_grad.reserve(size_t(spec.d_sae));
+    chunk_sums.reserve(size_t((spec.d_in * spec.d_sae + (1 << 14) - 1) >> 14));
     if (denoising) {
         Hdrop.resize(max_m, spec.d_sae);
         Hclean.resize(max_m, spec.d_sae);
@@ -280,18 +362,14 @@ CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
     dense_forward(be, Xhat, Hdec, P.W_dec, P.dec_trans, P.b_dec, m, d_sae, d_in, spec.decoder);
 
     CostTerms J;
-    // Reconstruction error; dXhat = (x̂ − x)/m. Per-row sums in double, then summed in row order.
+    // Reconstruction error; dXhat = (x̂ − x)/m · g′, the decoder's pre-activation gradient, in
+    // the same pass. Per-row sums in double, then summed in row order.
     double* row_sums = ws.row_sums.data();
+    const T inv_m_t = T(inv_m);
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-        double row = 0;
-        for (int64_t j = 0; j < d_in; ++j) {
-            const T e = Xhat[i * d_in + j] - X[i * d_in + j];
-            row += double(e) * double(e);
-            dXhat[i * d_in + j] = T(double(e) * inv_m);
-        }
-        row_sums[i] = row;
-    }
+    for (int64_t i = 0; i < m; ++i)
+        row_sums[i] = reconstruction_row<T>(Xhat + i * d_in, X + i * d_in, dXhat + i * d_in, d_in, inv_m_t,
+                                            grad ? spec.decoder : Activation::linear);
     J.rec = 0.5 * sum_in_order(row_sums, m) * inv_m;
 
     // γ·D(x, x′) = γ·(1/m)·Σᵢ ½‖h(xᵢ) − h(x′ᵢ)‖², with h(x) from a second encoder pass.
@@ -312,22 +390,35 @@ CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
         J.denoise = cost.gamma * 0.5 * sum_in_order(row_sums, m) * inv_m;
     }
 
-    // ρ̂ⱼ = mean of column j of H, summed in a fixed order.
-#pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < d_sae; ++j) {
-        double s = 0;
-        for (int64_t i = 0; i < m; ++i) s += double(H[i * d_sae + j]);
-        ws.rho_hat[size_t(j)] = T(s * inv_m);
+    // ρ̂ⱼ = mean of column j of H, summed in row order.
+    {
+        std::vector<double>& acc = ws.col_acc;
+        acc.assign(size_t(d_sae), 0.0);
+        column_sums<T, double>(H, m, d_sae, acc.data());
+        for (int64_t j = 0; j < d_sae; ++j) ws.rho_hat[size_t(j)] = T(acc[size_t(j)] * inv_m);
     }
 
+    // Weight decay. With a gradient wanted, its term λ·W starts the gradient (tied: 2λ·W_enc,
+    // matching J_weight_decay), the rest starts at zero, and the products add into it.
+    // Σ W² in fixed chunks, summed in chunk order (independent of the thread count).
     {
+        constexpr int64_t kChunk = 1 << 14;
+        const T lam = T(cost.weight_decay * (spec.tied ? 2.0 : 1.0));
+        if (grad) std::fill(grad, grad + layout.total, T(0));
         double wd = 0;
         for (const auto& v : layout.views) {
             if (v.name != "W_enc" && v.name != "W_dec") continue;
-            double s = 0;
             const T* w = params + v.offset;
-            for (int64_t i = 0; i < v.numel(); ++i) s += double(w[i]) * double(w[i]);
-            wd += s;
+            T* g = grad ? grad + v.offset : nullptr;
+            const int64_t chunks = (v.numel() + kChunk - 1) / kChunk;
+            std::vector<double>& part = ws.chunk_sums;
+            part.assign(size_t(chunks), 0.0);
+#pragma omp parallel for schedule(static) if (chunks > 1)
+            for (int64_t c = 0; c < chunks; ++c) {
+                const int64_t lo = c * kChunk, hi = std::min(v.numel(), lo + kChunk);
+                part[size_t(c)] = squares_and_decay<T>(w + lo, g ? g + lo : nullptr, hi - lo, lam);
+            }
+            wd += sum_in_order(part.data(), chunks);
         }
         if (spec.tied) wd *= 2;  // W_dec = W_encᵀ contributes ‖W_enc‖² a second time
         J.weight_decay = 0.5 * cost.weight_decay * wd;
@@ -339,21 +430,15 @@ CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
         J.sparsity = cost.beta * s;
     } else if (cost.sparsity == Sparsity::l1) {
 #pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < m; ++i) {
-            double row = 0;
-            for (int64_t j = 0; j < d_sae; ++j) row += std::fabs(double(H[i * d_sae + j]));
-            row_sums[i] = row;
-        }
+        for (int64_t i = 0; i < m; ++i) row_sums[i] = abs_sum<T>(H + i * d_sae, d_sae);
         J.sparsity = cost.l1_coefficient * sum_in_order(row_sums, m) * inv_m;
     }
 
     if (!grad) return J;
 
-    std::fill(grad, grad + layout.total, T(0));
     auto G = model_params(spec, layout, grad);
 
-    // Decoder: dXhat → pre-activation gradient; dW_dec, db_dec; dH = dZ2·W_decᵀ.
-    activation_backward(dXhat, Xhat, m, d_in, spec.decoder);
+    // Decoder: dXhat already holds the pre-activation gradient; dW_dec, db_dec; dH = dZ2·W_decᵀ.
     dense_backward(be, dH, G.W_dec, G.b_dec, dXhat, Hdec, P.W_dec, P.dec_trans, m, d_sae, d_in);
     if (drop) {  // ∂(r ⊙ h)/∂h = r
         const int64_t total = m * d_sae;
@@ -361,14 +446,17 @@ CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
         for (int64_t i = 0; i < total; ++i) dH[i] *= drop[i];
     }
 
-    // Sparsity gradient w.r.t. H, added to dH.
+    // Sparsity gradient w.r.t. H: kl adds the same vector to every row (folded into the encoder's
+    // activation backward below); l1 adds c·sign(h).
+    const T* kl_row = nullptr;
     if (cost.sparsity == Sparsity::kl && cost.beta != 0) {
         // ∂/∂hᵢⱼ β·KL(ρ‖ρ̂ⱼ) = (β/m)·(−ρ/ρ̂ⱼ + (1−ρ)/(1−ρ̂ⱼ)); the same for every row i.
+        ws.kl_grad.resize(size_t(d_sae));
         for (int64_t j = 0; j < d_sae; ++j) {
             const double r = clamp_rho(double(ws.rho_hat[size_t(j)]));
-            const T t = T(cost.beta * inv_m * (-cost.rho / r + (1 - cost.rho) / (1 - r)));
-            for (int64_t i = 0; i < m; ++i) dH[i * d_sae + j] += t;
+            ws.kl_grad[size_t(j)] = T(cost.beta * inv_m * (-cost.rho / r + (1 - cost.rho) / (1 - r)));
         }
+        kl_row = ws.kl_grad.data();
     } else if (cost.sparsity == Sparsity::l1 && cost.l1_coefficient != 0) {
         const T c = T(cost.l1_coefficient * inv_m);
         const int64_t total = m * d_sae;
@@ -394,24 +482,16 @@ CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
         }
     }
 
-    // Encoder.
-    activation_backward(dH, H, m, d_sae, spec.encoder);
+    // Encoder (plus the kl row).
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i)
+        act_backward_row<T>(dH + i * d_sae, H + i * d_sae, kl_row, d_sae, spec.encoder);
     dense_backward<T>(be, nullptr, G.W_enc, G.b_enc, dH, Xenc, P.W_enc, Trans::no, m, d_in, d_sae);
     if (with_D) {
         activation_backward(dHc, Hc, m, d_sae, spec.encoder);
         dense_backward<T>(be, nullptr, G.W_enc, G.b_enc, dHc, X, P.W_enc, Trans::no, m, d_in, d_sae);
     }
 
-    // Weight decay: λ·W (tied: 2λ·W_enc, matching J_weight_decay above).
-    if (cost.weight_decay != 0) {
-        for (const auto& v : layout.views) {
-            if (v.name != "W_enc" && v.name != "W_dec") continue;
-            const T lam = T(cost.weight_decay * (spec.tied ? 2.0 : 1.0));
-            const T* w = params + v.offset;
-            T* g = grad + v.offset;
-            for (int64_t i = 0; i < v.numel(); ++i) g[i] += lam * w[i];
-        }
-    }
     return J;
 }
 

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "sae/error.hpp"
+#include "simd.hpp"
 
 namespace sae {
 
@@ -60,6 +61,17 @@ std::string schedule_name(ScheduleKind k) {
 namespace {
 
 constexpr int64_t kParallelMin = 1 << 15;
+constexpr int64_t kBlock = 1 << 13;  // elements per unit of parallel work
+
+SAE_SIMD_CLONES
+void adam_block(float* __restrict p, float* __restrict m, float* __restrict v, const float* __restrict g,
+                int64_t n, float b1, float b2, float a1, float a2, float step, float inv_bc2, float eps) {
+    for (int64_t i = 0; i < n; ++i) {
+        m[i] = b1 * m[i] + a1 * g[i];
+        v[i] = b2 * v[i] + a2 * g[i] * g[i];
+        p[i] -= step * m[i] / (std::sqrt(v[i] * inv_bc2) + eps);
+    }
+}
 
 void check_unit(double v, const std::string& what) {
     check(v >= 0.0 && v < 1.0, "optimizer: " + what + " is " + std::to_string(v) + "; it must lie in [0, 1)");
@@ -108,11 +120,11 @@ public:
         float* m = m_.data();
         float* v = v_.data();
         const int64_t n = int64_t(m_.size());
-#pragma omp parallel for simd if (n >= kParallelMin)
-        for (int64_t i = 0; i < n; ++i) {
-            m[i] = b1 * m[i] + a1 * g[i];
-            v[i] = b2 * v[i] + a2 * g[i] * g[i];
-            p[i] -= step * m[i] / (std::sqrt(v[i] * inv_bc2) + eps);
+        const int64_t blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+        for (int64_t b = 0; b < blocks; ++b) {
+            const int64_t lo = b * kBlock, len = std::min(kBlock, n - lo);
+            adam_block(p + lo, m + lo, v + lo, g + lo, len, b1, b2, a1, a2, step, inv_bc2, eps);
         }
     }
     std::vector<std::pair<std::string, std::vector<float>*>> state() override {

@@ -136,6 +136,9 @@ struct Workspace {
     Matrix<T> dH;     // [m, d_sae] gradient w.r.t. the encoder pre-activation
     std::vector<T> rho_hat;  // [d_sae] mean activation over the batch
     std::vector<double> row_sums;  // [m] per-row partial sums, combined in row order
+    std::vector<double> col_acc;   // [d_sae] column sums of H in double
+    std::vector<double> chunk_sums;  // partial sums of ‖W‖², one per fixed chunk
+    std::vector<T> kl_grad;        // [d_sae] the kl gradient, the same for every row
     // Denoising only (sized by reserve(..., true), or on first use):
     Matrix<T> Hdrop;   // [m, d_sae] r ⊙ h(x′), the decoder's input under dropout
     Matrix<T> Hclean;  // [m, d_sae] h(x) of the clean input, for D

@@ -54,7 +54,7 @@ struct ParamLayout {
     }
     const ParamView& get(const std::string& name) const {
         const ParamView* v = find(name);
-        check(v != nullptr, "no parameter tensor named '" + name + "'");
+        if (!v) throw Error("no parameter tensor named '" + name + "'");  // message built only on failure
         return *v;
     }
 };
