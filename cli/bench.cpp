@@ -92,6 +92,7 @@ void add_bench(CLI::App& app) {
         std::vector<std::string> sets;
         int64_t steps = 20, warmup = 3, d_in = 784, batches = 4;
         bool profile = false;
+        int64_t encoder_block = 256;
     };
     auto args = std::make_shared<Args>();
     cmd->add_option("CONFIG", args->config, "TOML file of settings (optional; defaults otherwise)");
@@ -101,6 +102,9 @@ void add_bench(CLI::App& app) {
     cmd->add_option("--d-in", args->d_in, "input dimension of the synthetic data")->capture_default_str();
     cmd->add_option("--batches", args->batches, "distinct synthetic batches cycled through")->capture_default_str();
     cmd->add_flag("--profile", args->profile, "modern architectures: also time each phase of the cost (phases_ms)");
+    cmd->add_option("--encoder-block", args->encoder_block,
+                    "with --profile: rows per fused encoder+TopK block in the profiled cost (0 = whole batch)")
+        ->capture_default_str();
     cmd->callback([args]() {
         const sae::Config cfg = load_config(args->config, args->sets);
         sae::check(args->steps >= 1 && args->warmup >= 0 && args->d_in >= 1 && args->batches >= 1,
@@ -124,8 +128,9 @@ void add_bench(CLI::App& app) {
             obj->init(params.data(), rng, sample);
         }
         auto opt = sae::optimizer_create(cfg.optimizer, n, sae::config_optimizer_hyper(cfg));
-        obj->reserve(B);
         obj->set_training(true);
+        obj->set_dense_hidden(false);  // as `sae train` does: sparse models keep only their row lists
+        obj->reserve(B);
 
         std::vector<double> t_step, t_cost, t_update, t_cpu;
         sae::CostTerms J{}, J0{};
@@ -194,6 +199,8 @@ void add_bench(CLI::App& app) {
             sae::check(L.total == n, "bench: the profiled layout differs from the objective's");
             sae::ModernWorkspace<float> ws;
             ws.precision = sae::precision_parse(cfg.dtype);
+            ws.dense_h = false;  // as in training
+            ws.encoder_block = args->encoder_block;
             ws.reserve(spec, B);
             for (int64_t s = 0; s < args->steps + 1; ++s) {
                 ws.profile = s > 0;

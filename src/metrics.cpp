@@ -1,4 +1,5 @@
 #include "sae/metrics.hpp"
+#include "sae/error.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -16,6 +17,31 @@ void Stats::reset(int64_t din, int64_t dsae) {
     sum_abs_h = 0;
     fires.assign(size_t(dsae), 0);
     active = 0;
+}
+
+void Stats::add(const float* X, const float* Xhat, const ActiveRows& H, int64_t m, double threshold) {
+    check(threshold >= 0, "Stats::add: row lists need an activity threshold >= 0");
+    for (int64_t i = 0; i < m; ++i) {
+        const float* x = X + i * d_in;
+        const float* xh = Xhat + i * d_in;
+        for (int64_t k = 0; k < d_in; ++k) {
+            const double e = double(xh[k]) - double(x[k]);
+            sq_err += e * e;
+            sum_x[size_t(k)] += x[k];
+            sum_x2 += double(x[k]) * double(x[k]);
+        }
+        for (int64_t e = H.beg[i]; e < H.end[i]; ++e) {
+            const int64_t j = H.col[e];
+            const float h = H.val[e];
+            sum_h[size_t(j)] += h;
+            sum_abs_h += std::fabs(double(h));
+            if (double(h) > threshold) {
+                ++fires[size_t(j)];
+                ++active;
+            }
+        }
+    }
+    n += m;
 }
 
 void Stats::add(const float* X, const float* Xhat, const float* H, int64_t m, double threshold) {

@@ -4,12 +4,13 @@
 #include <bit>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <omp.h>
 #include <type_traits>
 #if defined(__SSE2__)
-#include <emmintrin.h>
+#include <immintrin.h>
 #endif
 
 #include "sae/error.hpp"
@@ -135,30 +136,75 @@ SAE_SIMD_CLONES void group_max(const T* p, int64_t n, int64_t G, T* gmax) {
 }
 
 // Entries of p[0..n) with x > 0 and x ≥ lo, in index order, into (cidx, cval); returns their
-// count. Blocks of 16 are tested first so the common case (no candidate) stays vectorised.
+// count. One comparison per entry: x ≥ max(lo, smallest positive number). Blocks of 64 are
+// tested first with vector compares (GCC vector types: one AVX-512 or two AVX2 compares per 16)
+// so the common case, no candidate in the block, costs a few instructions per 16 entries.
+// Appends the entries of p[from, to) with x ≥ thr (x and its index) to (cidx, cval) at c.
 template <class T>
-SAE_SIMD_CLONES int64_t positive_at_least(const T* p, int64_t n, T lo, int32_t* cidx, T* cval) {
-    int64_t c = 0, j = 0;
-    for (; j + 16 <= n; j += 16) {
-        int any = 0;
-        for (int t = 0; t < 16; ++t) any |= (p[j + t] > T(0)) & (p[j + t] >= lo);
-        if (!any) continue;
-        for (int t = 0; t < 16; ++t) {
-            const T x = p[j + t];
-            if (x > T(0) && x >= lo) {
-                cidx[c] = int32_t(j + t);
-                cval[c++] = x;
-            }
+inline int64_t take_at_least(const T* p, int64_t from, int64_t to, T thr, int32_t* cidx, T* cval, int64_t c) {
+    for (int64_t q = from; q < to; ++q)
+        if (p[q] >= thr) {
+            cidx[c] = int32_t(q);
+            cval[c++] = p[q];
         }
-    }
-    for (; j < n; ++j) {
-        const T x = p[j];
-        if (x > T(0) && x >= lo) {
-            cidx[c] = int32_t(j);
-            cval[c++] = x;
-        }
-    }
     return c;
+}
+
+template <class T>
+int64_t at_least_plain(const T* p, int64_t n, T thr, int32_t* cidx, T* cval) {
+    return take_at_least(p, 0, n, thr, cidx, cval, 0);
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+// Blocks of 64 floats are tested with vector compares first, so the common case (no candidate
+// in the block) costs a few instructions per 16 entries. Same result as at_least_plain.
+__attribute__((target("avx512f"))) int64_t at_least_avx512(const float* p, int64_t n, float thr,
+                                                           int32_t* cidx, float* cval) {
+    const __m512 t = _mm512_set1_ps(thr);
+    int64_t c = 0, j = 0;
+    for (; j + 64 <= n; j += 64) {
+        const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + j), t, _CMP_GE_OQ) |
+                            _mm512_cmp_ps_mask(_mm512_loadu_ps(p + j + 16), t, _CMP_GE_OQ) |
+                            _mm512_cmp_ps_mask(_mm512_loadu_ps(p + j + 32), t, _CMP_GE_OQ) |
+                            _mm512_cmp_ps_mask(_mm512_loadu_ps(p + j + 48), t, _CMP_GE_OQ);
+        if (m) c = take_at_least(p, j, j + 64, thr, cidx, cval, c);
+    }
+    return take_at_least(p, j, n, thr, cidx, cval, c);
+}
+
+__attribute__((target("avx2"))) int64_t at_least_avx2(const float* p, int64_t n, float thr, int32_t* cidx,
+                                                      float* cval) {
+    const __m256 t = _mm256_set1_ps(thr);
+    int64_t c = 0, j = 0;
+    for (; j + 32 <= n; j += 32) {
+        const __m256 m = _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + j), t, _CMP_GE_OQ),
+                                                   _mm256_cmp_ps(_mm256_loadu_ps(p + j + 8), t, _CMP_GE_OQ)),
+                                      _mm256_or_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + j + 16), t, _CMP_GE_OQ),
+                                                   _mm256_cmp_ps(_mm256_loadu_ps(p + j + 24), t, _CMP_GE_OQ)));
+        if (_mm256_movemask_ps(m)) c = take_at_least(p, j, j + 32, thr, cidx, cval, c);
+    }
+    return take_at_least(p, j, n, thr, cidx, cval, c);
+}
+#endif
+
+using AtLeastFn = int64_t (*)(const float*, int64_t, float, int32_t*, float*);
+AtLeastFn pick_at_least() {
+#if defined(__GNUC__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return at_least_avx512;
+    if (__builtin_cpu_supports("avx2")) return at_least_avx2;
+#endif
+    return at_least_plain<float>;
+}
+const AtLeastFn g_at_least_float = pick_at_least();
+
+// Entries of p[0..n) with x > 0 and x ≥ lo, in index order, into (cidx, cval); returns their
+// count. One comparison per entry: x ≥ max(lo, smallest positive number).
+template <class T>
+int64_t positive_at_least(const T* p, int64_t n, T lo, int32_t* cidx, T* cval) {
+    const T thr = lo > T(0) ? lo : std::numeric_limits<T>::denorm_min();
+    if constexpr (std::is_same_v<T, float>) return g_at_least_float(p, n, thr, cidx, cval);
+    else return at_least_plain(p, n, thr, cidx, cval);
 }
 
 // Lower bound for the k-th largest of p[0..n): with G = 4k groups, the k-th largest group
@@ -503,13 +549,21 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     // The dense path's dH: standard always, jumprelu for dense batches, any arch when forced.
     const bool dense_dh = spec.arch == Arch::standard || path == ProductPath::dense ||
                           (spec.arch == Arch::jumprelu && path == ProductPath::automatic);
+    // TopK keeping only its lists needs no dense H or Haux, and pre-activations for one encoder
+    // block at a time.
+    const bool lists_only = spec.arch == Arch::topk && path != ProductPath::dense && !dense_h;
     xin.resize(max_m, d_in);
-    pre.resize(max_m, d_sae);
-    H.resize(max_m, d_sae);
+    pre.resize(lists_only && encoder_block > 0 ? std::min(max_m, encoder_block) : max_m, d_sae);
+    H.resize(lists_only ? 0 : max_m, d_sae);
+    if (lists_only) {  // give back what an earlier reserve with dense H took
+        pre.data.shrink_to_fit();
+        H.data.shrink_to_fit();
+    }
     Xhat.resize(max_m, d_in);
     dXhat.resize(max_m, d_in);
     dH.resize(dense_dh ? max_m : 0, d_sae);
-    Haux.resize(with_aux ? max_m : 0, d_sae);
+    Haux.resize(with_aux && !lists_only ? max_m : 0, d_sae);
+    if (lists_only) Haux.data.shrink_to_fit();
     Eaux.resize(with_aux ? max_m : 0, d_in);
     dEaux.resize(with_aux ? max_m : 0, d_in);
     int64_t row_cap = 0;
@@ -541,11 +595,11 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
 
 namespace {
 
-// TopK over every row of pre [m, n] into ws.act (row i at [i·k, i·k + kept)); the dense H too
-// when write_h.
+// TopK over rows [r0, r1) into ws.act (row i at [i·k, i·k + kept)); the dense H too when
+// write_h. Row i of the pre-activations is at pre + (i − pre_row0)·n.
 template <class T>
-void select_topk(ModernWorkspace<T>& ws, const T* pre, int64_t m, int64_t n, int64_t k,
-                 bool write_h, int nt) {
+void select_topk(ModernWorkspace<T>& ws, const T* pre, int64_t pre_row0, int64_t r0, int64_t r1, int64_t n,
+                 int64_t k, bool write_h, int nt) {
     SparseRows<T>& A = ws.act;
     T* H = ws.H.data.data();
 #pragma omp parallel num_threads(nt)
@@ -557,9 +611,9 @@ void select_topk(ModernWorkspace<T>& ws, const T* pre, int64_t m, int64_t n, int
         T* cval = s + 4 * k;
         T* tmp = cval + n;
 #pragma omp for schedule(static)
-        for (int64_t i = 0; i < m; ++i) {
+        for (int64_t i = r0; i < r1; ++i) {
             const int64_t b = i * k;
-            const int64_t c = topk_row(pre + i * n, n, k, gmax, cidx, cval, tmp,
+            const int64_t c = topk_row(pre + (i - pre_row0) * n, n, k, gmax, cidx, cval, tmp,
                                        A.col.data() + b, A.val.data() + b);
             A.beg[size_t(i)] = b;
             A.end[size_t(i)] = b + c;
@@ -709,11 +763,12 @@ bool select_threshold(ModernWorkspace<T>& ws, const T* pre, int64_t m, int64_t n
     return !overflow;
 }
 
-// AuxK selection: per row of pre [m, n], the k_aux largest among the dead latents (ties to the
-// lower index), relu, into ws.aux (row i at [i·k_aux, ...)); the dense Haux when write_h.
+// AuxK selection: per row i in [r0, r1) (at pre + (i − pre_row0)·n), the k_aux largest among the
+// dead latents (ties to the lower index), relu, into ws.aux (row i at [i·k_aux, ...)); the dense
+// Haux when write_h.
 template <class T>
-void select_aux(ModernWorkspace<T>& ws, const T* pre, int64_t m, int64_t n, int64_t n_dead,
-                int64_t k_aux, bool write_h, int nt) {
+void select_aux(ModernWorkspace<T>& ws, const T* pre, int64_t pre_row0, int64_t r0, int64_t r1, int64_t n,
+                int64_t n_dead, int64_t k_aux, bool write_h, int nt) {
     const int64_t k = std::min(k_aux, n_dead);
     SparseRows<T>& S = ws.aux;
     const int32_t* di = ws.dead_idx.data();
@@ -722,8 +777,8 @@ void select_aux(ModernWorkspace<T>& ws, const T* pre, int64_t m, int64_t n, int6
     {
         T* s = ws.scratch.data() + omp_get_thread_num() * ws.per_thread;
 #pragma omp for schedule(static)
-        for (int64_t i = 0; i < m; ++i) {
-            const T* p = pre + i * n;
+        for (int64_t i = r0; i < r1; ++i) {
+            const T* p = pre + (i - pre_row0) * n;
             for (int64_t t = 0; t < n_dead; ++t) s[t] = key(p[di[t]]);
             const T v = kth_largest(s, n_dead, k);
             int64_t above = 0;
@@ -806,7 +861,10 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
                       const uint8_t* dead, double batchtopk_threshold, double sparsity_scale) {
     const int64_t d_in = spec.d_in, d_sae = spec.d_sae;
     require(m > 0, "modern_cost: empty batch");
-    require(ws.pre.rows >= m && ws.pre.cols == d_sae && ws.xin.cols == d_in && ws.H.rows >= m &&
+    const bool lists_only = spec.arch == Arch::topk && ws.path != ProductPath::dense && !ws.dense_h;
+    const int64_t pre_rows = lists_only && ws.encoder_block > 0 ? std::min(m, ws.encoder_block) : m;
+    require(ws.pre.rows >= pre_rows && ws.pre.cols == d_sae && ws.xin.cols == d_in &&
+                (lists_only || ws.H.rows >= m) &&
                 int64_t(ws.row_sums.size()) >= m && int64_t(ws.latent.size()) == d_sae,
             "modern_cost: workspace not reserved for this model and batch size");
     const bool selecting = uses_selection(spec.arch);
@@ -851,25 +909,54 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
         xin = xb;
     }
 
-    clock.mark(0);
-    // pre [m, d_sae] = x'·W_enc + b_enc: the one dense product of the sparse architectures.
-    product(be, Trans::no, Trans::no, m, d_sae, d_in, xin, d_in, P.W_enc, d_sae, T(0), pre, d_sae,
-            P.b_enc, prec);
-    clock.mark(1);
+    // Dead latents for AuxK (their indices in ws.dead_idx).
+    int64_t n_dead = 0;
+    if (uses_aux(spec) && dead)
+        for (int64_t j = 0; j < d_sae; ++j) n_dead += dead[j] != 0;
+    const bool aux = n_dead > 0;
+    if (aux) {
+        require((lists_only || ws.Haux.rows >= m) && ws.Haux.cols == d_sae && ws.Eaux.cols == d_in &&
+                    int64_t(ws.dead_idx.size()) == d_sae && ws.aux.cap >= m * spec.k_aux,
+                "modern_cost: workspace not reserved for AuxK");
+        for (int64_t j = 0, t = 0; j < d_sae; ++j)
+            if (dead[j]) ws.dead_idx[size_t(t++)] = int32_t(j);
+    }
 
-    // h = σ(pre). The sparse path keeps the active entries as lists (ws.act); the dense H is
-    // written when asked for or when the dense path runs. For jumprelu latent[j] = θⱼ.
+    clock.mark(0);
     CostTerms J;
     const bool want_sparse = lists && ws.path != ProductPath::dense;
     const bool write_h = ws.dense_h || !want_sparse;
     bool sparse = want_sparse;
-    switch (spec.arch) {
+    // TopK on the sparse path: the encoder product and the selections (TopK, AuxK) run a block of
+    // rows at a time, each block selected while its pre-activations are still in cache.
+    const int64_t blk = ws.encoder_block;
+    const bool fused = lists_only && blk > 0 && blk < m;
+    if (fused) {
+        for (int64_t r0 = 0; r0 < m; r0 += blk) {
+            const int64_t rows = std::min(blk, m - r0);
+            product(be, Trans::no, Trans::no, rows, d_sae, d_in, xin + r0 * d_in, d_in, P.W_enc, d_sae, T(0),
+                    pre, d_sae, P.b_enc, prec);  // pre holds this block only
+            clock.mark(1);
+            select_topk(ws, pre, r0, r0, r0 + rows, d_sae, spec.k, false, nt);
+            if (aux) select_aux(ws, pre, r0, r0, r0 + rows, d_sae, n_dead, spec.k_aux, false, nt);
+            clock.mark(2);
+        }
+    } else {
+        // pre [m, d_sae] = x'·W_enc + b_enc: the one dense product of the sparse architectures.
+        product(be, Trans::no, Trans::no, m, d_sae, d_in, xin, d_in, P.W_enc, d_sae, T(0), pre, d_sae,
+                P.b_enc, prec);
+        clock.mark(1);
+    }
+
+    // h = σ(pre). The sparse path keeps the active entries as lists (ws.act); the dense H is
+    // written when asked for or when the dense path runs. For jumprelu latent[j] = θⱼ.
+    if (!fused) switch (spec.arch) {
         case Arch::standard:
 #pragma omp parallel for schedule(static)
             for (int64_t t = 0; t < nH; ++t) H[t] = pre[t] > T(0) ? pre[t] : T(0);
             break;
         case Arch::topk:
-            select_topk(ws, pre, m, d_sae, spec.k, write_h, nt);
+            select_topk(ws, pre, 0, 0, m, d_sae, spec.k, write_h, nt);
             break;
         case Arch::batchtopk:
             if (batchtopk_threshold < 0) {
@@ -945,19 +1032,10 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
 
     clock.mark(3);
     // AuxK on dead latents: ê = h_aux·W_dec against e = x − x̂ (a constant).
-    int64_t n_dead = 0;
-    if (uses_aux(spec) && dead)
-        for (int64_t j = 0; j < d_sae; ++j) n_dead += dead[j] != 0;
-    const bool aux = n_dead > 0;
     if (aux) {
-        require(ws.Haux.rows >= m && ws.Haux.cols == d_sae && ws.Eaux.cols == d_in &&
-                    int64_t(ws.dead_idx.size()) == d_sae && ws.aux.cap >= m * spec.k_aux,
-                "modern_cost: workspace not reserved for AuxK");
         T* Eaux = ws.Eaux.data.data();
         T* dEaux = ws.dEaux.data.data();
-        for (int64_t j = 0, t = 0; j < d_sae; ++j)
-            if (dead[j]) ws.dead_idx[size_t(t++)] = int32_t(j);
-        select_aux(ws, pre, m, d_sae, n_dead, spec.k_aux, write_h, nt);
+        if (!fused) select_aux(ws, pre, 0, 0, m, d_sae, n_dead, spec.k_aux, write_h, nt);
         if (sparse)
             sparse_rows_times<T>(ws.aux, P.W_dec, nullptr, m, d_in, Eaux, nt);
         else

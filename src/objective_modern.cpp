@@ -103,6 +103,16 @@ public:
     }
     const float* hidden() const override { return ws_.H.data.data(); }
     const float* reconstruction() const override { return ws_.Xhat.data.data(); }
+    void set_dense_hidden(bool on) override {
+        if (ws_.dense_h == on) return;
+        ws_.dense_h = on;
+        if (reserved_ > 0) ws_.reserve(spec_, reserved_);  // buffers differ (see ModernWorkspace)
+    }
+    const ActiveRows* active_rows() const override {
+        if (ws_.dense_h || !ws_.sparse_used) return nullptr;
+        rows_ = {ws_.act.beg.data(), ws_.act.end.data(), ws_.act.col.data(), ws_.act.val.data()};
+        return &rows_;
+    }
 
     void before_update(const float* params, float* grad) override {
         if (cfg_.decoder_unit_norm) decoder_remove_parallel_grad(spec_, layout_, params, grad);
@@ -176,6 +186,7 @@ private:
     Config cfg_;
     ModernSpec spec_;
     ModernWorkspace<float> ws_;
+    mutable ActiveRows rows_;  // active_rows() view of ws_.act
     int64_t reserved_ = 0;
     const uint8_t* dead_ = nullptr;
     double scale_ = 1.0;

@@ -480,6 +480,8 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
         // batches of B straddle epochs; the run is ceil(epochs·N/B) batches.
         const int64_t N = streaming ? stream->num_samples() : X.rows;
         const int64_t B = std::min(cfg.batch_size, N);
+        // Per-step statistics read the sparse models' row lists, not a dense [B, d_sae].
+        if (threshold >= 0) obj->set_dense_hidden(false);
         const int64_t per_epoch = (N + B - 1) / B;
         const int64_t total = streaming ? (cfg.epochs * N + B - 1) / B : per_epoch * cfg.epochs;
         auto opt = optimizer_create(cfg.optimizer, n, config_optimizer_hyper(cfg));
@@ -583,13 +585,20 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
                                     std::to_string(lr) + " is too large?); training stopped. The last good checkpoint is " +
                                     ckpt_path + "; lower lr or set grad_clip_norm");
 
-                const float* H = obj->hidden();
                 std::fill(fired.begin(), fired.end(), 0);
-                for (int64_t i = 0; i < m; ++i)
-                    for (int64_t j = 0; j < d_sae; ++j) fired[size_t(j)] |= double(H[i * d_sae + j]) > threshold;
+                if (const ActiveRows* A = obj->active_rows()) {  // sparse model: its row lists
+                    for (int64_t i = 0; i < m; ++i)
+                        for (int64_t e = A->beg[i]; e < A->end[i]; ++e)
+                            fired[size_t(A->col[e])] |= double(A->val[e]) > threshold;
+                    win.add(Xb.data.data(), obj->reconstruction(), *A, m, threshold);
+                } else {
+                    const float* H = obj->hidden();
+                    for (int64_t i = 0; i < m; ++i)
+                        for (int64_t j = 0; j < d_sae; ++j) fired[size_t(j)] |= double(H[i * d_sae + j]) > threshold;
+                    win.add(Xb.data.data(), obj->reconstruction(), H, m, threshold);
+                }
                 for (int64_t j = 0; j < d_sae; ++j)
                     rs.since_fired[size_t(j)] = fired[size_t(j)] ? 0 : rs.since_fired[size_t(j)] + m;
-                win.add(Xb.data.data(), obj->reconstruction(), H, m, threshold);
                 J_sum.rec += J.rec;
                 J_sum.weight_decay += J.weight_decay;
                 J_sum.sparsity += J.sparsity;

@@ -6,6 +6,15 @@
 
 namespace sae {
 
+// A batch's nonzero activations as row lists: row i holds (col[e], val[e]) for e in
+// [beg[i], end[i]). Every latent not listed is 0. (Sparse models keep these instead of [m, d_sae].)
+struct ActiveRows {
+    const int64_t* beg = nullptr;
+    const int64_t* end = nullptr;
+    const int32_t* col = nullptr;
+    const float* val = nullptr;
+};
+
 struct Stats {
     int64_t n = 0;                // samples seen
     int64_t d_in = 0, d_sae = 0;
@@ -20,6 +29,9 @@ struct Stats {
     void reset(int64_t d_in, int64_t d_sae);
     // X, Xhat [m, d_in], H [m, d_sae].
     void add(const float* X, const float* Xhat, const float* H, int64_t m, double threshold);
+    // The same from row lists (threshold ≥ 0: unlisted latents, 0, never fire); adds exactly what
+    // add() adds for the dense H those lists describe.
+    void add(const float* X, const float* Xhat, const ActiveRows& H, int64_t m, double threshold);
 
     double mse() const;            // Σ‖x̂ − x‖² / (n·d_in)
     double fvu() const;            // Σ‖x̂ − x‖² / Σ‖x − x̄‖²  (x̄: mean over the samples seen)

@@ -97,6 +97,10 @@ struct ModernWorkspace {
     Precision precision = Precision::f32;  // float products in f32 or bf16 (double: always double)
     ProductPath path = ProductPath::automatic;
     bool dense_h = true;  // sparse path: also write H and Haux [m, d_sae] (else only the lists)
+    // TopK on the sparse path with dense_h off ("lists only"): the encoder product and the
+    // selections run this many rows at a time, each block selected while in cache, and pre holds
+    // one block (0 = the whole batch at once); H and Haux stay empty.
+    int64_t encoder_block = 256;
 
     Matrix<T> xin;    // [m, d_in] encoder input x − b_dec
     Matrix<T> pre;    // [m, d_sae]
@@ -137,8 +141,8 @@ const std::array<const char*, 8>& modern_phase_names();
 // Cost terms for X [m, d_in]; grad (layout of params) overwritten when not null.
 // dead [d_sae] (nullable): 1 for latents currently counted as dead (for AuxK).
 // batchtopk_threshold: < 0 in training (batch selection), ≥ 0 to use the inference rule.
-// Leaves pre, Xhat, H (unless the sparse path ran with dense_h off; ws.act always holds the
-// active entries when ws.sparse_used) in ws. No allocation once ws is reserved (except the
+// Leaves pre (TopK keeping lists only: the last encoder block), Xhat, H (unless the sparse path
+// ran with dense_h off; ws.act always holds the active entries when ws.sparse_used) in ws. No allocation once ws is reserved (except the
 // dense fallback of BatchTopK's inference rule with a gradient, which sizes dH on first use).
 template <class T>
 CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& layout,

@@ -11,6 +11,7 @@
 #include "sae/backend.hpp"
 #include "sae/config.hpp"
 #include "sae/io.hpp"
+#include "sae/metrics.hpp"
 #include "sae/model.hpp"
 #include "sae/rng.hpp"
 #include "sae/tensor.hpp"
@@ -34,6 +35,11 @@ public:
     virtual CostTerms cost(Backend& be, const float* params, const float* X, int64_t m, float* grad) = 0;
     virtual const float* hidden() const = 0;
     virtual const float* reconstruction() const = 0;
+    // Training may switch the dense hidden() off: a sparse model then keeps only the row lists of
+    // its active latents (active_rows(), not null after cost() when it did), saving a pass over
+    // [m, d_sae]. hidden() is valid whenever active_rows() is null.
+    virtual void set_dense_hidden(bool on) {}
+    virtual const ActiveRows* active_rows() const { return nullptr; }
 
     // Around optimizer.update(): e.g. keep decoder rows at unit norm.
     virtual void before_update(const float* params, float* grad) {}
