@@ -174,6 +174,19 @@ public:
         gemm_f64_blocked(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     }
 
+    void gemm_bf16_b(Trans ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                     const uint16_t* B, float beta, float* C, int64_t ldc, const float* bias) override {
+        if (M == 0 || N == 0) return;
+        if (K == 0) return scale_only(C, M, N, ldc, beta, bias);
+        Key key{ta == Trans::yes, false, true, bias != nullptr, get_num_threads(), M, N, K, lda, N, ldc, 1.0f, beta};
+        Entry& e = entry(key);
+        if (e.kind != Kind::primitive) return Backend::gemm_bf16_b(ta, M, N, K, A, lda, B, beta, C, ldc, bias);
+        const int64_t ar = key.ta ? K : M, ac = key.ta ? M : K;
+        if (int64_t(bf_a_.size()) < ar * ac) bf_a_.resize(size_t(ar * ac));
+        round_to_bf16(A, ar, ac, lda, bf_a_.data());
+        execute(e, bf_a_.data(), B, C, bias, M, N, K);
+    }
+
     void gemm_ex(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                  int64_t ldc, const float* bias, Precision precision) override {
@@ -206,6 +219,14 @@ public:
             a = bf_a_.data();
             b = bf_b_.data();
         }
+        execute(e, a, b, C, bias, M, N, K);
+        if (bias && !e.has_bias) add_bias(C, M, N, ldc, bias);
+    }
+
+private:
+    struct Entry;
+    void execute(Entry& e, const void* a, const void* b, float* C, const float* bias, int64_t M, int64_t N,
+                 int64_t K) {
         bind(e.a, a);
         bind(e.b, b);
         bind(e.c, C);
@@ -219,10 +240,8 @@ public:
         const dnnl_status_t st =
             dnnl_primitive_execute(e.prim.get(), stream_.get(), e.has_bias ? 5 : 4, args);
         if (st != dnnl_success) dnnl_failed("matmul", int(st), M, N, K);
-        if (bias && !e.has_bias) add_bias(C, M, N, ldc, bias);
     }
 
-private:
     struct Key {
         bool ta, tb, bf16, bias;
         int threads;
@@ -333,6 +352,19 @@ void Backend::gemm_ex(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float
     } else {
         gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     }
+    if (bias) add_bias(C, M, N, ldc, bias);
+}
+
+void Backend::gemm_bf16_b(Trans ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                          const uint16_t* B, float beta, float* C, int64_t ldc, const float* bias) {
+    if (M == 0 || N == 0) return;
+    if (K == 0) return scale_only(C, M, N, ldc, beta, bias);
+    const int64_t ar = ta == Trans::yes ? K : M, ac = ta == Trans::yes ? M : K;
+    if (int64_t(emu_a_.size()) < ar * ac) emu_a_.resize(size_t(ar * ac));
+    if (int64_t(emu_b_.size()) < K * N) emu_b_.resize(size_t(K * N));
+    round_to_bf16(A, ar, ac, lda, emu_a_.data());
+    for (int64_t t = 0; t < K * N; ++t) emu_b_[size_t(t)] = bf16_to_float(B[t]);
+    gemm(ta, Trans::no, M, N, K, 1.0f, emu_a_.data(), ac, emu_b_.data(), N, beta, C, ldc);
     if (bias) add_bias(C, M, N, ldc, bias);
 }
 

@@ -564,6 +564,8 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     dH.resize(dense_dh ? max_m : 0, d_sae);
     Haux.resize(with_aux && !lists_only ? max_m : 0, d_sae);
     if (lists_only) Haux.data.shrink_to_fit();
+    // bf16 lists-only TopK: W_enc rounded once per step for all encoder blocks.
+    w_bf16.resize(std::is_same_v<T, float> && lists_only && precision == Precision::bf16 ? size_t(d_in * d_sae) : 0);
     Eaux.resize(with_aux ? max_m : 0, d_in);
     dEaux.resize(with_aux ? max_m : 0, d_in);
     int64_t row_cap = 0;
@@ -932,10 +934,27 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     const int64_t blk = ws.encoder_block;
     const bool fused = lists_only && blk > 0 && blk < m;
     if (fused) {
+        // bf16: W_enc is rounded once for all the blocks.
+        const bool w_rounded = std::is_same_v<T, float> && prec == Precision::bf16;
+        if constexpr (std::is_same_v<T, float>)
+            if (w_rounded) {
+                require(int64_t(ws.w_bf16.size()) >= d_in * d_sae, "modern_cost: workspace not reserved for bf16");
+                round_to_bf16(P.W_enc, d_in, d_sae, d_sae, ws.w_bf16.data());
+            }
         for (int64_t r0 = 0; r0 < m; r0 += blk) {
             const int64_t rows = std::min(blk, m - r0);
-            product(be, Trans::no, Trans::no, rows, d_sae, d_in, xin + r0 * d_in, d_in, P.W_enc, d_sae, T(0),
-                    pre, d_sae, P.b_enc, prec);  // pre holds this block only
+            // pre holds this block only
+            if constexpr (std::is_same_v<T, float>) {
+                if (w_rounded)
+                    be.gemm_bf16_b(Trans::no, rows, d_sae, d_in, xin + r0 * d_in, d_in, ws.w_bf16.data(), 0.0f,
+                                   pre, d_sae, P.b_enc);
+                else
+                    product(be, Trans::no, Trans::no, rows, d_sae, d_in, xin + r0 * d_in, d_in, P.W_enc, d_sae,
+                            T(0), pre, d_sae, P.b_enc, prec);
+            } else {
+                product(be, Trans::no, Trans::no, rows, d_sae, d_in, xin + r0 * d_in, d_in, P.W_enc, d_sae, T(0),
+                        pre, d_sae, P.b_enc, prec);
+            }
             clock.mark(1);
             select_topk(ws, pre, r0, r0, r0 + rows, d_sae, spec.k, false, nt);
             if (aux) select_aux(ws, pre, r0, r0, r0 + rows, d_sae, n_dead, spec.k_aux, false, nt);

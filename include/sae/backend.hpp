@@ -54,6 +54,13 @@ public:
                          const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
                          float* C, int64_t ldc, const float* bias, Precision precision);
 
+    // The bf16 product when B is already rounded: C = op(A)·B + beta·C (+ bias), A float (rounded
+    // here), B bf16 bits [K, N] row-major and dense (ld = N). Lets a caller round a weight matrix
+    // once and use it for several products (row blocks of one batch). The same result as gemm_ex
+    // with Precision::bf16 on the float B those bits round.
+    virtual void gemm_bf16_b(Trans ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                             const uint16_t* B, float beta, float* C, int64_t ldc, const float* bias);
+
 protected:
     std::vector<float> emu_a_, emu_b_;  // bf16-rounded copies of A and B (emulation)
 };

@@ -111,6 +111,7 @@ struct ModernWorkspace {
     Matrix<T> Haux, Eaux, dEaux;  // AuxK: h_aux [m, d_sae], ê [m, d_in], ∂aux/∂ê [m, d_in]
     SparseRows<T> act;            // active latents (jumprelu: also those in the kernel window)
     SparseRows<T> aux;            // AuxK's selected dead latents
+    std::vector<uint16_t> w_bf16; // bf16 lists-only TopK: W_enc rounded to bf16 [d_in · d_sae]
     std::vector<T> scratch;       // per-thread selection and tile buffers [threads · per_thread]
     std::vector<int32_t> iscratch;  // per-thread index buffers [threads · d_sae]
     std::vector<T> cand_val, cand_tmp;  // BatchTopK candidates [2·m·k + d_sae]
