@@ -110,6 +110,19 @@ TEST(Reliability, FullDiskGivesClearErrorAndKeepsPreviousOutputs) {
         EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
 }
 
+// An output directory that cannot be made (here: below a regular file; root ignores permission
+// bits) is an error before training starts: one line naming it, no progress, nothing written.
+TEST(Reliability, UnwritableOutputDirectoryFailsBeforeTraining) {
+    const std::string dir = sae_test::temp_dir("unwritable");
+    const std::string data = make_npy(dir, 300, 64);
+    std::ofstream(dir + "/file") << "a regular file";
+    auto r = run(kSae + " train --set data=" + data + " --set normalize=none --set d_sae=16 --set max_iterations=50 --out " +
+                 dir + "/file/run");
+    expect_one_line_error(r, dir + "/file/run");
+    EXPECT_EQ(r.err.find("step"), std::string::npos) << "training started: " << r.err;
+    EXPECT_EQ(bytes(dir + "/file"), "a regular file");
+}
+
 // One poisoned sample (finite, but 1e30: its gradient overflows float) sits in exactly one batch
 // per epoch. stop: an error naming the step and the term, the last checkpoint finite.
 // skip: the run completes and skips exactly one batch per epoch.
