@@ -266,6 +266,9 @@ TEST(ModernCli, StreamedRunHoldsMemoryLimitOnDataFourTimesLarger) {
                                    "d_sae=64", "--set", "optimizer=adam", "--set", "batch_size=1024", "--set",
                                    "epochs=1", "--set", "threads=2", "--set", "log_every=100", "--out", dir + "/run"});
     ASSERT_GT(kib, 0) << "training failed";
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "RSS not checked under AddressSanitizer (shadow memory and quarantine); the run itself was";
+#endif
     EXPECT_LT(kib, limit_mib * 1024) << "peak RSS " << kib / 1024.0 << " MiB";
     std::printf("streamed %.0f MiB of data with peak RSS %.1f MiB (limit %lld MiB)\n", double(total) / (1 << 20),
                 double(kib) / 1024.0, (long long)limit_mib);

@@ -151,8 +151,8 @@ TEST(Reliability, NonFiniteGradientStopsNamingStepAndTermOrIsSkipped) {
     std::string line, last;
     while (std::getline(f, line)) last = line;
     EXPECT_EQ(nlohmann::json::parse(last)["skipped_batches"].get<int64_t>(), 3);
-    for (float v : safetensors_read(dir + "/skip/model.safetensors").tensors.at("W_enc").f32)
-        ASSERT_TRUE(std::isfinite(v));
+    const SafeTensors model = safetensors_read(dir + "/skip/model.safetensors");  // kept alive for the loop
+    for (float v : model.tensors.at("W_enc").f32) ASSERT_TRUE(std::isfinite(v));
 }
 
 // An update that overflows the parameters (a finite gradient, an absurd lr) stops the run too.
@@ -164,8 +164,8 @@ TEST(Reliability, OverflowingUpdateStops) {
                  "--set sparsity=l1 --set optimizer=sgd --set momentum=0 --set lr=1e12 --set batch_size=20 "
                  "--set epochs=3 --set checkpoint_every=1 --set on_nonfinite=skip --out " + dir + "/m");
     expect_one_line_error(r, "non-finite");
-    for (float v : safetensors_read(dir + "/m/checkpoint.safetensors").tensors.at("params").f32)
-        ASSERT_TRUE(std::isfinite(v));
+    const SafeTensors ckpt = safetensors_read(dir + "/m/checkpoint.safetensors");  // kept alive for the loop
+    for (float v : ckpt.tensors.at("params").f32) ASSERT_TRUE(std::isfinite(v));
 }
 
 TEST(Reliability, ModelFromNewerFormatIsRefused) {
