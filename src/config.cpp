@@ -461,30 +461,33 @@ Config config_from_json(const std::string& text, const std::string& what) {
 std::string config_help() {
     std::ostringstream os;
     const Config def;
-    std::string group;
-    for (const auto& o : option_table()) {
-        if (group != o.group) {
-            group = o.group;
-            os << "\n  [" << group << "]\n";
+    // Groups in order of first appearance, each listed once with all its keys.
+    std::vector<std::string> groups;
+    for (const auto& o : option_table())
+        if (std::find(groups.begin(), groups.end(), o.group) == groups.end()) groups.push_back(o.group);
+    for (const auto& group : groups) {
+        os << "\n  [" << group << "]\n";
+        for (const auto& o : option_table()) {
+            if (group != o.group) continue;
+            std::string d;
+            std::visit(
+                [&](auto member) {
+                    std::ostringstream v;
+                    using T = std::remove_cvref_t<decltype(def.*member)>;
+                    if constexpr (std::is_same_v<T, bool>) v << (def.*member ? "true" : "false");
+                    else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+                        v << "[";
+                        for (size_t i = 0; i < (def.*member).size(); ++i) v << (i ? ", " : "") << (def.*member)[i];
+                        v << "]";
+                    } else v << def.*member;
+                    d = v.str();
+                },
+                o.member);
+            os << "    " << o.name << std::string(size_t(std::max<int>(1, 20 - int(std::string(o.name).size()))), ' ')
+               << o.help << " (default: " << d;
+            if (!o.choices.empty()) os << "; one of: " << join(o.choices);
+            os << ")\n";
         }
-        std::string d;
-        std::visit(
-            [&](auto member) {
-                std::ostringstream v;
-                using T = std::remove_cvref_t<decltype(def.*member)>;
-                if constexpr (std::is_same_v<T, bool>) v << (def.*member ? "true" : "false");
-                else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
-                    v << "[";
-                    for (size_t i = 0; i < (def.*member).size(); ++i) v << (i ? ", " : "") << (def.*member)[i];
-                    v << "]";
-                } else v << def.*member;
-                d = v.str();
-            },
-            o.member);
-        os << "    " << o.name << std::string(size_t(std::max<int>(1, 20 - int(std::string(o.name).size()))), ' ')
-           << o.help << " (default: " << d;
-        if (!o.choices.empty()) os << "; one of: " << join(o.choices);
-        os << ")\n";
     }
     return os.str();
 }

@@ -136,6 +136,11 @@ TEST(Config, HelpListsEveryKeyWithDefault) {
     const std::string help = config_help();
     for (const auto& o : option_table()) EXPECT_NE(help.find(o.name), std::string::npos) << o.name;
     EXPECT_NE(help.find("default: 196"), std::string::npos);
+    // Each group heading appears once.
+    for (const auto& o : option_table()) {
+        const std::string heading = std::string("[") + o.group + "]";
+        EXPECT_EQ(help.find(heading), help.rfind(heading)) << heading;
+    }
 }
 
 }  // namespace
