@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TARGETS=(idx npy safetensors cfg_json toml array_read)
+TARGETS=(idx npy safetensors cfg_json toml array_read image)
 usage() {
   echo "usage: scripts/fuzz.sh TARGET SECONDS [libFuzzer flags...]; TARGET: ${TARGETS[*]} or all" >&2
   exit 2

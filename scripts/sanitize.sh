@@ -44,7 +44,7 @@ probe_out=$("$ASAN_DIR/test_simd" --gtest_filter='SimdExp.*' 2>&1) || {
 echo "sanitize: ASan + UBSan test suite passed in $((SECONDS - start)) s"
 
 start=$SECONDS
-for t in idx npy safetensors cfg_json toml array_read; do
+for t in idx npy safetensors cfg_json toml array_read image; do
   scripts/fuzz.sh "$t" "${FUZZ_SECONDS:-20}"
 done
 echo "sanitize: fuzz targets built and run in $((SECONDS - start)) s, no crash"

@@ -119,22 +119,6 @@ std::string trim(const std::string& s) {
     return s.substr(b, e - b + 1);
 }
 
-// Text from a file or the command line, quoted in a one-line message: control characters
-// (a newline, say) escaped as \xNN, long text cut.
-std::string one_line(std::string_view s) {
-    std::string out;
-    for (size_t i = 0; i < s.size() && i < 200; ++i) {
-        const uint8_t c = uint8_t(s[i]);
-        if (c < 0x20 || c == 0x7f) {
-            const char* hex = "0123456789abcdef";
-            out += {'\\', 'x', hex[c >> 4], hex[c & 15]};
-        } else {
-            out += char(c);
-        }
-    }
-    return s.size() > 200 ? out + "..." : out;
-}
-
 // toml++ 3.3 (Debian 12) reaches __builtin_unreachable, i.e. undefined behaviour, when it tests
 // some non-ASCII characters for whitespace (upstream issues #190 and #295): any non-ASCII
 // character outside a string or comment, and one that follows a line-ending backslash in a

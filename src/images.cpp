@@ -14,14 +14,8 @@
 #include "sae/io.hpp"
 #include "sae/model_file.hpp"
 
-// stb, compiled here only, with internal linkage (no clash with another copy elsewhere), from
-// memory only, PNG and JPEG only.
-#define STB_IMAGE_STATIC
-#define STB_IMAGE_IMPLEMENTATION
-#define STBI_NO_STDIO
-#define STBI_ONLY_PNG
-#define STBI_ONLY_JPEG
-#include "stb_image.h"
+// stb_image_write, compiled here only, with internal linkage, to memory only. (Decoding is in
+// image_decode.cpp, which the fuzz targets build on its own.)
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #define STBI_WRITE_NO_STDIO
@@ -33,50 +27,6 @@ namespace fs = std::filesystem;
 using cd = std::complex<double>;
 
 // ---------------------------------------------------------------------------------- loading
-
-Image image_decode(const std::string& bytes, const std::string& name) {
-    check(!bytes.empty(), name + ": empty file, not an image; pass PNG or JPEG files");
-    check(bytes.size() <= size_t(INT_MAX), name + ": file too large for an image (over 2 GiB)");
-    const auto* buf = reinterpret_cast<const stbi_uc*>(bytes.data());
-    const int len = int(bytes.size());
-    int w = 0, h = 0, comp = 0;
-    if (!stbi_info_from_memory(buf, len, &w, &h, &comp))
-        throw Error(name + ": not a valid PNG or JPEG image (stb: " + std::string(stbi_failure_reason()) +
-                    "); pass PNG or JPEG files");
-    check(w > 0 && h > 0, name + ": image has no pixels");
-    check(w <= kMaxImageSide && h <= kMaxImageSide,
-          name + ": image is " + std::to_string(w) + "x" + std::to_string(h) + " pixels, larger than the " +
-              std::to_string(kMaxImageSide) + "x" + std::to_string(kMaxImageSide) + " limit; downscale it first");
-    // A JPEG cut short still decodes in stb (the missing scan data reads as zeros): require the
-    // end-of-image marker after the last start-of-scan (neither can occur inside coded data).
-    if (bytes.size() >= 2 && uint8_t(bytes[0]) == 0xFF && uint8_t(bytes[1]) == 0xD8) {
-        const size_t sos = bytes.rfind("\xFF\xDA"), eoi = bytes.rfind("\xFF\xD9");
-        check(sos == std::string::npos || (eoi != std::string::npos && eoi > sos),
-              name + ": truncated JPEG image (no end-of-image marker); the file is incomplete");
-    }
-    Image im;
-    im.height = h;
-    im.width = w;
-    im.pixels.resize(size_t(int64_t(w) * h));
-    int w2 = 0, h2 = 0, c2 = 0;
-    if (stbi_is_16_bit_from_memory(buf, len)) {
-        stbi_us* p = stbi_load_16_from_memory(buf, len, &w2, &h2, &c2, 1);
-        if (!p)
-            throw Error(name + ": corrupt or truncated image (stb: " + std::string(stbi_failure_reason()) +
-                        "); the file is damaged");
-        for (size_t i = 0; i < im.pixels.size(); ++i) im.pixels[i] = float(p[i]) / 65535.0f;
-        stbi_image_free(p);
-    } else {
-        stbi_uc* p = stbi_load_from_memory(buf, len, &w2, &h2, &c2, 1);
-        if (!p)
-            throw Error(name + ": corrupt or truncated image (stb: " + std::string(stbi_failure_reason()) +
-                        "); the file is damaged");
-        for (size_t i = 0; i < im.pixels.size(); ++i) im.pixels[i] = float(p[i]) / 255.0f;
-        stbi_image_free(p);
-    }
-    check(w2 == w && h2 == h, name + ": image size changed while decoding; the file is damaged");
-    return im;
-}
 
 Image image_load(const std::string& path) {
     std::error_code ec;

@@ -44,14 +44,6 @@ void fsync_dir(const std::string& dir, const std::string& what) {
                     "); check the disk and retry");
 }
 
-// Text from a file, made safe for a one-line message: control characters replaced, length capped.
-std::string one_line(std::string s) {
-    if (s.size() > 200) s = s.substr(0, 200) + "...";
-    for (char& c : s)
-        if (uint8_t(c) < 0x20 || c == 0x7f) c = '?';
-    return s;
-}
-
 bool mul_ok(uint64_t a, uint64_t b, uint64_t& out) { return !__builtin_mul_overflow(a, b, &out); }
 
 // Product of non-negative dims; false on overflow. A zero dim makes the product 0.

@@ -12,6 +12,7 @@
 #include "sae/config.hpp"
 #include "sae/data.hpp"
 #include "sae/error.hpp"
+#include "sae/images.hpp"
 #include "sae/io.hpp"
 #include "sae/model.hpp"
 #include "test_util.hpp"
@@ -52,6 +53,7 @@ const std::map<std::string, Parser>& parsers() {
              config_validate(c);
          }},
         {"array_read", [](const std::string&, const std::string& path) { (void)array_read(path); }},
+        {"image", [](const std::string& b, const std::string& path) { (void)image_decode(b, path); }},
     };
     return p;
 }
