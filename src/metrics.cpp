@@ -19,50 +19,39 @@ void Stats::reset(int64_t din, int64_t dsae) {
     active = 0;
 }
 
+// One sample's reconstruction terms, and one latent's activation h: shared by both add()s so
+// that they accumulate in the same order.
+void Stats::add_input_row(const float* x, const float* xh) {
+    for (int64_t k = 0; k < d_in; ++k) {
+        const double e = double(xh[k]) - double(x[k]);
+        sq_err += e * e;
+        sum_x[size_t(k)] += x[k];
+        sum_x2 += double(x[k]) * double(x[k]);
+    }
+}
+
+void Stats::add_latent(int64_t j, float h, double threshold) {
+    sum_h[size_t(j)] += h;
+    sum_abs_h += std::fabs(double(h));
+    if (double(h) > threshold) {
+        ++fires[size_t(j)];
+        ++active;
+    }
+}
+
 void Stats::add(const float* X, const float* Xhat, const ActiveRows& H, int64_t m, double threshold) {
     check(threshold >= 0, "Stats::add: row lists need an activity threshold >= 0");
     for (int64_t i = 0; i < m; ++i) {
-        const float* x = X + i * d_in;
-        const float* xh = Xhat + i * d_in;
-        for (int64_t k = 0; k < d_in; ++k) {
-            const double e = double(xh[k]) - double(x[k]);
-            sq_err += e * e;
-            sum_x[size_t(k)] += x[k];
-            sum_x2 += double(x[k]) * double(x[k]);
-        }
-        for (int64_t e = H.beg[i]; e < H.end[i]; ++e) {
-            const int64_t j = H.col[e];
-            const float h = H.val[e];
-            sum_h[size_t(j)] += h;
-            sum_abs_h += std::fabs(double(h));
-            if (double(h) > threshold) {
-                ++fires[size_t(j)];
-                ++active;
-            }
-        }
+        add_input_row(X + i * d_in, Xhat + i * d_in);
+        for (int64_t e = H.beg[i]; e < H.end[i]; ++e) add_latent(H.col[e], H.val[e], threshold);
     }
     n += m;
 }
 
 void Stats::add(const float* X, const float* Xhat, const float* H, int64_t m, double threshold) {
     for (int64_t i = 0; i < m; ++i) {
-        const float* x = X + i * d_in;
-        const float* xh = Xhat + i * d_in;
-        for (int64_t k = 0; k < d_in; ++k) {
-            const double e = double(xh[k]) - double(x[k]);
-            sq_err += e * e;
-            sum_x[size_t(k)] += x[k];
-            sum_x2 += double(x[k]) * double(x[k]);
-        }
-        const float* h = H + i * d_sae;
-        for (int64_t j = 0; j < d_sae; ++j) {
-            sum_h[size_t(j)] += h[j];
-            sum_abs_h += std::fabs(double(h[j]));
-            if (double(h[j]) > threshold) {
-                ++fires[size_t(j)];
-                ++active;
-            }
-        }
+        add_input_row(X + i * d_in, Xhat + i * d_in);
+        for (int64_t j = 0; j < d_sae; ++j) add_latent(j, H[i * d_sae + j], threshold);
     }
     n += m;
 }

@@ -47,6 +47,10 @@ struct Stats {
     };
     Histogram density_histogram() const;
     std::vector<double> rho_hat() const;  // [d_sae] mean activation
+
+private:
+    void add_input_row(const float* x, const float* xh);
+    void add_latent(int64_t j, float h, double threshold);
 };
 
 }  // namespace sae
