@@ -183,17 +183,7 @@ void add_bench(CLI::App& app) {
         // modern_layout of the same spec).
         nlohmann::ordered_json phases;
         if (args->profile && modern) {
-            sae::ModernSpec spec;
-            spec.d_in = d_in;
-            spec.d_sae = d_sae;
-            spec.arch = sae::arch_parse(sae::config_architecture(cfg));
-            spec.k = cfg.k;
-            spec.apply_b_dec_to_input = cfg.apply_b_dec_to_input;
-            spec.l1_decoder_norm = cfg.l1_decoder_norm;
-            spec.l1_coefficient = cfg.l1_coefficient;
-            spec.l0_coefficient = cfg.l0_coefficient;
-            spec.bandwidth = cfg.bandwidth;
-            spec.initial_threshold = cfg.jumprelu_init_threshold;
+            sae::ModernSpec spec = sae::modern_spec(cfg, d_in);
             spec.k_aux = 0;
             const sae::ParamLayout L = sae::modern_layout(spec);
             sae::check(L.total == n, "bench: the profiled layout differs from the objective's");

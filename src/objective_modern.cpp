@@ -45,8 +45,6 @@ void geometric_median(const Matrix<float>& X, double* out, int iterations, doubl
     std::copy(y.begin(), y.end(), out);
 }
 
-namespace {
-
 ModernSpec modern_spec(const Config& cfg, int64_t d_in) {
     ModernSpec s;
     s.d_in = d_in;
@@ -64,6 +62,8 @@ ModernSpec modern_spec(const Config& cfg, int64_t d_in) {
     s.aux_coefficient = cfg.aux_coefficient;
     return s;
 }
+
+namespace {
 
 class ModernObjective final : public Objective {
 public:

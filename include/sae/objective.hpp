@@ -78,6 +78,10 @@ void import_tensor(const std::map<std::string, TensorIn>& tensors, float* dst, c
                    const std::string& name, const std::vector<int64_t>& shape);
 std::string shape_text(const std::vector<int64_t>& shape);
 
+// The modern architectures' spec the settings ask for, for inputs of dimension d_in.
+struct ModernSpec;
+ModernSpec modern_spec(const Config& cfg, int64_t d_in);
+
 // The objective the settings ask for, for inputs of dimension d_in.
 std::unique_ptr<Objective> objective_create(const Config& cfg, int64_t d_in);
 
