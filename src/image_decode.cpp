@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "sae/error.hpp"
@@ -10,6 +11,12 @@
 
 // stb_image, compiled here only, with internal linkage (no clash with another copy elsewhere),
 // from memory only, PNG and JPEG only.
+// Every stb allocation zeroed: stb 2.27 reads some memory it never wrote (a JPEG scan may name a
+// Huffman table no DHT defined), which must not depend on what the heap held before (fuzz_image
+// found garbage tables tripping stb's Huffman assertion; test: UndefinedHuffmanTable...).
+#define STBI_MALLOC(size) std::calloc(1, size)
+#define STBI_REALLOC(p, size) std::realloc(p, size)
+#define STBI_FREE(p) std::free(p)
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_NO_STDIO
@@ -89,14 +96,50 @@ std::string jpeg_huffman_problem(const std::string& b) {
     return {};
 }
 
+// Debian 12's stb_image (v2.27) grows its buffer for a PNG's IDAT chunk to the length the chunk
+// header claims, and only then finds the file too short: a 150-byte PNG claiming a 2 GB chunk
+// makes it allocate 2 GB (found by fuzz_image, as a 14 s "hang" under ASan). stb reads a PNG's
+// chunks in order, each exactly as long as its length field says, up to IEND; so are they walked
+// here, and a chunk claiming more bytes than the file has left is refused before stb runs.
+// Returns the problem, or an empty string.
+std::string png_chunk_problem(const std::string& b) {
+    static const char signature[8] = {'\x89', 'P', 'N', 'G', '\r', '\n', '\x1a', '\n'};
+    const size_t size = b.size();
+    if (size < 8 || b.compare(0, 8, signature, 8) != 0) return {};
+    auto be32 = [&](size_t i) {
+        uint32_t v = 0;
+        for (size_t k = 0; k < 4; ++k) v = (v << 8) | uint8_t(b[i + k]);
+        return v;
+    };
+    bool seen_idat = false;
+    for (size_t pos = 8; pos + 8 <= size;) {
+        const uint32_t length = be32(pos);
+        const std::string type = one_line(b.substr(pos + 4, 4));
+        const size_t left = size - (pos + 8);
+        if (length > left)
+            return "its " + type + " chunk claims " + std::to_string(length) + " bytes, the file has " +
+                   std::to_string(left) + " left";
+        if (type == "IEND") break;
+        // stb copies an IDAT chunk's bytes into its buffer, which is still a null pointer at the
+        // first IDAT: memcpy(nullptr, ..., 0) is undefined (UBSan, found by fuzz_image). An empty
+        // first IDAT is legal but no encoder we know writes one: refused.
+        if (type == "IDAT" && !seen_idat && length == 0) return "its first IDAT chunk is empty";
+        seen_idat = seen_idat || type == "IDAT";
+        pos += 12 + size_t(length);  // length, type, data, CRC
+    }
+    return {};
+}
+
 }  // namespace
 
-Image image_decode(const std::string& bytes, const std::string& name) {
+Image image_decode(const std::string& bytes, const std::string& name, int64_t max_side) {
     check(!bytes.empty(), name + ": empty file, not an image; pass PNG or JPEG files");
     check(bytes.size() <= size_t(INT_MAX), name + ": file too large for an image (over 2 GiB)");
     // Before stb reads anything (its header probe builds the Huffman tables too).
     const std::string huff = jpeg_huffman_problem(bytes);
     check(huff.empty(), name + ": corrupt JPEG image (" + huff + "); the file is damaged");
+    const std::string chunk = png_chunk_problem(bytes);
+    check(chunk.empty(), name + ": truncated or corrupt PNG image (" + chunk + "); the file is damaged");
     const auto* buf = reinterpret_cast<const stbi_uc*>(bytes.data());
     const int len = int(bytes.size());
     int w = 0, h = 0, comp = 0;
@@ -104,9 +147,9 @@ Image image_decode(const std::string& bytes, const std::string& name) {
         throw Error(name + ": not a valid PNG or JPEG image (stb: " + one_line(stbi_failure_reason()) +
                     "); pass PNG or JPEG files");
     check(w > 0 && h > 0, name + ": image has no pixels");
-    check(w <= kMaxImageSide && h <= kMaxImageSide,
+    check(w <= max_side && h <= max_side,
           name + ": image is " + std::to_string(w) + "x" + std::to_string(h) + " pixels, larger than the " +
-              std::to_string(kMaxImageSide) + "x" + std::to_string(kMaxImageSide) + " limit; downscale it first");
+              std::to_string(max_side) + "x" + std::to_string(max_side) + " limit; downscale it first");
     // A JPEG cut short still decodes in stb (the missing scan data reads as zeros): require the
     // end-of-image marker after the last start-of-scan (neither can occur inside coded data).
     if (bytes.size() >= 2 && uint8_t(bytes[0]) == 0xFF && uint8_t(bytes[1]) == 0xD8) {

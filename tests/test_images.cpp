@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -158,9 +160,58 @@ TEST(Images, BadFilesGiveOneLineNamingTheFile) {
     big[16] = char(0x00), big[17] = char(0x00), big[18] = char(0x4e), big[19] = char(0x20);  // width 20000
     sae_test::write_bytes(dir + "/big.png", big);
     expect_error([&] { image_load(dir + "/big.png"); }, {dir + "/big.png", "20000x64", "16384"});
+    // An IDAT chunk claiming 2 GB in a small file: refused before stb (which would allocate the
+    // claimed size first), naming the chunk.
+    std::string huge = png;
+    const size_t idat = huge.find("IDAT");
+    ASSERT_NE(idat, std::string::npos);
+    huge[idat - 4] = char(0x7a), huge[idat - 3] = char(0x00), huge[idat - 2] = char(0x00), huge[idat - 1] = char(0x3a);
+    sae_test::write_bytes(dir + "/huge.png", huge);
+    expect_error([&] { image_load(dir + "/huge.png"); }, {dir + "/huge.png", "IDAT chunk claims 2046820410 bytes"});
+    // An empty IDAT chunk before the first data: refused (stb would memcpy to a null pointer).
+    std::string empty_idat = png;
+    empty_idat.insert(idat - 4, std::string("\0\0\0\0IDAT\0\0\0\0", 12));
+    expect_error([&] { image_decode(empty_idat, "e.png"); }, {"e.png", "first IDAT chunk is empty"});
+    // A lower limit (the fuzz target's) refuses the valid 64x64 image, naming that limit; at 64 it decodes.
+    expect_error([&] { image_decode(png, "small.png", 63); }, {"small.png", "64x64", "63x63"});
+    EXPECT_EQ(image_decode(png, "small.png", 64).pixels.size(), px.size());
     expect_error([&] { image_paths({dir + "/nowhere"}); }, {dir + "/nowhere", "no such file"});
     const std::string empty_dir = sae_test::temp_dir("img-empty");
     expect_error([&] { image_paths({empty_dir}); }, {empty_dir, "no .png"});
+}
+
+// What a decode gave: the pixels, or the error's text.
+std::string decode_outcome(const std::string& bytes) {
+    try {
+        const Image im = image_decode(bytes, "t.jpg");
+        return std::string(reinterpret_cast<const char*>(im.pixels.data()), im.pixels.size() * sizeof(float));
+    } catch (const Error& e) {
+        return std::string("error: ") + e.what();
+    }
+}
+
+TEST(Images, UndefinedHuffmanTableDecodesTheSameWhateverTheHeapHeld) {
+    // A scan that names Huffman tables no DHT defined (tables 2; stb_image_write defines 0 and
+    // 1): stb reads that table memory as it finds it. Its allocations are zeroed (calloc), so the
+    // outcome is the same after the heap has been filled with other bytes (found by fuzz_image:
+    // garbage tables reached an assertion in stb's Huffman decoder, and could read out of bounds).
+    std::vector<uint8_t> px(64 * 64);
+    for (size_t i = 0; i < px.size(); ++i) px[i] = uint8_t((i * 7919) % 251);
+    std::string jpg = jpg_bytes(64, 64, 1, px);
+    const size_t sos = jpg.find("\xFF\xDA");
+    ASSERT_NE(sos, std::string::npos);
+    ASSERT_EQ(uint8_t(jpg[sos + 5]), 1u);  // first component's id, then its table byte
+    jpg[sos + 6] = char(0x22);              // DC table 2, AC table 2: never defined
+    const std::string first = decode_outcome(jpg);
+    for (int round = 0; round < 3; ++round) {
+        std::vector<void*> blocks;
+        for (size_t size = 1024; size <= 64 * 1024; size += 512) {
+            blocks.push_back(std::malloc(size));
+            std::memset(blocks.back(), 0xA5 + round, size);
+        }
+        for (void* b : blocks) std::free(b);
+        EXPECT_EQ(decode_outcome(jpg), first) << "round " << round;
+    }
 }
 
 // --------------------------------------------------------------------------- FFT
