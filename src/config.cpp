@@ -54,6 +54,7 @@ std::vector<OptionSpec> build_table() {
         {"aux_coefficient", &C::aux_coefficient, "cost", "AuxK loss weight", 0, kMax},
         {"dead_threshold_samples", &C::dead_threshold_samples, "run", "a latent is dead after this many samples without firing", 1, 9e18},
         {"resample_dead", &C::resample_dead, "run", "modern: re-initialise dead latents towards badly reconstructed samples at each log step"},
+        {"resample_duplicates", &C::resample_duplicates, "run", "modern: at each log step also re-initialise (as resample_dead does) one latent of each pair whose decoder rows have cosine above this, the one that fired longer ago (0 = off)", 0, 1},
         {"sparsity_warmup_steps", &C::sparsity_warmup_steps, "optimiser", "sparsity coefficient ramps linearly from 0 over these steps", 0, 1e12},
         {"grad_clip_norm", &C::grad_clip_norm, "optimiser", "clip the gradient's global norm to this (0 = off)", 0, kMax},
         {"optimizer", &C::optimizer, "optimiser", "lbfgs is full-batch; the others use minibatches", 0, 0, {"lbfgs", "adam", "sgd", "rmsprop"}},

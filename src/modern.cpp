@@ -1309,6 +1309,35 @@ double batchtopk_min_kept(const ModernWorkspace<T>& ws, int64_t m, int64_t d_sae
     return best;
 }
 
+std::vector<uint8_t> duplicate_latents(Backend& be, const float* W_dec, int64_t d_sae, int64_t d_in,
+                                       double cos_above, const std::vector<int64_t>& score) {
+    require(int64_t(score.size()) == d_sae, "duplicate_latents: score must have d_sae entries");
+    // Unit rows (zero rows stay zero: cosine 0 with everything).
+    std::vector<float> Wn(size_t(d_sae * d_in));
+    for (int64_t j = 0; j < d_sae; ++j) {
+        double ww = 0;
+        for (int64_t c = 0; c < d_in; ++c) ww += double(W_dec[j * d_in + c]) * W_dec[j * d_in + c];
+        const double s = ww > 0 ? 1.0 / std::sqrt(ww) : 0.0;
+        for (int64_t c = 0; c < d_in; ++c) Wn[size_t(j * d_in + c)] = float(W_dec[j * d_in + c] * s);
+    }
+    std::vector<uint8_t> marked(size_t(d_sae), 0);
+    const int64_t block = 256;
+    std::vector<float> G(size_t(std::min(block, d_sae) * d_sae));
+    for (int64_t j0 = 0; j0 < d_sae; j0 += block) {
+        const int64_t rows = std::min(block, d_sae - j0);
+        // G [rows, d_sae] = Wn[j0 : j0+rows] · Wnᵀ
+        be.gemm(Trans::no, Trans::yes, rows, d_sae, d_in, 1.0f, Wn.data() + j0 * d_in, d_in, Wn.data(), d_in, 0.0f,
+                G.data(), d_sae);
+        for (int64_t j = j0; j < j0 + rows; ++j)
+            for (int64_t l = j + 1; l < d_sae; ++l) {
+                if (marked[size_t(j)]) break;
+                if (marked[size_t(l)] || double(G[size_t((j - j0) * d_sae + l)]) <= cos_above) continue;
+                marked[size_t(score[size_t(l)] <= score[size_t(j)] ? l : j)] = 1;
+            }
+    }
+    return marked;
+}
+
 #define SAE_INSTANTIATE(T)                                                                       \
     template void modern_init<T>(const ModernSpec&, const ParamLayout&, T*, Rng&);               \
     template struct ModernWorkspace<T>;                                                          \

@@ -18,6 +18,7 @@
 #include "sae/io.hpp"
 #include "sae/metrics.hpp"
 #include "sae/model_file.hpp"
+#include "sae/modern.hpp"
 #include "sae/objective.hpp"
 #include "sae/optim.hpp"
 #include "sae/stream.hpp"
@@ -179,7 +180,7 @@ Checkpoint checkpoint_load(const std::string& path, const Config& cfg) {
 struct RunState {
     int64_t step = 0;
     int64_t skipped = 0;                 // batches skipped for non-finite values
-    int64_t resampled = 0;               // dead latents re-initialised (resample_dead)
+    int64_t resampled = 0;               // latents re-initialised (resample_dead, resample_duplicates)
     std::vector<int64_t> since_fired;    // [d_sae] samples since each latent last fired
     double input_scale = 1.0;
 };
@@ -218,13 +219,14 @@ std::string metrics_line(int64_t step, double epoch, const CostTerms& J, const S
     return j.dump() + "\n";
 }
 
-// Re-initialises each dead latent j (modern layouts: W_enc [d_in, d_sae], b_enc, W_dec
-// [d_sae, d_in]) towards a sample the model reconstructs badly: samples of the batch X [m, d_in]
-// are drawn with probability ∝ ‖x − x̂‖², W_dec[j] = x/‖x‖, W_enc[:, j] = 0.2 · (mean norm of the
-// live encoder columns) · x/‖x‖, b_enc[j] = 0, and those entries of every optimiser moment are
-// zeroed. Returns the number of latents resampled.
-int64_t resample_dead_latents(const ParamLayout& L, float* params, Optimizer& opt, const float* X,
-                              const float* Xhat, int64_t m, RunState& rs, int64_t dead_threshold, Rng& rng) {
+// Re-initialises each latent j with redo[j] set (modern layouts: W_enc [d_in, d_sae], b_enc,
+// W_dec [d_sae, d_in]) towards a sample the model reconstructs badly: samples of the batch
+// X [m, d_in] are drawn with probability ∝ ‖x − x̂‖², W_dec[j] = x/‖x‖, W_enc[:, j] = 0.2 · (mean
+// norm of the other encoder columns) · x/‖x‖, b_enc[j] = 0, and those entries of every
+// optimiser moment are zeroed; its samples-since-fired count restarts. Returns the number of
+// latents re-initialised.
+int64_t resample_latents(const ParamLayout& L, float* params, Optimizer& opt, const float* X, const float* Xhat,
+                         int64_t m, const std::vector<uint8_t>& redo, RunState& rs, Rng& rng) {
     const auto& we = L.get("W_enc");
     const int64_t d_in = we.shape[0], d_sae = we.shape[1];
     std::vector<double> cum(static_cast<size_t>(m));
@@ -241,7 +243,7 @@ int64_t resample_dead_latents(const ParamLayout& L, float* params, Optimizer& op
     double live_norm = 0;
     int64_t live = 0;
     for (int64_t j = 0; j < d_sae; ++j) {
-        if (rs.since_fired[size_t(j)] >= dead_threshold) continue;
+        if (redo[size_t(j)]) continue;
         double s = 0;
         for (int64_t k = 0; k < d_in; ++k) s += double(W_enc[k * d_sae + j]) * W_enc[k * d_sae + j];
         live_norm += std::sqrt(s);
@@ -251,7 +253,7 @@ int64_t resample_dead_latents(const ParamLayout& L, float* params, Optimizer& op
     auto moments = opt.state();
     int64_t count = 0;
     for (int64_t j = 0; j < d_sae; ++j) {
-        if (rs.since_fired[size_t(j)] < dead_threshold || total <= 0) continue;
+        if (!redo[size_t(j)] || total <= 0) continue;
         const double u = rng.uniform() * total;
         const int64_t i = std::min<int64_t>(m - 1, std::upper_bound(cum.begin(), cum.end(), u) - cum.begin());
         double norm = 0;
@@ -616,11 +618,26 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
                 const double secs = seconds_since(win_start);
                 const double sps = secs > 0 ? double(win.n) / secs : 0;
                 progress.update(rs.step, first, Jm, sps, log_line);
-                if (log_line && cfg.resample_dead && config_is_modern(cfg)) {
+                // At multiples of log_every only: not at a run's last or interrupted step, which a
+                // longer or uninterrupted run does not resample at (resume stays bit-identical).
+                if (rs.step % cfg.log_every == 0 && (cfg.resample_dead || cfg.resample_duplicates > 0) &&
+                    config_is_modern(cfg)) {
+                    std::vector<uint8_t> redo(size_t(d_sae), 0);
+                    if (cfg.resample_duplicates > 0) {
+                        // Of two near-copies the one that fired longer ago goes (a function of the
+                        // checkpointed state, so a resumed run chooses the same).
+                        std::vector<int64_t> recent(static_cast<size_t>(d_sae));
+                        for (int64_t j = 0; j < d_sae; ++j) recent[size_t(j)] = -rs.since_fired[size_t(j)];
+                        redo = duplicate_latents(*be, params.data() + obj->layout().get("W_dec").offset, d_sae, d_in,
+                                                 cfg.resample_duplicates, recent);
+                    }
+                    if (cfg.resample_dead)
+                        for (int64_t j = 0; j < d_sae; ++j)
+                            if (rs.since_fired[size_t(j)] >= cfg.dead_threshold_samples) redo[size_t(j)] = 1;
                     // Deterministic: the draw depends on (seed, step) only.
                     Rng rrng(uint64_t(cfg.seed) * 0x2545f4914f6cdd1dULL + uint64_t(rs.step));
-                    rs.resampled += resample_dead_latents(obj->layout(), params.data(), *opt, Xb.data.data(),
-                                                          obj->reconstruction(), m, rs, cfg.dead_threshold_samples, rrng);
+                    rs.resampled += resample_latents(obj->layout(), params.data(), *opt, Xb.data.data(),
+                                                     obj->reconstruction(), m, redo, rs, rrng);
                 }
                 if (log_line) {
                     write_metrics(metrics_line(rs.step, (streaming ? double(rs.step) * double(B) / double(N) : double(rs.step) / double(per_epoch)), Jm, win, lr, sps, rs,

@@ -948,3 +948,57 @@ TEST(Determinism, SameBitsForAnyThreadCount) {
 }
 
 }  // namespace
+
+// --------------------------------------------------------------------------- duplicate latents
+
+// Plain loops in double: the pairs (j, l) in order, each skipped once either latent is marked.
+std::vector<uint8_t> duplicates_by_loops(const std::vector<float>& W, int64_t d_sae, int64_t d_in, double above,
+                                         const std::vector<int64_t>& fires) {
+    auto dot = [&](int64_t a, int64_t b) {
+        double s = 0;
+        for (int64_t c = 0; c < d_in; ++c) s += double(W[size_t(a * d_in + c)]) * W[size_t(b * d_in + c)];
+        return s;
+    };
+    std::vector<uint8_t> marked(size_t(d_sae), 0);
+    for (int64_t j = 0; j < d_sae; ++j)
+        for (int64_t l = j + 1; l < d_sae && !marked[size_t(j)]; ++l) {
+            const double nn = dot(j, j) * dot(l, l);
+            if (marked[size_t(l)] || nn == 0 || dot(j, l) / std::sqrt(nn) <= above) continue;
+            marked[size_t(fires[size_t(l)] <= fires[size_t(j)] ? l : j)] = 1;
+        }
+    return marked;
+}
+
+TEST(DuplicateLatents, MarksTheRarerOfEachNearCopyAndMatchesPlainLoops) {
+    auto be = backend_create("onednn");
+    // 300 rows (more than one block of 256) in 24 dimensions: random, with planted copies.
+    const int64_t d_sae = 300, d_in = 24;
+    Rng rng(11);
+    std::vector<float> W(static_cast<size_t>(d_sae * d_in));
+    for (auto& w : W) w = float(rng.normal());
+    auto copy_row = [&](int64_t to, int64_t from, double scale, double noise) {
+        for (int64_t c = 0; c < d_in; ++c)
+            W[size_t(to * d_in + c)] = float(scale * W[size_t(from * d_in + c)] + noise * rng.normal());
+    };
+    copy_row(5, 2, 3.0, 0.01);     // a scaled near-copy of row 2
+    copy_row(270, 2, 0.5, 0.01);   // a third copy, in the second block
+    copy_row(9, 1, -1.0, 0.0);     // opposite direction: cosine −1, not a duplicate
+    copy_row(40, 30, 1.0, 0.0);    // an exact copy
+    for (int64_t c = 0; c < d_in; ++c) W[size_t(20 * d_in + c)] = 0, W[size_t(21 * d_in + c)] = 0;  // zero rows
+    std::vector<int64_t> fires(static_cast<size_t>(d_sae));
+    for (auto& f : fires) f = int64_t(rng.uniform() * 1000);
+    fires[2] = 50, fires[5] = 900, fires[270] = 10;  // row 5 scores highest in its group
+    fires[30] = 7, fires[40] = 7;                    // a tie: the later one goes
+    const auto marks = duplicate_latents(*be, W.data(), d_sae, d_in, 0.9, fires);
+    ASSERT_EQ(marks.size(), size_t(d_sae));
+    EXPECT_EQ(marks, duplicates_by_loops(W, d_sae, d_in, 0.9, fires));
+    // Worked out: of {2, 5, 270} only 5 stays; 40 goes (tie); 1, 9 and the zero rows stay;
+    // random rows in 24 dimensions are nowhere near cosine 0.9.
+    std::vector<int64_t> expected = {2, 40, 270}, got;
+    for (int64_t j = 0; j < d_sae; ++j)
+        if (marks[size_t(j)]) got.push_back(j);
+    EXPECT_EQ(got, expected);
+    // A threshold of 1 marks nothing (cosines never exceed 1).
+    const auto none = duplicate_latents(*be, W.data(), d_sae, d_in, 1.0, fires);
+    EXPECT_EQ(std::count(none.begin(), none.end(), uint8_t(1)), 0);
+}

@@ -192,6 +192,34 @@ TEST(ModernCli, ResumeIsBitIdenticalWithAuxKAndResampling) {
     EXPECT_GT(nlohmann::json::parse(last)["resampled_latents"].get<int64_t>(), 0);
 }
 
+TEST(ModernCli, ResampleDuplicatesReinitialisesNearCopiesAndResumesBitIdentical) {
+    const std::string dir = sae_test::temp_dir("mcli");
+    const std::string data = make_data(dir);
+    auto resampled = [&](const std::string& out) {
+        std::ifstream f(out + "/metrics.jsonl");
+        std::string line, last;
+        while (std::getline(f, line)) last = line;
+        return nlohmann::json::parse(last)["resampled_latents"].get<int64_t>();
+    };
+    // A low cosine threshold makes many pairs of decoder rows "duplicates" at every log step;
+    // dead-latent resampling is off, so every re-initialisation comes from the duplicates.
+    const std::string base = train_args(data, "topk") + " --set k=2 --set d_sae=32 --set epochs=3 --set log_every=4"
+                                                          " --set checkpoint_every=3";
+    ASSERT_EQ(run(kSae + " train" + base + " --out " + dir + "/off").exit_code, 0);
+    EXPECT_EQ(resampled(dir + "/off"), 0);
+    const std::string args = base + " --set resample_duplicates=0.2";
+    ASSERT_EQ(run(kSae + " train" + args + " --out " + dir + "/full").exit_code, 0);
+    EXPECT_GT(resampled(dir + "/full"), 0);
+    ASSERT_EQ(run(kSae + " train" + args + " --set epochs=1 --out " + dir + "/part").exit_code, 0);
+    auto r = run(kSae + " train" + args + " --resume --out " + dir + "/part");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(sae_test::read_bytes(dir + "/full/model.safetensors"), sae_test::read_bytes(dir + "/part/model.safetensors"));
+    // Out of range: one clear line.
+    auto bad = run(kSae + " train" + base + " --set resample_duplicates=1.5 --out " + dir + "/bad");
+    EXPECT_NE(bad.exit_code, 0);
+    EXPECT_NE(bad.err.find("resample_duplicates"), std::string::npos) << bad.err;
+}
+
 TEST(ModernCli, StreamedTrainingResumesAndRejectsLbfgs) {
     const std::string dir = sae_test::temp_dir("mcli");
     Rng rng(2);

@@ -43,6 +43,7 @@ struct Config {
     double aux_coefficient = 1.0 / 32;
     int64_t dead_threshold_samples = 10000000;
     bool resample_dead = false;
+    double resample_duplicates = 0;      // > 0: cosine above which a decoder row is a duplicate
     int64_t sparsity_warmup_steps = 0;
     double grad_clip_norm = 0;
     // denoising (classic)

@@ -159,6 +159,15 @@ void decoder_remove_parallel_grad(const ModernSpec& spec, const ParamLayout& lay
 template <class T>
 void decoder_normalize_rows(const ModernSpec& spec, const ParamLayout& layout, T* params);
 
+// Duplicate latents: for each pair j < l of decoder rows W_dec [d_sae, d_in] whose cosine
+// exceeds cos_above, the one with the lower score (score [d_sae], e.g. how recently or how often
+// it fired; on a tie the later one) is marked, pairs taken in order (j, then l) and skipped once
+// either latent is marked, so one latent of every group of near-copies stays. Zero rows are
+// never marked. Returns marks [d_sae] (1 = duplicate). The Gram matrix is formed in blocks of
+// rows through be (memory O(256·d_sae)).
+std::vector<uint8_t> duplicate_latents(Backend& be, const float* W_dec, int64_t d_sae, int64_t d_in,
+                                       double cos_above, const std::vector<int64_t>& score);
+
 // BatchTopK inference threshold contribution of one training batch: the smallest positive
 // activation kept (from ws.act after a sparse call, else ws.H; the caller keeps a running mean).
 // Returns -1 if none was kept.
