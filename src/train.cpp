@@ -409,7 +409,9 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
     if (cfg.optimizer == "lbfgs") {
         // ---- full-batch L-BFGS ----
         obj->reserve(X.rows);
-        Lbfgs opt(n, LbfgsOptions{});
+        LbfgsOptions lbfgs_options;
+        lbfgs_options.history = int(cfg.lbfgs_history);
+        Lbfgs opt(n, lbfgs_options);
         auto objective = [&](const double* x, double* g) {
             for (int64_t i = 0; i < n; ++i) params[size_t(i)] = float(x[i]);
             obj->set_step(0);  // denoising: one corruption for the whole run, a fixed function for L-BFGS

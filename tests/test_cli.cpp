@@ -175,6 +175,20 @@ TEST(Cli, ResumeIsBitIdenticalForMinibatchAndLbfgs) {
     const auto lines = read_jsonl(dir + "/lb-part/metrics.jsonl");
     for (size_t i = 1; i < lines.size(); ++i)
         EXPECT_GT(lines[i]["step"].get<int64_t>(), lines[i - 1]["step"].get<int64_t>());
+    // lbfgs_history sets the pairs kept: the checkpoint's history buffers hold 3 × n doubles each,
+    // the run differs from the default's (fewer pairs), and it resumes bit-identically too.
+    const std::string h3 = " --set lbfgs_history=3";
+    ASSERT_EQ(run(train_cmd(data, dir + "/h3-full", "--set max_iterations=12" + h3)).exit_code, 0);
+    ASSERT_EQ(run(train_cmd(data, dir + "/h3-part", "--set max_iterations=5" + h3)).exit_code, 0);
+    r = run(train_cmd(data, dir + "/h3-part", "--set max_iterations=12 --resume" + h3));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(file_bytes(dir + "/h3-full/model.safetensors"), file_bytes(dir + "/h3-part/model.safetensors"));
+    EXPECT_NE(file_bytes(dir + "/h3-full/model.safetensors"), file_bytes(dir + "/lb-full/model.safetensors"));
+    const auto ck3 = safetensors_read(dir + "/h3-full/checkpoint.safetensors");
+    const auto ck100 = safetensors_read(dir + "/lb-full/checkpoint.safetensors");
+    const int64_t n = ck100.tensors.at("params").shape.at(0);
+    EXPECT_EQ(ck3.tensors.at("lbfgs.s").shape.at(0), 3 * n);
+    EXPECT_EQ(ck100.tensors.at("lbfgs.s").shape.at(0), 100 * n);
 }
 
 TEST(Cli, SameSeedSameBitsDifferentSeedDifferentBits) {

@@ -62,6 +62,7 @@ struct Config {
     int64_t batch_size = 256;
     int64_t epochs = 10;
     int64_t max_iterations = 400;
+    int64_t lbfgs_history = 100;         // L-BFGS correction pairs kept (each 2·n doubles)
     std::string lr_schedule = "constant";
     int64_t warmup_steps = 0;
     int64_t lr_step_size = 1000;
