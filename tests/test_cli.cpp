@@ -19,34 +19,14 @@ namespace {
 
 const std::string kSae = sae_test::sae_binary();
 
-// 120 samples of 12 features in [0, 1], with structure (two blobs) so training can make progress.
-std::string make_npy(const std::string& dir, int64_t n = 120, int64_t d = 12) {
-    Rng rng(3);
-    std::vector<float> X(size_t(n * d));
-    for (int64_t i = 0; i < n; ++i)
-        for (int64_t k = 0; k < d; ++k)
-            X[size_t(i * d + k)] = float(((i % 2) == (k % 2) ? 0.7 : 0.2) + rng.uniform(-0.1, 0.1));
-    const std::string path = dir + "/x.npy";
-    npy_write_f32(path, X.data(), {n, d});
-    return path;
-}
-
 std::string train_cmd(const std::string& data, const std::string& out, const std::string& extra) {
     return kSae + " train --set data=" + data + " --set normalize=none --set d_sae=5 --set seed=1 --set threads=1 --out " +
            out + " " + extra;
 }
 
-std::vector<nlohmann::json> read_jsonl(const std::string& path) {
-    std::ifstream f(path);
-    std::vector<nlohmann::json> out;
-    std::string line;
-    while (std::getline(f, line)) out.push_back(nlohmann::json::parse(line));
-    return out;
-}
-
 TEST(Cli, TrainWritesEveryOutputAndJDecreases) {
     const std::string dir = sae_test::temp_dir("cli");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     auto r = run(train_cmd(data, dir + "/run", "--set max_iterations=30 --set log_every=5"));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find("outputs:"), std::string::npos);
@@ -68,7 +48,7 @@ TEST(Cli, TrainWritesEveryOutputAndJDecreases) {
     EXPECT_EQ(st.tensors.at("b_dec").shape, (std::vector<int64_t>{12}));
     EXPECT_EQ(st.tensors.at("W_enc").dtype, DType::f32);
 
-    const auto lines = read_jsonl(dir + "/run/metrics.jsonl");
+    const auto lines = sae_test::read_jsonl(dir + "/run/metrics.jsonl");
     ASSERT_GE(lines.size(), 6u);
     for (const char* k : {"step", "epoch", "J_total", "J_rec", "J_weight_decay", "J_sparsity", "rho_hat_mean",
                           "rho_hat_min", "rho_hat_max", "l0", "dead_fraction", "fvu", "lr", "samples_per_s"})
@@ -82,7 +62,7 @@ TEST(Cli, TrainWritesEveryOutputAndJDecreases) {
 
 TEST(Cli, EvalMatchesReferenceAndOverridesApply) {
     const std::string dir = sae_test::temp_dir("cli");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     ASSERT_EQ(run(train_cmd(data, dir + "/run", "--set max_iterations=15")).exit_code, 0);
     auto r = run(kSae + " eval --model " + dir + "/run --data " + data);
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -120,7 +100,7 @@ TEST(Cli, EvalMatchesReferenceAndOverridesApply) {
 
 TEST(Cli, EncodeWritesSigmoidActivations) {
     const std::string dir = sae_test::temp_dir("cli");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     ASSERT_EQ(run(train_cmd(data, dir + "/run", "--set max_iterations=5")).exit_code, 0);
     auto r = run(kSae + " encode --model " + dir + "/run --data " + data + " --out " + dir + "/h.npy");
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -156,7 +136,7 @@ std::string file_bytes(const std::string& p) { return sae_test::read_bytes(p); }
 
 TEST(Cli, ResumeIsBitIdenticalForMinibatchAndLbfgs) {
     const std::string dir = sae_test::temp_dir("cli");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     for (const std::string opt : {"adam", "sgd", "rmsprop"}) {
         const std::string common = "--set optimizer=" + opt + " --set batch_size=32 --set lr=0.01 --set checkpoint_every=3";
         ASSERT_EQ(run(train_cmd(data, dir + "/full-" + opt, common + " --set epochs=4")).exit_code, 0);
@@ -172,7 +152,7 @@ TEST(Cli, ResumeIsBitIdenticalForMinibatchAndLbfgs) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(file_bytes(dir + "/lb-full/model.safetensors"), file_bytes(dir + "/lb-part/model.safetensors"));
     // The resumed run's metrics continue where the first stopped, with no duplicated steps.
-    const auto lines = read_jsonl(dir + "/lb-part/metrics.jsonl");
+    const auto lines = sae_test::read_jsonl(dir + "/lb-part/metrics.jsonl");
     for (size_t i = 1; i < lines.size(); ++i)
         EXPECT_GT(lines[i]["step"].get<int64_t>(), lines[i - 1]["step"].get<int64_t>());
     // lbfgs_history sets the pairs kept: the checkpoint's history buffers hold 3 × n doubles each,
@@ -193,7 +173,7 @@ TEST(Cli, ResumeIsBitIdenticalForMinibatchAndLbfgs) {
 
 TEST(Cli, SameSeedSameBitsDifferentSeedDifferentBits) {
     const std::string dir = sae_test::temp_dir("cli");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     const std::string opts = "--set optimizer=adam --set epochs=2 --set batch_size=16";
     ASSERT_EQ(run(train_cmd(data, dir + "/a", opts)).exit_code, 0);
     ASSERT_EQ(run(train_cmd(data, dir + "/b", opts)).exit_code, 0);
@@ -212,7 +192,7 @@ void expect_clear_error(const sae_test::CommandResult& r, const std::string& nee
 
 TEST(Cli, BadInputGivesOneClearLine) {
     const std::string dir = sae_test::temp_dir("cli");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     expect_clear_error(run(train_cmd(dir + "/nope.npy", dir + "/r", "")), "nope.npy");
     expect_clear_error(run(train_cmd(data, dir + "/r", "--set betaa=2")), "did you mean 'beta'");
     expect_clear_error(run(train_cmd(data, dir + "/r", "--set encoder_activation=relu")), "sigmoid");

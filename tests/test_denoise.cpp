@@ -370,38 +370,19 @@ TEST(DenoiseConfig, KeysParseAndBadCombinationsAreOneLineErrors) {
 // --- the trainer ----------------------------------------------------------------------------
 const std::string kSae = sae_test::sae_binary();
 
-std::string make_npy(const std::string& dir, int64_t n = 120, int64_t d = 12) {
-    Rng rng(3);
-    std::vector<float> X(size_t(n * d));
-    for (int64_t i = 0; i < n; ++i)
-        for (int64_t k = 0; k < d; ++k)
-            X[size_t(i * d + k)] = float(((i % 2) == (k % 2) ? 0.7 : 0.2) + rng.uniform(-0.1, 0.1));
-    const std::string path = dir + "/x.npy";
-    npy_write_f32(path, X.data(), {n, d});
-    return path;
-}
-
 std::string train_cmd(const std::string& data, const std::string& out, const std::string& extra) {
     return kSae + " train --set data=" + data + " --set normalize=none --set d_sae=5 --set seed=1 --set threads=1 " +
            "--set corruption=masking --set corruption_level=0.3 --set dropout=0.2 --set gamma=0.5 --out " + out + " " + extra;
 }
 
-std::vector<nlohmann::json> read_jsonl(const std::string& path) {
-    std::ifstream f(path);
-    std::vector<nlohmann::json> out;
-    std::string line;
-    while (std::getline(f, line)) out.push_back(nlohmann::json::parse(line));
-    return out;
-}
-
 TEST(DenoiseCli, MetricsCarryJDenoiseAndEvalIsClean) {
     const std::string dir = sae_test::temp_dir("denoise");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     for (const std::string opt : {"--set max_iterations=20 --set log_every=5",
                                   "--set optimizer=adam --set lr=0.01 --set batch_size=32 --set epochs=3 --set log_every=4"}) {
         auto r = run(train_cmd(data, dir + "/run", opt));
         ASSERT_EQ(r.exit_code, 0) << r.err;
-        const auto lines = read_jsonl(dir + "/run/metrics.jsonl");
+        const auto lines = sae_test::read_jsonl(dir + "/run/metrics.jsonl");
         ASSERT_GE(lines.size(), 3u);
         for (const auto& l : lines) {
             ASSERT_TRUE(l.contains("J_denoise")) << l.dump();
@@ -421,7 +402,7 @@ TEST(DenoiseCli, MetricsCarryJDenoiseAndEvalIsClean) {
 // Masks drawn from (seed, step): a resumed run reproduces an uninterrupted one bit for bit.
 TEST(DenoiseCli, ResumeGivesTheSameBits) {
     const std::string dir = sae_test::temp_dir("denoise");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     for (const auto& [whole, part, more] :
          std::vector<std::tuple<std::string, std::string, std::string>>{
              {"--set max_iterations=12", "--set max_iterations=6", "--set max_iterations=12"},

@@ -21,18 +21,6 @@ namespace {
 
 const std::string kSae = sae_test::sae_binary();
 
-// 120 samples of 12 features in [0, 1]: two blobs (label = i % 2).
-std::string make_npy(const std::string& dir, int64_t n = 120, int64_t d = 12) {
-    Rng rng(3);
-    std::vector<float> X(size_t(n * d));
-    for (int64_t i = 0; i < n; ++i)
-        for (int64_t k = 0; k < d; ++k)
-            X[size_t(i * d + k)] = float(((i % 2) == (k % 2) ? 0.7 : 0.2) + rng.uniform(-0.1, 0.1));
-    const std::string path = dir + "/x.npy";
-    npy_write_f32(path, X.data(), {n, d});
-    return path;
-}
-
 std::string sweep_cmd(const std::string& data, const std::string& out, const std::string& extra) {
     return kSae + " sweep --set data=" + data +
            " --set normalize=none --set d_sae=5 --set max_iterations=10 --set seed=1 --set threads=2 --out " + out + " " +
@@ -106,7 +94,7 @@ TEST(Sweep, ThreadsAreSplitAcrossJobs) {
 
 TEST(Sweep, BadSettingsFailBeforeAnythingStarts) {
     const std::string dir = sae_test::temp_dir("sweep");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     expect_clear_error(run(sweep_cmd(data, dir + "/s1", "--grid betaa=1,2")), "did you mean 'beta'");
     expect_clear_error(run(sweep_cmd(data, dir + "/s2", "--grid beta=1,,2")), "empty value");
     expect_clear_error(run(sweep_cmd(data, dir + "/s3", "--grid beta=1 --set rhoo=1")), "did you mean 'rho'");
@@ -125,7 +113,7 @@ double csv_number(const CsvTable& t, size_t row, const std::string& col) {
 
 TEST(Sweep, TableMatchesSaeEvalAndRunsResume) {
     const std::string dir = sae_test::temp_dir("sweep");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     const std::string out = dir + "/sw";
     const std::string cmd = sweep_cmd(data, out, "--grid beta=0,3 --grid rho=0.05,0.2 --jobs 2");
     auto r = run(cmd);
@@ -208,7 +196,7 @@ TEST(Sweep, TableMatchesSaeEvalAndRunsResume) {
 
 TEST(Sweep, AFailedRunIsReportedAndTheOthersGoOn) {
     const std::string dir = sae_test::temp_dir("sweep");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     const std::string out = dir + "/sw";
     auto r = run(sweep_cmd(data, out, "--grid data=" + data + "," + dir + "/missing.npy"));
     EXPECT_EQ(r.exit_code, 1);
@@ -225,7 +213,7 @@ TEST(Sweep, AFailedRunIsReportedAndTheOthersGoOn) {
 
 TEST(Sweep, LabelsAddAnAccuracyColumn) {
     const std::string dir = sae_test::temp_dir("sweep");
-    const std::string data = make_npy(dir);
+    const std::string data = sae_test::two_blob_npy(dir);
     std::vector<uint8_t> y(120);
     for (size_t i = 0; i < y.size(); ++i) y[i] = uint8_t(i % 2);
     npy_write_u8(dir + "/y.npy", y.data(), {120});

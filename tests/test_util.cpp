@@ -1,5 +1,9 @@
 #include "test_util.hpp"
 
+#include "sae/data.hpp"
+#include "sae/io.hpp"
+#include "sae/rng.hpp"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -53,5 +57,24 @@ CommandResult run(const std::string& command) {
 
 std::string sae_binary() { return SAE_BINARY; }
 std::string source_dir() { return SAE_SOURCE_DIR; }
+
+std::string two_blob_npy(const std::string& dir, int64_t n, int64_t d) {
+    sae::Rng rng(3);
+    std::vector<float> X(static_cast<size_t>(n * d));
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t k = 0; k < d; ++k)
+            X[size_t(i * d + k)] = float(((i % 2) == (k % 2) ? 0.7 : 0.2) + rng.uniform(-0.1, 0.1));
+    const std::string path = dir + "/x.npy";
+    sae::npy_write_f32(path, X.data(), {n, d});
+    return path;
+}
+
+std::vector<nlohmann::json> read_jsonl(const std::string& path) {
+    std::ifstream f(path);
+    std::vector<nlohmann::json> out;
+    std::string line;
+    while (std::getline(f, line)) out.push_back(nlohmann::json::parse(line));
+    return out;
+}
 
 }  // namespace sae_test

@@ -1,6 +1,9 @@
 // Shared helpers for the test executables.
 #pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace sae_test {
 
@@ -18,6 +21,14 @@ struct CommandResult {
 };
 // Runs a shell command, capturing stdout and stderr separately.
 CommandResult run(const std::string& command);
+
+// DIR/x.npy: n samples of d features in [0, 1], two blobs (sample i has 0.7 on the features of
+// its parity, 0.2 elsewhere, ±0.1 uniform noise; label = i % 2), so training can make progress.
+// Returns the path.
+std::string two_blob_npy(const std::string& dir, int64_t n = 120, int64_t d = 12);
+
+// Every line of a JSON-lines file, parsed.
+std::vector<nlohmann::json> read_jsonl(const std::string& path);
 
 // Path to the built `sae` binary and to the source tree (set by CMake).
 std::string sae_binary();
