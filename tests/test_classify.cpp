@@ -278,13 +278,6 @@ void make_images(const std::string& dir, int64_t n, int64_t side = 4) {
     idx_write_u8(dir + "/labels.idx.gz", lab.data(), {n}, true);
 }
 
-void expect_clear_error(const sae_test::CommandResult& r, const std::string& needle) {
-    EXPECT_NE(r.exit_code, 0);
-    EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-    EXPECT_EQ(r.err.rfind("sae: error: ", 0), 0u) << r.err;
-}
-
 TEST(ClassifyCli, SelectTrainClassify) {
     const std::string dir = sae_test::temp_dir("classify");
     make_images(dir, 240);
@@ -365,18 +358,18 @@ TEST(ClassifyCli, BadInputGivesOneClearLine) {
     // Labels of another size.
     std::vector<uint8_t> few(50, 1);
     idx_write_u8(dir + "/few.idx", few.data(), {50}, false);
-    expect_clear_error(sae_test::run(base + " --labels " + dir + "/few.idx --raw --classes 0-1"), "50 labels");
-    expect_clear_error(sae_test::run(kSae + " select --data " + images + " --labels " + dir +
+    sae_test::expect_clear_error(sae_test::run(base + " --labels " + dir + "/few.idx --raw --classes 0-1"), "50 labels");
+    sae_test::expect_clear_error(sae_test::run(kSae + " select --data " + images + " --labels " + dir +
                                      "/few.idx --classes 0-1 --out " + dir + "/s.npy"),
                        "50 labels");
     // Malformed class list; a class with no samples; one class; a bad fraction.
-    expect_clear_error(sae_test::run(base + " --labels " + labels + " --raw --classes 0-x"), "'x'");
-    expect_clear_error(sae_test::run(base + " --labels " + labels + " --raw --classes 0-1,7"), "class 7 has no samples");
-    expect_clear_error(sae_test::run(base + " --labels " + labels + " --raw --classes 2"), "at least 2");
-    expect_clear_error(sae_test::run(base + " --labels " + labels + " --raw --classes 0-1 --train-fraction 1.5"),
+    sae_test::expect_clear_error(sae_test::run(base + " --labels " + labels + " --raw --classes 0-x"), "'x'");
+    sae_test::expect_clear_error(sae_test::run(base + " --labels " + labels + " --raw --classes 0-1,7"), "class 7 has no samples");
+    sae_test::expect_clear_error(sae_test::run(base + " --labels " + labels + " --raw --classes 2"), "at least 2");
+    sae_test::expect_clear_error(sae_test::run(base + " --labels " + labels + " --raw --classes 0-1 --train-fraction 1.5"),
                        "--train-fraction");
     // Neither or both of --model / --raw.
-    expect_clear_error(sae_test::run(base + " --labels " + labels + " --classes 0-1"), "--raw");
+    sae_test::expect_clear_error(sae_test::run(base + " --labels " + labels + " --classes 0-1"), "--raw");
     // A model whose d_in differs from the data's.
     std::vector<float> Y(30 * 9, 0.5f);
     for (size_t i = 0; i < Y.size(); ++i) Y[i] = float(i % 7) / 7;
@@ -385,10 +378,10 @@ TEST(ClassifyCli, BadInputGivesOneClearLine) {
                                    "--set threads=1 --out " + dir + "/m9")
                   .exit_code,
               0);
-    expect_clear_error(sae_test::run(base + " --labels " + labels + " --model " + dir + "/m9 --classes 0-1"),
+    sae_test::expect_clear_error(sae_test::run(base + " --labels " + labels + " --model " + dir + "/m9 --classes 0-1"),
                        "d_in = 9");
     // Labels that are not class numbers.
-    expect_clear_error(sae_test::run(base + " --labels " + dir + "/y.npy --raw --classes 0-1"), "labels must be");
+    sae_test::expect_clear_error(sae_test::run(base + " --labels " + dir + "/y.npy --raw --classes 0-1"), "labels must be");
 }
 
 }  // namespace

@@ -182,39 +182,31 @@ TEST(Cli, SameSeedSameBitsDifferentSeedDifferentBits) {
     EXPECT_NE(file_bytes(dir + "/a/model.safetensors"), file_bytes(dir + "/c/model.safetensors"));
 }
 
-// One line on stderr, naming what is wrong, and a non-zero exit.
-void expect_clear_error(const sae_test::CommandResult& r, const std::string& needle) {
-    EXPECT_NE(r.exit_code, 0);
-    EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-    EXPECT_EQ(r.err.rfind("sae: error: ", 0), 0u) << r.err;
-}
-
 TEST(Cli, BadInputGivesOneClearLine) {
     const std::string dir = sae_test::temp_dir("cli");
     const std::string data = sae_test::two_blob_npy(dir);
-    expect_clear_error(run(train_cmd(dir + "/nope.npy", dir + "/r", "")), "nope.npy");
-    expect_clear_error(run(train_cmd(data, dir + "/r", "--set betaa=2")), "did you mean 'beta'");
-    expect_clear_error(run(train_cmd(data, dir + "/r", "--set encoder_activation=relu")), "sigmoid");
-    expect_clear_error(run(train_cmd(data, dir + "/r", "--set rho=0")), "rho");
-    expect_clear_error(run(train_cmd(data, dir + "/r2", "--resume")), "no checkpoint");
+    sae_test::expect_clear_error(run(train_cmd(dir + "/nope.npy", dir + "/r", "")), "nope.npy");
+    sae_test::expect_clear_error(run(train_cmd(data, dir + "/r", "--set betaa=2")), "did you mean 'beta'");
+    sae_test::expect_clear_error(run(train_cmd(data, dir + "/r", "--set encoder_activation=relu")), "sigmoid");
+    sae_test::expect_clear_error(run(train_cmd(data, dir + "/r", "--set rho=0")), "rho");
+    sae_test::expect_clear_error(run(train_cmd(data, dir + "/r2", "--resume")), "no checkpoint");
     sae_test::write_bytes(dir + "/bad.toml", "d_sae = 10\nsparsty = \"kl\"\n");
-    expect_clear_error(run(kSae + " train " + dir + "/bad.toml --out " + dir + "/r3"), "did you mean 'sparsity'");
+    sae_test::expect_clear_error(run(kSae + " train " + dir + "/bad.toml --out " + dir + "/r3"), "did you mean 'sparsity'");
     // Output directory below a regular file: refused before training.
-    expect_clear_error(run(train_cmd(data, data + "/sub", "")), "x.npy");
+    sae_test::expect_clear_error(run(train_cmd(data, data + "/sub", "")), "x.npy");
 
     ASSERT_EQ(run(train_cmd(data, dir + "/m", "--set max_iterations=3")).exit_code, 0);
     const std::string other = dir + "/other.npy";
     std::vector<float> Y(40 * 7, 0.5f);
     npy_write_f32(other, Y.data(), {40, 7});
-    expect_clear_error(run(kSae + " eval --model " + dir + "/m --data " + other), "d_in = 12");
+    sae_test::expect_clear_error(run(kSae + " eval --model " + dir + "/m --data " + other), "d_in = 12");
     // A resumed run must use the same settings.
-    expect_clear_error(run(train_cmd(data, dir + "/m", "--set max_iterations=6 --set beta=1 --resume")), "beta");
+    sae_test::expect_clear_error(run(train_cmd(data, dir + "/m", "--set max_iterations=6 --set beta=1 --resume")), "beta");
     // A truncated model file.
     const std::string st = file_bytes(dir + "/m/model.safetensors");
     sae_test::write_bytes(dir + "/m/model.safetensors", st.substr(0, st.size() / 2));
-    expect_clear_error(run(kSae + " eval --model " + dir + "/m --data " + data), "model.safetensors");
-    expect_clear_error(run(kSae + " eval --model " + dir + "/nowhere --data " + data), "cfg.json");
+    sae_test::expect_clear_error(run(kSae + " eval --model " + dir + "/m --data " + data), "model.safetensors");
+    sae_test::expect_clear_error(run(kSae + " eval --model " + dir + "/nowhere --data " + data), "cfg.json");
 }
 
 TEST(Cli, HelpListsSettings) {

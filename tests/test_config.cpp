@@ -11,15 +11,6 @@ using namespace sae;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "";
-}
-
 TEST(Config, IssueKeysAllPresent) {
     for (const char* k : {"data", "normalize", "d_sae", "encoder_activation", "decoder_activation", "tied",
                           "sparsity", "rho", "beta", "weight_decay", "l1_coefficient", "optimizer", "lr",
@@ -46,13 +37,13 @@ TEST(Config, TomlValuesAndRelativeDataPath) {
 TEST(Config, UnknownKeySuggestsNearest) {
     const std::string dir = sae_test::temp_dir("cfg");
     sae_test::write_bytes(dir + "/b.toml", "betta = 3\n");
-    const std::string msg = error_of([&] { config_load_toml(dir + "/b.toml"); });
+    const std::string msg = sae_test::error_of([&] { config_load_toml(dir + "/b.toml"); });
     EXPECT_NE(msg.find("b.toml"), std::string::npos) << msg;
     EXPECT_NE(msg.find("'betta'"), std::string::npos) << msg;
     EXPECT_NE(msg.find("did you mean 'beta'"), std::string::npos) << msg;
 
     Config c;
-    const std::string msg2 = error_of([&] { config_apply_override(c, "weight_decy=1"); });
+    const std::string msg2 = sae_test::error_of([&] { config_apply_override(c, "weight_decy=1"); });
     EXPECT_NE(msg2.find("did you mean 'weight_decay'"), std::string::npos) << msg2;
     EXPECT_EQ(option_nearest("lr_shedule"), "lr_schedule");
 }
@@ -60,23 +51,23 @@ TEST(Config, UnknownKeySuggestsNearest) {
 TEST(Config, BadTomlIsOneClearLine) {
     const std::string dir = sae_test::temp_dir("cfg");
     sae_test::write_bytes(dir + "/c.toml", "d_sae = = 4\n");
-    std::string msg = error_of([&] { config_load_toml(dir + "/c.toml"); });
+    std::string msg = sae_test::error_of([&] { config_load_toml(dir + "/c.toml"); });
     EXPECT_NE(msg.find("c.toml:1"), std::string::npos) << msg;
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
 
     sae_test::write_bytes(dir + "/d.toml", "[model]\nd_sae = 4\n");
-    msg = error_of([&] { config_load_toml(dir + "/d.toml"); });
+    msg = sae_test::error_of([&] { config_load_toml(dir + "/d.toml"); });
     EXPECT_NE(msg.find("unknown setting 'model'"), std::string::npos) << msg;
 
     sae_test::write_bytes(dir + "/e.toml", "d_sae = \"many\"\n");
-    msg = error_of([&] { config_load_toml(dir + "/e.toml"); });
+    msg = sae_test::error_of([&] { config_load_toml(dir + "/e.toml"); });
     EXPECT_NE(msg.find("d_sae"), std::string::npos) << msg;
 
     sae_test::write_bytes(dir + "/f.toml", "d_sae = 2.5\n");
-    msg = error_of([&] { config_load_toml(dir + "/f.toml"); });
+    msg = sae_test::error_of([&] { config_load_toml(dir + "/f.toml"); });
     EXPECT_NE(msg.find("not an integer"), std::string::npos) << msg;
 
-    msg = error_of([&] { config_load_toml(dir + "/missing.toml"); });
+    msg = sae_test::error_of([&] { config_load_toml(dir + "/missing.toml"); });
     EXPECT_NE(msg.find("missing.toml"), std::string::npos) << msg;
 }
 
@@ -90,31 +81,31 @@ TEST(Config, SetParsesByType) {
     EXPECT_DOUBLE_EQ(c.beta, 0.5);
     EXPECT_TRUE(c.tied);
     EXPECT_EQ(c.optimizer, "adam");
-    EXPECT_NE(error_of([&] { config_apply_override(c, "d_sae=12x"); }).find("not an integer"), std::string::npos);
-    EXPECT_NE(error_of([&] { config_apply_override(c, "beta=nan"); }).find("finite"), std::string::npos);
-    EXPECT_NE(error_of([&] { config_apply_override(c, "tied=maybe"); }).find("boolean"), std::string::npos);
-    EXPECT_NE(error_of([&] { config_apply_override(c, "beta"); }).find("key=value"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([&] { config_apply_override(c, "d_sae=12x"); }).find("not an integer"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([&] { config_apply_override(c, "beta=nan"); }).find("finite"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([&] { config_apply_override(c, "tied=maybe"); }).find("boolean"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([&] { config_apply_override(c, "beta"); }).find("key=value"), std::string::npos);
 }
 
 TEST(Config, ValidationRangesChoicesAndCrossRules) {
     Config c;
     EXPECT_NO_THROW(config_validate(c));
     c.rho = 1.0;
-    EXPECT_NE(error_of([&] { config_validate(c); }).find("'rho'"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([&] { config_validate(c); }).find("'rho'"), std::string::npos);
     c = Config{};
     c.d_sae = 0;
-    EXPECT_NE(error_of([&] { config_validate(c); }).find("'d_sae'"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([&] { config_validate(c); }).find("'d_sae'"), std::string::npos);
     c = Config{};
     c.optimizer = "adamw";
-    const std::string msg = error_of([&] { config_validate(c); });
+    const std::string msg = sae_test::error_of([&] { config_validate(c); });
     EXPECT_NE(msg.find("lbfgs, adam, sgd, rmsprop"), std::string::npos) << msg;
     c = Config{};
     c.encoder_activation = "relu";  // with the default sparsity = kl
-    EXPECT_NE(error_of([&] { config_validate(c); }).find("sigmoid"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([&] { config_validate(c); }).find("sigmoid"), std::string::npos);
     c.sparsity = "l1";
     EXPECT_NO_THROW(config_validate(c));
     c.weight_decay = -1;
-    EXPECT_NE(error_of([&] { config_validate(c); }).find("weight_decay"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([&] { config_validate(c); }).find("weight_decay"), std::string::npos);
 }
 
 TEST(Config, JsonRoundTripCoversEveryKey) {

@@ -67,23 +67,6 @@ std::string gzip_stored(const std::string& s) {
     return g + u32le(crc32(s)) + u32le(uint32_t(s.size()));
 }
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "<no error>";
-}
-
-// The call throws sae::Error with a one-line message naming path and containing every part.
-void expect_error(const std::function<void()>& f, const std::string& path, std::vector<std::string> parts) {
-    const std::string msg = error_of(f);
-    EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing '" << p << "' in: " << msg;
-}
-
 struct Files {
     std::string dir = temp_dir("data");
     ~Files() { std::filesystem::remove_all(dir); }
@@ -188,49 +171,49 @@ TEST(Idx, BadInputs) {
     const std::string good = idx_bytes(0x08, {2, 3}, "abcdef");
 
     p = fs.put("empty.idx", "");
-    expect_error([&] { idx_read(p); }, p, {"empty"});
-    expect_error([&] { array_read(p); }, p, {"empty"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"empty"});
+    sae_test::expect_error_line([&] { array_read(p); }, p, {"empty"});
 
     p = fs.dir + "/does-not-exist.idx";
-    expect_error([&] { idx_read(p); }, p, {"cannot open"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"cannot open"});
 
     p = fs.put("header-only.idx", idx_bytes(0x08, {2, 3}, ""));
-    expect_error([&] { idx_read(p); }, p, {"truncated", "only 0 bytes follow", "6 bytes"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"truncated", "only 0 bytes follow", "6 bytes"});
 
     p = fs.put("cut.idx", good.substr(0, good.size() - 2));
-    expect_error([&] { idx_read(p); }, p, {"truncated", "only 4 bytes"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"truncated", "only 4 bytes"});
 
     p = fs.put("dims-cut.idx", good.substr(0, 9));
-    expect_error([&] { idx_read(p); }, p, {"truncated"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"truncated"});
 
     p = fs.put("three.idx", good.substr(0, 3));
-    expect_error([&] { idx_read(p); }, p, {"truncated"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"truncated"});
 
     p = fs.put("magic.idx", "\x01\x02\x08\x01" + u32be(1) + "z");
-    expect_error([&] { idx_read(p); }, p, {"not an IDX"});
-    expect_error([&] { array_read(p); }, p, {"neither", ".npy", "IDX"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"not an IDX"});
+    sae_test::expect_error_line([&] { array_read(p); }, p, {"neither", ".npy", "IDX"});
 
     p = fs.put("float.idx", idx_bytes(0x0D, {2}, std::string(8, '\0')));
-    expect_error([&] { idx_read(p); }, p, {"0x0d", "float32", "only 0x08"});
-    expect_error([&] { array_read(p); }, p, {"0x0d"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"0x0d", "float32", "only 0x08"});
+    sae_test::expect_error_line([&] { array_read(p); }, p, {"0x0d"});
 
     p = fs.put("ndim0.idx", idx_bytes(0x08, {}, "abc"));
-    expect_error([&] { idx_read(p); }, p, {"0 dimensions"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"0 dimensions"});
     p = fs.put("ndim5.idx", idx_bytes(0x08, {1, 1, 1, 1, 1}, "a"));
-    expect_error([&] { idx_read(p); }, p, {"5 dimensions"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"5 dimensions"});
 
     p = fs.put("zero.idx", idx_bytes(0x08, {3, 0}, ""));
-    expect_error([&] { idx_read(p); }, p, {"dimension 1 is 0"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"dimension 1 is 0"});
 
     const auto t0 = std::chrono::steady_clock::now();
     p = fs.put("huge.idx", idx_bytes(0x08, {0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu}, "abc"));
-    expect_error([&] { idx_read(p); }, p, {"implausibly large"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"implausibly large"});
     p = fs.put("big1.idx", idx_bytes(0x08, {0xFFFFFFFFu}, "abc"));  // 4 GiB claimed, 3 bytes present
-    expect_error([&] { idx_read(p); }, p, {"4294967295", "only 3 bytes", "truncated"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"4294967295", "only 3 bytes", "truncated"});
     EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
 
     p = fs.put("trailing.idx", good + "xyz");
-    expect_error([&] { idx_read(p); }, p, {"3 trailing bytes"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"3 trailing bytes"});
 }
 
 TEST(Idx, BadGzip) {
@@ -245,26 +228,26 @@ TEST(Idx, BadGzip) {
     std::string bad = bytes;
     for (size_t i = 12; i < 30; ++i) bad[i] = char(bad[i] ^ 0x5a);
     std::string p = fs.put("corrupt.gz", bad);
-    expect_error([&] { idx_read(p); }, p, {"gzip data is corrupt"});
-    expect_error([&] { array_read(p); }, p, {"gzip data is corrupt"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"gzip data is corrupt"});
+    sae_test::expect_error_line([&] { array_read(p); }, p, {"gzip data is corrupt"});
 
     bad = bytes;
     bad[bad.size() - 6] = char(bad[bad.size() - 6] ^ 1);  // CRC mismatch
     p = fs.put("crc.gz", bad);
-    expect_error([&] { idx_read(p); }, p, {"gzip data is corrupt"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"gzip data is corrupt"});
 
     p = fs.put("cut.gz", bytes.substr(0, bytes.size() / 2));
-    expect_error([&] { idx_read(p); }, p, {"gzip stream ends early"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"gzip stream ends early"});
 
     p = fs.put("junk-after.gz", bytes + "junk");
-    expect_error([&] { idx_read(p); }, p, {"4 stray bytes after the gzip stream"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"4 stray bytes after the gzip stream"});
 
     p = fs.put("magic-only.gz", "\x1f\x8b");
-    expect_error([&] { idx_read(p); }, p, {"gzip"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"gzip"});
 
     // A valid gzip of an IDX file with trailing bytes inside: the IDX check still applies.
     p = fs.put("inner-trailing.gz", gzip_stored(idx_bytes(0x08, {2}, "abc")));
-    expect_error([&] { idx_read(p); }, p, {"1 trailing bytes"});
+    sae_test::expect_error_line([&] { idx_read(p); }, p, {"1 trailing bytes"});
 }
 
 // ---------------------------------------------------------------- .npy
@@ -348,12 +331,12 @@ TEST(Npy, ArrayReadChoosesByContent) {
     EXPECT_EQ(a.values, (std::vector<float>{1.0f, -2.5f}));
 
     const std::string p = fs.put("text.csv", "1,2,3\n");
-    expect_error([&] { array_read(p); }, p, {"neither", ".npy", "IDX"});
+    sae_test::expect_error_line([&] { array_read(p); }, p, {"neither", ".npy", "IDX"});
     // Each specific reader refuses the other format.
     const std::string q = fs.put("n.npy", idx);
-    expect_error([&] { npy_read(q); }, q, {"not a .npy"});
+    sae_test::expect_error_line([&] { npy_read(q); }, q, {"not a .npy"});
     const std::string r = fs.put("i.idx", npy);
-    expect_error([&] { idx_read(r); }, r, {"not an IDX"});
+    sae_test::expect_error_line([&] { idx_read(r); }, r, {"not an IDX"});
 }
 
 TEST(Npy, BadInputs) {
@@ -367,45 +350,45 @@ TEST(Npy, BadInputs) {
     std::string b = npy_padded(hdr("<f4", "False", "(2, 3)"), f4x6);
     b[5] = 'X';
     p = fs.put("magic.npy", b);
-    expect_error([&] { npy_read(p); }, p, {"not a .npy"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"not a .npy"});
 
     p = fs.put("preamble.npy", "\x93NUMPY\x01");
-    expect_error([&] { npy_read(p); }, p, {"truncated"});
-    expect_error([&] { array_read(p); }, p, {"truncated"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"truncated"});
+    sae_test::expect_error_line([&] { array_read(p); }, p, {"truncated"});
 
     b = npy_padded(hdr("<f4", "False", "(2, 3)"), f4x6);
     b[6] = 4;
     p = fs.put("version.npy", b);
-    expect_error([&] { npy_read(p); }, p, {"version 4.0"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"version 4.0"});
 
     p = fs.put("hlen.npy", std::string("\x93NUMPY\x01\x00", 8) + u16le(5000) + "{'descr': '<f4'");
-    expect_error([&] { npy_read(p); }, p, {"header length 5000", "beyond the end"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"header length 5000", "beyond the end"});
     p = fs.put("hlen2.npy", std::string("\x93NUMPY\x02\x00", 8) + u32le(0xFFFFFFF0u) + "{}");
-    expect_error([&] { npy_read(p); }, p, {"header length 4294967280", "beyond the end"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"header length 4294967280", "beyond the end"});
 
     p = fs.put("fortran.npy", npy_padded(hdr("<f4", "True", "(2, 3)"), f4x6));
-    expect_error([&] { npy_read(p); }, p, {"Fortran order", "np.ascontiguousarray"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"Fortran order", "np.ascontiguousarray"});
 
     p = fs.put("i4.npy", npy_padded(hdr("<i4", "False", "(2, 3)"), f4x6));
-    expect_error([&] { npy_read(p); }, p, {"dtype '<i4' is not supported", "astype"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"dtype '<i4' is not supported", "astype"});
     p = fs.put("be.npy", npy_padded(hdr(">f4", "False", "(2, 3)"), f4x6));
-    expect_error([&] { npy_read(p); }, p, {"big-endian", "'>f4'", "astype('<f4')"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"big-endian", "'>f4'", "astype('<f4')"});
     p = fs.put("struct.npy", npy_padded("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }", F4_ONE));
-    expect_error([&] { npy_read(p); }, p, {"malformed"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"malformed"});
 
     p = fs.put("short.npy", npy_padded(hdr("<f4", "False", "(1000000,)"), std::string(1200, '\0')));
-    expect_error([&] { npy_read(p); }, p, {"1000000", "4000000 bytes", "only 1200 bytes", "truncated"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"1000000", "4000000 bytes", "only 1200 bytes", "truncated"});
     p = fs.put("long.npy", npy_padded(hdr("<f4", "False", "(2, 3)"), f4x6 + "ab"));
-    expect_error([&] { npy_read(p); }, p, {"2 trailing bytes"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"2 trailing bytes"});
     p = fs.put("huge.npy", npy_padded(hdr("<f8", "False", "(4294967296, 4294967296, 16)"), ""));
-    expect_error([&] { npy_read(p); }, p, {"implausibly large"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"implausibly large"});
     p = fs.put("overflow.npy", npy_padded(hdr("<f8", "False", "(99999999999999999999999,)"), ""));
-    expect_error([&] { npy_read(p); }, p, {"malformed", "too large"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"malformed", "too large"});
     p = fs.put("zero.npy", npy_padded(hdr("<f4", "False", "(0, 3)"), ""));
-    expect_error([&] { npy_read(p); }, p, {"no values"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"no values"});
 
     p = fs.put("neg.npy", npy_padded(hdr("<f4", "False", "(-2, 3)"), f4x6));
-    expect_error([&] { npy_read(p); }, p, {"negative dimension"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"negative dimension"});
 
     const std::vector<std::string> malformed = {
         "",
@@ -423,19 +406,19 @@ TEST(Npy, BadInputs) {
     };
     for (size_t i = 0; i < malformed.size(); ++i) {
         p = fs.put("bad" + std::to_string(i) + ".npy", npy_padded(malformed[i], f4x6));
-        expect_error([&] { npy_read(p); }, p, {"malformed .npy header"});
+        sae_test::expect_error_line([&] { npy_read(p); }, p, {"malformed .npy header"});
     }
     p = fs.put("noshape.npy", npy_padded("{'descr': '<f4', 'fortran_order': False}", f4x6));
-    expect_error([&] { npy_read(p); }, p, {"lacks 'shape'"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"lacks 'shape'"});
     p = fs.put("shape-str.npy", npy_padded("{'descr': '<f4', 'fortran_order': False, 'shape': '6'}", f4x6));
-    expect_error([&] { npy_read(p); }, p, {"shape is not a tuple"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"shape is not a tuple"});
     p = fs.put("fo-str.npy", npy_padded("{'descr': '<f4', 'fortran_order': 'no', 'shape': (6,)}", f4x6));
-    expect_error([&] { npy_read(p); }, p, {"fortran_order"});
+    sae_test::expect_error_line([&] { npy_read(p); }, p, {"fortran_order"});
 }
 
 TEST(Npy, ParseFunctionsUseGivenName) {
-    expect_error([] { npy_parse("", "mem"); }, "mem", {"not a .npy"});
-    expect_error([] { idx_parse(std::string("\0\0\x08", 3), "mem"); }, "mem", {"truncated"});
+    sae_test::expect_error_line([] { npy_parse("", "mem"); }, "mem", {"not a .npy"});
+    sae_test::expect_error_line([] { idx_parse(std::string("\0\0\x08", 3), "mem"); }, "mem", {"truncated"});
     const Array a = idx_parse(idx_bytes(0x08, {1}, "\x2a"), "mem");
     EXPECT_EQ(a.values, (std::vector<float>{42}));
 }
@@ -470,7 +453,7 @@ TEST(Normalize, Names) {
     EXPECT_EQ(normalize_name(Normalize::none), "none");
     EXPECT_EQ(normalize_name(Normalize::unit_range), "unit_range");
     EXPECT_EQ(normalize_name(Normalize::ufldl), "ufldl");
-    const std::string msg = error_of([] { normalize_parse("zscore"); });
+    const std::string msg = sae_test::error_of([] { normalize_parse("zscore"); });
     for (const char* s : {"zscore", "none", "unit_range", "ufldl"}) EXPECT_NE(msg.find(s), std::string::npos) << msg;
 }
 
@@ -568,13 +551,13 @@ TEST(CheckFinite, ReportsPositionAndKind) {
     Matrix<float> X = matrix(2, 3, {0, 1, 2, 3, 4, 5});
     EXPECT_NO_THROW(check_finite(X, "train.npy"));
     X(1, 2) = std::numeric_limits<float>::quiet_NaN();
-    std::string msg = error_of([&] { check_finite(X, "train.npy"); });
+    std::string msg = sae_test::error_of([&] { check_finite(X, "train.npy"); });
     EXPECT_EQ(msg.rfind("train.npy: sample 1, feature 2", 0), 0u) << msg;
     EXPECT_NE(msg.find("NaN"), std::string::npos) << msg;
 
     X(1, 2) = 0;
     X(0, 1) = -std::numeric_limits<float>::infinity();
-    msg = error_of([&] { check_finite(X, "train.npy"); });
+    msg = sae_test::error_of([&] { check_finite(X, "train.npy"); });
     EXPECT_EQ(msg.rfind("train.npy: sample 0, feature 1", 0), 0u) << msg;
     EXPECT_NE(msg.find("inf"), std::string::npos) << msg;
 }

@@ -89,15 +89,6 @@ int replay(const fs::path& root) {
     return n;
 }
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "";
-}
-
 }  // namespace
 
 TEST(Regression, EveryRegressionFileParsesOrThrowsOneLineError) {
@@ -127,28 +118,28 @@ TEST(Regression, TomlNonAsciiOnlyInStringsAndComments) {
     EXPECT_EQ(c.decoder_activation, "linear");
     EXPECT_EQ(config_parse_toml("data = \"\"\"a\\\n   b\"\"\"\n", "x.toml").data, "ab");  // ASCII after "\"
 
-    std::string m = error_of([] { config_parse_toml("d_sae = 4\n\xcc\xaa\n", "x.toml"); });
+    std::string m = sae_test::error_of([] { config_parse_toml("d_sae = 4\n\xcc\xaa\n", "x.toml"); });
     EXPECT_NE(m.find("x.toml:2:1: invalid TOML: non-ASCII character outside a string or comment"), std::string::npos) << m;
-    m = error_of([] { config_parse_toml("d_sae = 4 \xc2\xa7\n", "x.toml"); });
+    m = sae_test::error_of([] { config_parse_toml("d_sae = 4 \xc2\xa7\n", "x.toml"); });
     EXPECT_NE(m.find("x.toml:1:11:"), std::string::npos) << m;
-    m = error_of([] { config_parse_toml("data = 1e\"\xc3\xa9\n", "x.toml"); });  // a quote inside a token opens no string
+    m = sae_test::error_of([] { config_parse_toml("data = 1e\"\xc3\xa9\n", "x.toml"); });  // a quote inside a token opens no string
     EXPECT_NE(m.find("non-ASCII character outside"), std::string::npos) << m;
-    m = error_of([] { config_parse_toml("data = \"\"\"\\\n  \xc2\xa7\"\"\"\n", "x.toml"); });
+    m = sae_test::error_of([] { config_parse_toml("data = \"\"\"\\\n  \xc2\xa7\"\"\"\n", "x.toml"); });
     EXPECT_NE(m.find("x.toml:2:3: invalid TOML: a non-ASCII character right after a line-ending backslash"),
               std::string::npos) << m;
 }
 
 // Text from the file quoted in a message is kept on one line (found by fuzz_toml).
 TEST(Regression, ConfigMessagesStayOnOneLine) {
-    std::string m = error_of([] { config_parse_toml("tied = tr\nd_sae = 3\n", "x.toml"); });
+    std::string m = sae_test::error_of([] { config_parse_toml("tied = tr\nd_sae = 3\n", "x.toml"); });
     EXPECT_NE(m.find("x.toml:1:"), std::string::npos) << m;
     EXPECT_EQ(m.find('\n'), std::string::npos) << m;
-    m = error_of([] { config_validate(config_parse_toml("normalize = \"unit\\nrange\"\n", "x.toml")); });
+    m = sae_test::error_of([] { config_validate(config_parse_toml("normalize = \"unit\\nrange\"\n", "x.toml")); });
     EXPECT_NE(m.find("'unit\\x0arange' is not valid"), std::string::npos) << m;
-    m = error_of([] { config_parse_toml("\"d_\\r\\nsae\" = 4\n", "x.toml"); });
+    m = sae_test::error_of([] { config_parse_toml("\"d_\\r\\nsae\" = 4\n", "x.toml"); });
     EXPECT_NE(m.find("unknown setting 'd_\\x0d\\x0asae'"), std::string::npos) << m;
     Config c;
-    m = error_of([&] { config_set(c, "d_sae", "4\n5"); });
+    m = sae_test::error_of([&] { config_set(c, "d_sae", "4\n5"); });
     EXPECT_NE(m.find("'4\\x0a5' is not an integer"), std::string::npos) << m;
 }
 
@@ -157,7 +148,7 @@ TEST(Regression, ConfigMessagesStayOnOneLine) {
 TEST(Regression, CfgJsonTypesAreExact) {
     for (const char* text : {"{\"d_sae\": 1e300}", "{\"d_sae\": 2.5}", "{\"d_sae\": 18446744073709551615}",
                              "{\"seed\": -1e19}", "{\"tied\": 1}", "{\"beta\": true}", "{\"normalize\": 3}"}) {
-        const std::string m = error_of([&] { config_from_json(text, "cfg.json"); });
+        const std::string m = sae_test::error_of([&] { config_from_json(text, "cfg.json"); });
         EXPECT_NE(m.find("has the wrong type"), std::string::npos) << text << ": " << m;
     }
     const Config c = config_from_json("{\"d_sae\": 12, \"beta\": 2, \"rho\": 0.25, \"tied\": true}", "cfg.json");

@@ -101,13 +101,6 @@ void expect_self_contained(const std::string& html) {
     EXPECT_EQ(rest.find("<script src"), std::string::npos);
 }
 
-void expect_clear_error(const sae_test::CommandResult& r, const std::string& needle) {
-    EXPECT_NE(r.exit_code, 0);
-    EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-    EXPECT_EQ(r.err.rfind("sae: error: ", 0), 0u) << r.err;
-}
-
 // A small MNIST run (d_sae = 16, 10 iterations, a metrics line every 2): trained once per process.
 const std::string& mnist_run() {
     static const std::string dir = [] {
@@ -231,18 +224,18 @@ TEST(Report, RunPageHasEverySectionAndDecodablePictures) {
 
 TEST(Report, BadDirectoriesGiveOneClearLine) {
     const std::string dir = sae_test::temp_dir("report");
-    expect_clear_error(run(kSae + " report " + dir + "/nowhere"), "no such directory");
-    expect_clear_error(run(kSae + " report " + dir), "neither a run directory");
+    sae_test::expect_clear_error(run(kSae + " report " + dir + "/nowhere"), "no such directory");
+    sae_test::expect_clear_error(run(kSae + " report " + dir), "neither a run directory");
     // A run with a file missing, or a damaged one.
     fs::create_directories(dir + "/r");
     for (const char* f : {"cfg.json", "metrics.jsonl", "model.safetensors"})
         fs::copy_file(mnist_run() + "/" + f, dir + "/r/" + f);
     fs::remove(dir + "/r/metrics.jsonl");
-    expect_clear_error(run(kSae + " report " + dir + "/r"), "metrics.jsonl: missing");
+    sae_test::expect_clear_error(run(kSae + " report " + dir + "/r"), "metrics.jsonl: missing");
     sae_test::write_bytes(dir + "/r/metrics.jsonl", "{\"step\":0,\"J_total\":1}\n{\"step\":\n");
-    expect_clear_error(run(kSae + " report " + dir + "/r"), "metrics.jsonl: line 2");
+    sae_test::expect_clear_error(run(kSae + " report " + dir + "/r"), "metrics.jsonl: line 2");
     sae_test::write_bytes(dir + "/sweep.csv", "run,beta\n");
-    expect_clear_error(run(kSae + " report " + dir), "sweep.csv");
+    sae_test::expect_clear_error(run(kSae + " report " + dir), "sweep.csv");
     // Data that cannot be found: a warning, and the page without the sections that need it.
     fs::create_directories(dir + "/moved");
     for (const char* f : {"cfg.json", "metrics.jsonl", "model.safetensors"})

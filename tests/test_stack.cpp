@@ -21,15 +21,6 @@ namespace {
 
 const std::string kSae = sae_test::sae_binary();
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "";
-}
-
 // --- the layers setting -----------------------------------------------------------------------
 TEST(LayersSetting, TomlSetJsonAndHelp) {
     Config cfg = config_parse_toml("layers = [200, 100, 50]\n", "t.toml");
@@ -55,18 +46,18 @@ TEST(LayersSetting, TomlSetJsonAndHelp) {
              {"layers = [[1], [2]]\n", "only integers"},
              {"d_sae = [1, 2]\n", "single value"},
          }) {
-        const std::string e = error_of([&] { config_parse_toml(text, "t.toml"); });
+        const std::string e = sae_test::error_of([&] { config_parse_toml(text, "t.toml"); });
         EXPECT_NE(e.find(word), std::string::npos) << text << " -> " << e;
         EXPECT_NE(e.find("t.toml"), std::string::npos) << e;
     }
     Config c;
-    EXPECT_NE(error_of([&] { config_apply_override(c, "layers=200,x"); }).find("list of integers"), std::string::npos);
-    EXPECT_NE(error_of([&] { config_apply_override(c, "layers=200,,3"); }).find("list of integers"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([&] { config_apply_override(c, "layers=200,x"); }).find("list of integers"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([&] { config_apply_override(c, "layers=200,,3"); }).find("list of integers"), std::string::npos);
     config_apply_override(c, "layers=200,0");
-    const std::string e = error_of([&] { config_validate(c); });
+    const std::string e = sae_test::error_of([&] { config_validate(c); });
     EXPECT_NE(e.find("'layers' contains 0"), std::string::npos) << e;
-    EXPECT_NE(error_of([] { config_from_json("{\"layers\": [1, 2.5]}", "cfg.json"); }).find("wrong type"), std::string::npos);
-    EXPECT_NE(error_of([] { config_from_json("{\"layers\": 3}", "cfg.json"); }).find("wrong type"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([] { config_from_json("{\"layers\": [1, 2.5]}", "cfg.json"); }).find("wrong type"), std::string::npos);
+    EXPECT_NE(sae_test::error_of([] { config_from_json("{\"layers\": 3}", "cfg.json"); }).find("wrong type"), std::string::npos);
 }
 
 TEST(LayersSetting, ExamplesParse) {
@@ -263,7 +254,7 @@ TEST(StackProcedure, BadInputIsAOneLineError) {
     std::vector<int32_t> y;
     make_problem(40, X, y, 5);
     auto expect_error = [&](const Config& cfg, const std::vector<int32_t>& labels, const std::string& word) {
-        const std::string e = error_of([&] { stack_train(*be, cfg, X, labels, ""); });
+        const std::string e = sae_test::error_of([&] { stack_train(*be, cfg, X, labels, ""); });
         EXPECT_NE(e.find(word), std::string::npos) << e;
         EXPECT_EQ(e.find('\n'), std::string::npos) << e;
     };

@@ -114,23 +114,6 @@ struct Dir {
     }
 };
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "<no error>";
-}
-
-// Throws sae::Error with one line starting "<subject>: " and containing every part.
-void expect_error(const std::function<void()>& f, const std::string& subject, std::vector<std::string> parts) {
-    const std::string msg = error_of(f);
-    EXPECT_EQ(msg.rfind(subject + ": ", 0), 0u) << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing '" << p << "' in: " << msg;
-}
-
 struct Draw {
     std::vector<float> x;
     std::vector<int64_t> ids;
@@ -183,7 +166,7 @@ TEST(StreamNpy, HeaderOnlyAndHalfTypes) {
     h = npy_parse_header(whole.substr(0, 128), whole.size(), "mem");
     EXPECT_EQ(h.shape, (std::vector<int64_t>{1000, 4}));
     EXPECT_EQ(h.dtype, NpyDtype::f32);
-    expect_error([&] { npy_parse_header(whole.substr(0, 100), whole.size(), "mem"); }, "mem", {"header needs 128"});
+    sae_test::expect_error_line([&] { npy_parse_header(whole.substr(0, 100), whole.size(), "mem"); }, "mem", {"header needs 128"});
 
     // npy_parse reads float16, and bfloat16 given the hint.
     Array a = npy_parse(shard_bytes(Dt::f16, 7, 2, 3), "f16");
@@ -192,28 +175,28 @@ TEST(StreamNpy, HeaderOnlyAndHalfTypes) {
     a = npy_parse(shard_bytes(Dt::bf16, 130, 1, 4), "bf16", "bfloat16");
     EXPECT_EQ(a.source, SourceType::bf16);
     EXPECT_EQ(a.values, (std::vector<float>{2, 1, 0, 133 % 251}));
-    expect_error([] { npy_parse(shard_bytes(Dt::bf16, 0, 1, 3), "v2"); }, "v2",
+    sae_test::expect_error_line([] { npy_parse(shard_bytes(Dt::bf16, 0, 1, 3), "v2"); }, "v2",
                  {"'<V2'", "raw 2-byte", "bfloat16", "dtype_hint", "astype"});
-    expect_error([] { npy_parse(shard_bytes(Dt::f32, 0, 1, 3), "x", "float8"); }, "x", {"'float8'", "unknown"});
+    sae_test::expect_error_line([] { npy_parse(shard_bytes(Dt::f32, 0, 1, 3), "x", "float8"); }, "x", {"'float8'", "unknown"});
 
     const std::string v2 = fs.put("b.npy", shard_bytes(Dt::bf16, 0, 2, 3, "|V2"));
-    expect_error([&] { npy_read_header(v2); }, v2, {"'|V2'", "dtype_hint"});
+    sae_test::expect_error_line([&] { npy_read_header(v2); }, v2, {"'|V2'", "dtype_hint"});
     EXPECT_EQ(npy_read_header(v2, "bfloat16").dtype, NpyDtype::bf16);
     // The hint does not change self-describing dtypes.
     EXPECT_EQ(npy_read_header(p, "bfloat16").dtype, NpyDtype::f16);
 
     std::string cut = shard_bytes(Dt::f32, 0, 3, 3);
     const std::string t = fs.put("cut.npy", cut.substr(0, cut.size() - 4));
-    expect_error([&] { npy_read_header(t); }, t, {"36 bytes", "only 32 bytes", "truncated"});
+    sae_test::expect_error_line([&] { npy_read_header(t); }, t, {"36 bytes", "only 32 bytes", "truncated"});
     const std::string l = fs.put("long.npy", cut + "xy");
-    expect_error([&] { npy_read_header(l); }, l, {"2 trailing bytes"});
+    sae_test::expect_error_line([&] { npy_read_header(l); }, l, {"2 trailing bytes"});
     const std::string g = fs.put("gz.npy", std::string("\x1f\x8b\x08\x00", 4) + std::string(30, '\0'));
-    expect_error([&] { npy_read_header(g); }, g, {"gzip", "gunzip"});
+    sae_test::expect_error_line([&] { npy_read_header(g); }, g, {"gzip", "gunzip"});
     const std::string e = fs.put("empty.npy", "");
-    expect_error([&] { npy_read_header(e); }, e, {"empty"});
-    expect_error([&] { npy_read_header(fs.dir); }, fs.dir, {"not a regular file"});
+    sae_test::expect_error_line([&] { npy_read_header(e); }, e, {"empty"});
+    sae_test::expect_error_line([&] { npy_read_header(fs.dir); }, fs.dir, {"not a regular file"});
     const std::string tiny = fs.put("tiny.npy", std::string("\x93NUMPY\x01\x00\x05\x00{}", 12));  // header length 5 > what is left
-    expect_error([&] { npy_read_header(tiny); }, tiny, {"header length 5", "beyond the end"});
+    sae_test::expect_error_line([&] { npy_read_header(tiny); }, tiny, {"header length 5", "beyond the end"});
 }
 
 TEST(StreamNpy, HalfConversionsExact) {
@@ -257,7 +240,7 @@ TEST(Stream, Float16AndBfloat16ShardsExact) {
 
     StreamOptions o;
     o.pattern = fs.dir + "/*.npy";
-    expect_error([&] { StreamSource s(o); }, fs.dir + "/b.npy", {"'<V2'", "dtype_hint"});
+    sae_test::expect_error_line([&] { StreamSource s(o); }, fs.dir + "/b.npy", {"'<V2'", "dtype_hint"});
     o.dtype_hint = "bfloat16";
     o.buffer_samples = 3;
     StreamSource s(o);
@@ -427,16 +410,16 @@ TEST(Stream, RestoreGivesTheSameFollowingBatches) {
     const std::string st = a.state();
     o.seed = 43;
     StreamSource other(o);
-    expect_error([&] { other.set_state(st); }, "stream state", {"seed 42", "has 43", "same data"});
+    sae_test::expect_error_line([&] { other.set_state(st); }, "stream state", {"seed 42", "has 43", "same data"});
     o.seed = 42;
     o.buffer_samples = 99;
     StreamSource other2(o);
-    expect_error([&] { other2.set_state(st); }, "stream state", {"buffer 100", "has 99"});
+    sae_test::expect_error_line([&] { other2.set_state(st); }, "stream state", {"buffer 100", "has 99"});
     for (const std::string& bad : {std::string(""), std::string("stream1"), st + " x", st.substr(0, st.size() - 3),
                                   std::string("stream1 seed=42 buffer=100 block=24 d_in=4 samples=733 epoch=0 position=734"),
                                   std::string("stream1 seed=42 buffer=100 block=24 d_in=4 samples=733 epoch=0 position=-1")})
-        EXPECT_NE(error_of([&] { a.set_state(bad); }).find("malformed"), std::string::npos) << bad;
-    expect_error([&] { a.seek(0, N + 1); }, "stream", {"position 734", "733 samples"});
+        EXPECT_NE(sae_test::error_of([&] { a.set_state(bad); }).find("malformed"), std::string::npos) << bad;
+    sae_test::expect_error_line([&] { a.seek(0, N + 1); }, "stream", {"position 734", "733 samples"});
 }
 
 // ---------------------------------------------------------------- bad input
@@ -454,63 +437,63 @@ TEST(Stream, BadInputsNameTheFile) {
         Dir d;
         d.put("a.npy", good);
         const std::string p = d.put("b.npy", good.substr(0, good.size() - 6));
-        expect_error([&] { make_stream(d.dir + "/*.npy"); }, p, {"160 bytes", "only 154 bytes", "truncated"});
+        sae_test::expect_error_line([&] { make_stream(d.dir + "/*.npy"); }, p, {"160 bytes", "only 154 bytes", "truncated"});
     }
     {  // cut inside the header
         const std::string p = fs.put("hdr.npy", good.substr(0, 40));
-        expect_error([&] { make_stream(p); }, p, {"header length", "beyond the end"});
+        sae_test::expect_error_line([&] { make_stream(p); }, p, {"header length", "beyond the end"});
     }
     {  // the header claims more rows than the file holds
         const std::string p = fs.put("claims.npy", npy_header("<f4", "(1000, 4)") + data160);
-        expect_error([&] { make_stream(p); }, p, {"4000 <f4 values", "16000 bytes", "only 160", "truncated"});
+        sae_test::expect_error_line([&] { make_stream(p); }, p, {"4000 <f4 values", "16000 bytes", "only 160", "truncated"});
     }
     {  // mismatched d_in
         Dir d;
         d.put("a.npy", good);
         const std::string p = d.put("b.npy", shard_bytes(Dt::f32, 10, 10, 5));
-        expect_error([&] { make_stream(d.dir + "/*.npy"); }, p, {"d_in 5", "(10, 5)", d.dir + "/a.npy has 4", "same number"});
+        sae_test::expect_error_line([&] { make_stream(d.dir + "/*.npy"); }, p, {"d_in 5", "(10, 5)", d.dir + "/a.npy has 4", "same number"});
     }
     {  // unsupported dtypes
         std::string p = fs.put("i4.npy", npy_header("<i4", "(10, 4)") + data160);
-        expect_error([&] { make_stream(p); }, p, {"'<i4' is not supported", "astype"});
+        sae_test::expect_error_line([&] { make_stream(p); }, p, {"'<i4' is not supported", "astype"});
         p = fs.put("f8.npy", npy_header("<f8", "(5, 4)") + data160);
-        expect_error([&] { make_stream(p); }, p, {"'<f8' cannot be streamed", "astype(np.float32)"});
+        sae_test::expect_error_line([&] { make_stream(p); }, p, {"'<f8' cannot be streamed", "astype(np.float32)"});
         p = fs.put("u1.npy", npy_header("|u1", "(10, 4)") + std::string(40, '\1'));
-        expect_error([&] { make_stream(p); }, p, {"'|u1' cannot be streamed"});
+        sae_test::expect_error_line([&] { make_stream(p); }, p, {"'|u1' cannot be streamed"});
         p = fs.put("v2.npy", shard_bytes(Dt::bf16, 0, 3, 3));
-        expect_error([&] { make_stream(p); }, p, {"'<V2'", "dtype_hint = \"bfloat16\""});
+        sae_test::expect_error_line([&] { make_stream(p); }, p, {"'<V2'", "dtype_hint = \"bfloat16\""});
         p = fs.put("be.npy", npy_header(">f2", "(20, 4)") + data160);
-        expect_error([&] { make_stream(p); }, p, {"big-endian", "'>f2'"});
+        sae_test::expect_error_line([&] { make_stream(p); }, p, {"big-endian", "'>f2'"});
     }
     {  // not 2-d
         const std::string p = fs.put("3d.npy", npy_header("<f4", "(2, 5, 4)") + data160);
-        expect_error([&] { make_stream(p); }, p, {"shape (2, 5, 4)", "2-d"});
+        sae_test::expect_error_line([&] { make_stream(p); }, p, {"shape (2, 5, 4)", "2-d"});
         const std::string q = fs.put("1d.npy", npy_header("<f4", "(40,)") + data160);
-        expect_error([&] { make_stream(q); }, q, {"shape (40)", "2-d"});
+        sae_test::expect_error_line([&] { make_stream(q); }, q, {"shape (40)", "2-d"});
     }
     {  // nothing matches; a missing plain path; a directory among the matches
         Dir d;
-        expect_error([&] { make_stream(d.dir + "/*.npy"); }, d.dir + "/*.npy", {"no files match"});
-        expect_error([&] { make_stream(d.dir + "/missing.npy"); }, d.dir + "/missing.npy", {"cannot open"});
+        sae_test::expect_error_line([&] { make_stream(d.dir + "/*.npy"); }, d.dir + "/*.npy", {"no files match"});
+        sae_test::expect_error_line([&] { make_stream(d.dir + "/missing.npy"); }, d.dir + "/missing.npy", {"cannot open"});
         std::filesystem::create_directories(d.dir + "/sub.npy");
-        expect_error([&] { make_stream(d.dir + "/*.npy"); }, d.dir + "/sub.npy", {"not a regular file"});
+        sae_test::expect_error_line([&] { make_stream(d.dir + "/*.npy"); }, d.dir + "/sub.npy", {"not a regular file"});
     }
     {  // bad settings
         const std::string p = fs.put("ok.npy", good);
         o.buffer_samples = 0;
-        expect_error([&] { make_stream(p); }, "stream", {"buffer_samples is 0"});
+        sae_test::expect_error_line([&] { make_stream(p); }, "stream", {"buffer_samples is 0"});
         o.buffer_samples = 10;
         o.block_samples = -1;
-        expect_error([&] { make_stream(p); }, "stream", {"block_samples is -1"});
+        sae_test::expect_error_line([&] { make_stream(p); }, "stream", {"block_samples is -1"});
         o.block_samples = 0;
         o.dtype_hint = "float8";
-        expect_error([&] { make_stream(p); }, "stream", {"dtype_hint 'float8'", "bfloat16"});
+        sae_test::expect_error_line([&] { make_stream(p); }, "stream", {"dtype_hint 'float8'", "bfloat16"});
         o.dtype_hint = "";
-        expect_error([&] { make_stream(""); }, "stream", {"no data path"});
+        sae_test::expect_error_line([&] { make_stream(""); }, "stream", {"no data path"});
         o.pattern = p;
         StreamSource s(o);
         float x[4];
-        expect_error([&] { s.next_batch(x, -1); }, "stream", {"negative"});
+        sae_test::expect_error_line([&] { s.next_batch(x, -1); }, "stream", {"negative"});
     }
     {  // a shard changed after validation
         Dir d;
@@ -519,7 +502,7 @@ TEST(Stream, BadInputsNameTheFile) {
         StreamSource s(o);
         write_bytes(p, good.substr(0, 100));
         std::vector<float> x(4);
-        expect_error([&] { s.next_batch(x.data(), 1); }, p, {"changed size", "do not modify"});
+        sae_test::expect_error_line([&] { s.next_batch(x.data(), 1); }, p, {"changed size", "do not modify"});
     }
 }
 

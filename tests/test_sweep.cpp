@@ -27,14 +27,6 @@ std::string sweep_cmd(const std::string& data, const std::string& out, const std
            extra;
 }
 
-// One line on stderr, naming what is wrong, and a non-zero exit.
-void expect_clear_error(const sae_test::CommandResult& r, const std::string& needle) {
-    EXPECT_NE(r.exit_code, 0);
-    EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-    EXPECT_EQ(r.err.rfind("sae: error: ", 0), 0u) << r.err;
-}
-
 std::string error_of(const std::string& spec) {
     try {
         grid_axis_parse(spec);
@@ -95,13 +87,13 @@ TEST(Sweep, ThreadsAreSplitAcrossJobs) {
 TEST(Sweep, BadSettingsFailBeforeAnythingStarts) {
     const std::string dir = sae_test::temp_dir("sweep");
     const std::string data = sae_test::two_blob_npy(dir);
-    expect_clear_error(run(sweep_cmd(data, dir + "/s1", "--grid betaa=1,2")), "did you mean 'beta'");
-    expect_clear_error(run(sweep_cmd(data, dir + "/s2", "--grid beta=1,,2")), "empty value");
-    expect_clear_error(run(sweep_cmd(data, dir + "/s3", "--grid beta=1 --set rhoo=1")), "did you mean 'rho'");
+    sae_test::expect_clear_error(run(sweep_cmd(data, dir + "/s1", "--grid betaa=1,2")), "did you mean 'beta'");
+    sae_test::expect_clear_error(run(sweep_cmd(data, dir + "/s2", "--grid beta=1,,2")), "empty value");
+    sae_test::expect_clear_error(run(sweep_cmd(data, dir + "/s3", "--grid beta=1 --set rhoo=1")), "did you mean 'rho'");
     // Valid values one by one, but not together: KL sparsity needs a sigmoid encoder.
-    expect_clear_error(run(sweep_cmd(data, dir + "/s4", "--grid encoder_activation=sigmoid,relu")), "sweep run 2");
-    expect_clear_error(run(sweep_cmd(data, dir + "/s5", "--grid rho=0.1,2")), "rho");
-    expect_clear_error(run(sweep_cmd(data, dir + "/s6", "--grid beta=1 --labels " + dir + "/none.npy")), "none.npy");
+    sae_test::expect_clear_error(run(sweep_cmd(data, dir + "/s4", "--grid encoder_activation=sigmoid,relu")), "sweep run 2");
+    sae_test::expect_clear_error(run(sweep_cmd(data, dir + "/s5", "--grid rho=0.1,2")), "rho");
+    sae_test::expect_clear_error(run(sweep_cmd(data, dir + "/s6", "--grid beta=1 --labels " + dir + "/none.npy")), "none.npy");
     for (const char* s : {"/s1", "/s2", "/s3", "/s4", "/s5", "/s6"}) EXPECT_FALSE(fs::exists(dir + s)) << s;
 }
 
@@ -190,7 +182,7 @@ TEST(Sweep, TableMatchesSaeEvalAndRunsResume) {
     EXPECT_NE(r.err.find("resume " + names[0]), std::string::npos) << r.err;
 
     // Other settings in the same directory: refused before anything starts.
-    expect_clear_error(run(sweep_cmd(data, out, "--grid beta=0,3 --grid rho=0.05,0.2 --set d_sae=6")),
+    sae_test::expect_clear_error(run(sweep_cmd(data, out, "--grid beta=0,3 --grid rho=0.05,0.2 --set d_sae=6")),
                        "trained before with d_sae = 5");
 }
 

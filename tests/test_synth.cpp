@@ -344,13 +344,6 @@ TEST(Mmcs, InvariantToDecoderRowScalingAndZeroRowsCountAsZero) {
 
 const std::string kSae = sae_test::sae_binary();
 
-void expect_clear_error(const sae_test::CommandResult& r, const std::string& needle) {
-    EXPECT_NE(r.exit_code, 0);
-    EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-    EXPECT_EQ(r.err.rfind("sae: error: ", 0), 0u) << r.err;
-}
-
 TEST(SynthCli, WritesBothFilesWithTheLibrarysValuesAndSameSeedSameBytes) {
     const std::string dir = sae_test::temp_dir("synth");
     auto r = run(kSae + " synth --out " + dir + "/a --features 20 --dim 8 --samples 1500 --seed 4");
@@ -381,14 +374,14 @@ TEST(SynthCli, WritesBothFilesWithTheLibrarysValuesAndSameSeedSameBytes) {
 TEST(SynthCli, BadArgumentsGiveOneClearLine) {
     const std::string dir = sae_test::temp_dir("synth");
     const std::string ok = " --features 10 --dim 4 --samples 50";
-    expect_clear_error(run(kSae + " synth --out " + dir + "/x --features 0 --dim 4 --samples 50"), "features");
-    expect_clear_error(run(kSae + " synth --out " + dir + "/x --features 10 --dim 0 --samples 50"), "dim");
-    expect_clear_error(run(kSae + " synth --out " + dir + "/x --features 10 --dim 4 --samples 0"), "samples");
-    expect_clear_error(run(kSae + " synth --out " + dir + "/x" + ok + " --mean-active 11"), "mean_active");
-    expect_clear_error(run(kSae + " synth --out " + dir + "/x --features 10 --dim 100000 --samples 100000"), "8 GiB");
+    sae_test::expect_clear_error(run(kSae + " synth --out " + dir + "/x --features 0 --dim 4 --samples 50"), "features");
+    sae_test::expect_clear_error(run(kSae + " synth --out " + dir + "/x --features 10 --dim 0 --samples 50"), "dim");
+    sae_test::expect_clear_error(run(kSae + " synth --out " + dir + "/x --features 10 --dim 4 --samples 0"), "samples");
+    sae_test::expect_clear_error(run(kSae + " synth --out " + dir + "/x" + ok + " --mean-active 11"), "mean_active");
+    sae_test::expect_clear_error(run(kSae + " synth --out " + dir + "/x --features 10 --dim 100000 --samples 100000"), "8 GiB");
     // Output directory below a regular file.
     sae_test::write_bytes(dir + "/file", "x");
-    expect_clear_error(run(kSae + " synth --out " + dir + "/file/sub" + ok), "file");
+    sae_test::expect_clear_error(run(kSae + " synth --out " + dir + "/file/sub" + ok), "file");
     EXPECT_FALSE(std::ifstream(dir + "/x/data.npy").good());
 }
 
@@ -438,10 +431,10 @@ TEST(SynthCli, EvalGroundTruthPrintsMmcsOfTheDecoder) {
     // Ground truth of the wrong dimension, or not 2-d: clear errors.
     std::vector<float> G7(16 * 7, 0.5f);
     npy_write_f32(dir + "/g7.npy", G7.data(), {16, 7});
-    expect_clear_error(run(kSae + " eval --model " + dir + "/m --ground-truth " + dir + "/g7.npy"), "d_in = 8");
+    sae_test::expect_clear_error(run(kSae + " eval --model " + dir + "/m --ground-truth " + dir + "/g7.npy"), "d_in = 8");
     npy_write_f32(dir + "/g1.npy", G7.data(), {16 * 7});
-    expect_clear_error(run(kSae + " eval --model " + dir + "/m --ground-truth " + dir + "/g1.npy"), "2-d");
-    expect_clear_error(run(kSae + " eval --model " + dir + "/m --ground-truth " + dir + "/none.npy"), "none.npy");
+    sae_test::expect_clear_error(run(kSae + " eval --model " + dir + "/m --ground-truth " + dir + "/g1.npy"), "2-d");
+    sae_test::expect_clear_error(run(kSae + " eval --model " + dir + "/m --ground-truth " + dir + "/none.npy"), "none.npy");
 }
 
 }  // namespace

@@ -1,6 +1,11 @@
 #include "test_util.hpp"
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
 #include "sae/data.hpp"
+#include "sae/error.hpp"
 #include "sae/io.hpp"
 #include "sae/rng.hpp"
 
@@ -75,6 +80,29 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
     std::string line;
     while (std::getline(f, line)) out.push_back(nlohmann::json::parse(line));
     return out;
+}
+
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const sae::Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+void expect_error_line(const std::function<void()>& f, const std::string& subject, const std::vector<std::string>& parts) {
+    const std::string msg = error_of(f);
+    EXPECT_EQ(msg.rfind(subject + ": ", 0), 0u) << (msg.empty() ? "<no error>" : msg);
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing '" << p << "' in: " << msg;
+}
+
+void expect_clear_error(const CommandResult& r, const std::string& needle) {
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_EQ(r.err.rfind("sae: error: ", 0), 0u) << r.err;
 }
 
 }  // namespace sae_test

@@ -1,6 +1,7 @@
 // Shared helpers for the test executables.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -29,6 +30,16 @@ std::string two_blob_npy(const std::string& dir, int64_t n = 120, int64_t d = 12
 
 // Every line of a JSON-lines file, parsed.
 std::vector<nlohmann::json> read_jsonl(const std::string& path);
+
+// The message of the sae::Error that f throws, or "" when it throws none.
+std::string error_of(const std::function<void()>& f);
+
+// f throws sae::Error with one line starting "<subject>: " and containing every part.
+void expect_error_line(const std::function<void()>& f, const std::string& subject, const std::vector<std::string>& parts);
+
+// A command that failed as the CLI should: non-zero exit, and one line on stderr, "sae: error: ...",
+// containing needle.
+void expect_clear_error(const CommandResult& r, const std::string& needle);
 
 // Path to the built `sae` binary and to the source tree (set by CMake).
 std::string sae_binary();
