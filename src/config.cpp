@@ -67,7 +67,7 @@ std::vector<OptionSpec> build_table() {
         {"batch_size", &C::batch_size, "optimiser", "minibatch size (adam, sgd, rmsprop)", 1, 1 << 24},
         {"epochs", &C::epochs, "optimiser", "passes over the data (adam, sgd, rmsprop)", 1, 1e9},
         {"max_iterations", &C::max_iterations, "optimiser", "lbfgs iterations", 1, 1e9},
-        {"lbfgs_history", &C::lbfgs_history, "optimiser", "lbfgs correction pairs kept; memory and checkpoint hold 2 x this x parameters doubles", 1, 10000},
+        {"lbfgs_history", &C::lbfgs_history, "optimiser", "L-BFGS correction pairs kept (train, stack); memory and checkpoint hold 2 x this x parameters doubles", 1, 10000},
         {"lr_schedule", &C::lr_schedule, "optimiser", "learning-rate schedule after warm-up", 0, 0, {"constant", "step", "cosine", "linear"}},
         {"warmup_steps", &C::warmup_steps, "optimiser", "linear learning-rate warm-up steps", 0, 1e12},
         {"lr_step_size", &C::lr_step_size, "optimiser", "step schedule: steps between decays", 1, 1e12},

@@ -65,8 +65,8 @@ struct FitResult {
     std::string stop_reason;
 };
 template <class Cost>
-FitResult lbfgs_fit(std::vector<float>& params, int64_t max_iterations, int64_t log_every, const std::string& what,
-                    Cost cost) {
+FitResult lbfgs_fit(std::vector<float>& params, int64_t max_iterations, int64_t history, int64_t log_every,
+                    const std::string& what, Cost cost) {
     const int64_t n = int64_t(params.size());
     std::vector<float> p(params), g(static_cast<size_t>(n));
     auto f = [&](const double* x, double* grad) {
@@ -75,7 +75,9 @@ FitResult lbfgs_fit(std::vector<float>& params, int64_t max_iterations, int64_t 
         for (int64_t i = 0; i < n; ++i) grad[i] = g[size_t(i)];
         return J;
     };
-    Lbfgs opt(n, LbfgsOptions{});
+    LbfgsOptions options;
+    options.history = int(history);
+    Lbfgs opt(n, options);
     std::vector<double> x0(params.begin(), params.end());
     opt.init(x0.data(), f);
     FitResult r;
@@ -261,7 +263,7 @@ std::vector<PretrainedLayer> stack_pretrain(Backend& be, const Config& cfg, cons
         const auto t0 = Clock::now();
         const std::string what = "stack: layer " + std::to_string(k + 1) + "/" + std::to_string(nl) + " (" +
                                  std::to_string(Xk.cols) + " -> " + std::to_string(obj.d_sae()) + ")";
-        const FitResult fit = lbfgs_fit(layer.params, cfg.max_iterations, cfg.log_every, what, [&](const float* p, float* g) {
+        const FitResult fit = lbfgs_fit(layer.params, cfg.max_iterations, cfg.lbfgs_history, cfg.log_every, what, [&](const float* p, float* g) {
             return obj.cost(be, p, Xk.data.data(), Xk.rows, g).total();
         });
         layer.report.d_in = Xk.cols;
@@ -342,6 +344,7 @@ StackReport stack_train(Backend& be, const Config& cfg, const Matrix<float>& X, 
         const SoftmaxSpec ss{K, dL, true, cfg.softmax_weight_decay};
         SoftmaxTrainOptions so;
         so.max_iterations = cfg.softmax_iterations;
+        so.lbfgs.history = int(cfg.lbfgs_history);
         std::fprintf(stderr, "stack: softmax (%lld -> %lld classes), %lld L-BFGS iterations\n", (long long)dL, (long long)K,
                      (long long)cfg.softmax_iterations);
         const SoftmaxFit fit = softmax_train(be, ss, F, ytr, so, uint64_t(cfg.seed));
@@ -369,7 +372,7 @@ StackReport stack_train(Backend& be, const Config& cfg, const Matrix<float>& X, 
             return stack_cost<float>(be, M.spec, M.layout, p, Xtr.data.data(), ytr.data(), Xtr.rows, g, ws);
         };
         if (cfg.finetune_iterations > 0) {
-            const FitResult fit = lbfgs_fit(M.params, cfg.finetune_iterations, cfg.log_every, "stack: fine-tuning", cost);
+            const FitResult fit = lbfgs_fit(M.params, cfg.finetune_iterations, cfg.lbfgs_history, cfg.log_every, "stack: fine-tuning", cost);
             rep.finetune_cost_before = fit.f0;
             rep.finetune_cost_after = fit.f;
             rep.finetune_iterations = fit.iterations;

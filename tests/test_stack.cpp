@@ -246,6 +246,15 @@ TEST(StackProcedure, PretrainingWiresLayersAndFineTuningDoesNotHurt) {
     const StackReport r2 = stack_train(*be, cfg, X, y, "");
     EXPECT_EQ(r2.accuracy_after, r.accuracy_after);
     EXPECT_EQ(r2.finetune_cost_after, r.finetune_cost_after);
+
+    // The stack's L-BFGS fits (layers, softmax, fine-tuning) use lbfgs_history: with 2 pairs kept
+    // instead of 100 the results differ, and fine-tuning still lowers its cost.
+    Config short_memory = cfg;
+    short_memory.lbfgs_history = 2;
+    const StackReport r3 = stack_train(*be, short_memory, X, y, "");
+    EXPECT_NE(r3.finetune_cost_after, r.finetune_cost_after);
+    EXPECT_NE(r3.softmax_cost, r.softmax_cost);
+    EXPECT_LT(r3.finetune_cost_after, r3.finetune_cost_before);
 }
 
 TEST(StackProcedure, BadInputIsAOneLineError) {
