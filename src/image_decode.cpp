@@ -161,23 +161,23 @@ Image image_decode(const std::string& bytes, const std::string& name, int64_t ma
     im.height = h;
     im.width = w;
     im.pixels.resize(size_t(int64_t(w) * h));
+    // Either depth: the pixels stb returns (its size in w2, h2), scaled to [0, 1]; the size is
+    // checked before they are read.
     int w2 = 0, h2 = 0, c2 = 0;
-    if (stbi_is_16_bit_from_memory(buf, len)) {
-        stbi_us* p = stbi_load_16_from_memory(buf, len, &w2, &h2, &c2, 1);
+    auto take = [&](auto* p, float full_scale) {
         if (!p)
             throw Error(name + ": corrupt or truncated image (stb: " + one_line(stbi_failure_reason()) +
                         "); the file is damaged");
-        for (size_t i = 0; i < im.pixels.size(); ++i) im.pixels[i] = float(p[i]) / 65535.0f;
+        const bool same = w2 == w && h2 == h;
+        if (same)
+            for (size_t i = 0; i < im.pixels.size(); ++i) im.pixels[i] = float(p[i]) / full_scale;
         stbi_image_free(p);
-    } else {
-        stbi_uc* p = stbi_load_from_memory(buf, len, &w2, &h2, &c2, 1);
-        if (!p)
-            throw Error(name + ": corrupt or truncated image (stb: " + one_line(stbi_failure_reason()) +
-                        "); the file is damaged");
-        for (size_t i = 0; i < im.pixels.size(); ++i) im.pixels[i] = float(p[i]) / 255.0f;
-        stbi_image_free(p);
-    }
-    check(w2 == w && h2 == h, name + ": image size changed while decoding; the file is damaged");
+        check(same, name + ": image size changed while decoding; the file is damaged");
+    };
+    if (stbi_is_16_bit_from_memory(buf, len))
+        take(stbi_load_16_from_memory(buf, len, &w2, &h2, &c2, 1), 65535.0f);
+    else
+        take(stbi_load_from_memory(buf, len, &w2, &h2, &c2, 1), 255.0f);
     return im;
 }
 
