@@ -83,12 +83,13 @@ void add_classify(CLI::App& app) {
 
         // Features of every selected sample.
         sae::SavedModel m;
-        std::string normalize = "unit_range";
-        if (!args->raw) {
+        sae::Matrix<float> X;
+        if (args->raw) {  // pixels as features: unit_range fitted on this data (uint8: ÷ 255)
+            X = sae::dataset_load_fit(args->data, "unit_range", 0, nullptr);
+        } else {
             m = sae::model_load(args->model);
-            normalize = m.cfg.normalize;
+            X = sae::dataset_load(args->data, m.norm, 0);
         }
-        const sae::Matrix<float> X = sae::dataset_load(args->data, normalize, 0);
         if (!args->raw)
             sae::check(X.cols == m.objective->d_in(),
                        args->data + ": samples have " + std::to_string(X.cols) +
@@ -133,7 +134,7 @@ void add_classify(CLI::App& app) {
             j["model"] = args->model;
             j["sparsity"] = m.cfg.sparsity;
         }
-        j["normalize"] = normalize;
+        j["normalize"] = args->raw ? std::string("unit_range") : sae::normalize_name(m.norm.mode);
         j["lambda"] = spec.lambda;
         j["bias"] = spec.bias;
         j["train_fraction"] = args->train_fraction;

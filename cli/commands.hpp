@@ -21,6 +21,7 @@ void add_features(CLI::App& app);  // cli/features.cpp
 void add_sweep(CLI::App& app);     // cli/sweep.cpp
 void add_report(CLI::App& app);    // cli/report.cpp
 void add_bench(CLI::App& app);     // cli/bench.cpp
+void add_upgrade(CLI::App& app);   // cli/upgrade.cpp
 
 // CONFIG file (optional) then every --set key=value in order, validated.
 sae::Config load_config(const std::string& path, const std::vector<std::string>& sets);

@@ -77,7 +77,7 @@ void add_eval(CLI::App& app) {
         }
         sae::set_num_threads(int(m.cfg.threads));
         const std::string data = args->data.empty() ? m.cfg.data : args->data;
-        const auto X = sae::dataset_load(data, m.cfg.normalize, args->data.empty() ? m.cfg.max_samples : 0);
+        const auto X = sae::dataset_load(data, m.norm, args->data.empty() ? m.cfg.max_samples : 0);
         sae::check(X.cols == m.objective->d_in(), data + ": samples have " + std::to_string(X.cols) +
                                               " features but the model was trained with d_in = " +
                                               std::to_string(m.objective->d_in()) + "; use data of the model's shape");
@@ -125,7 +125,7 @@ void add_encode(CLI::App& app) {
     cmd->callback([args]() {
         const sae::SavedModel m = load_model(args->model, {});
         sae::set_num_threads(int(m.cfg.threads));
-        const auto X = sae::dataset_load(args->data, m.cfg.normalize, 0);
+        const auto X = sae::dataset_load(args->data, m.norm, 0);
         sae::check(X.cols == m.objective->d_in(), args->data + ": samples have " + std::to_string(X.cols) +
                                               " features but the model was trained with d_in = " +
                                               std::to_string(m.objective->d_in()) + "; use data of the model's shape");

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
     sae_cli::add_sweep(app);
     sae_cli::add_report(app);
     sae_cli::add_bench(app);
+    sae_cli::add_upgrade(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

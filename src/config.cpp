@@ -23,7 +23,7 @@ std::vector<OptionSpec> build_table() {
     using C = Config;
     return {
         {"data", &C::data, "data", "training data: IDX (raw or .gz) or .npy [N, ...]; chosen by content"},
-        {"normalize", &C::normalize, "data", "input normalisation", 0, 0, {"none", "unit_range", "ufldl"}},
+        {"normalize", &C::normalize, "data", "input normalisation, its statistics fitted once on the training data and saved with the model (docs/formats.md); auto: unit_range for classic, none for the modern architectures", 0, 0, {"auto", "none", "unit_range", "ufldl"}},
         {"max_samples", &C::max_samples, "data", "use only the first N samples (0 = all)", 0, kMax},
         {"shuffle_buffer", &C::shuffle_buffer, "data", "> 0: stream .npy shards (data may be a glob) through a shuffle buffer of this many samples, with bounded memory", 0, 1e12},
         {"data_dtype", &C::data_dtype, "data", "element type of .npy shards whose header does not say (bfloat16 is stored as raw 2-byte values)", 0, 0, {"auto", "bfloat16"}},
@@ -486,6 +486,11 @@ std::string config_architecture(const Config& cfg) {
 }
 
 bool config_is_modern(const Config& cfg) { return config_architecture(cfg) != "classic"; }
+
+std::string config_normalize(const Config& cfg) {
+    if (cfg.normalize != "auto") return cfg.normalize;
+    return config_is_modern(cfg) ? "none" : "unit_range";
+}
 
 ModelSpec config_model_spec(const Config& cfg, int64_t d_in) {
     ModelSpec s;

@@ -514,37 +514,79 @@ std::string normalize_name(Normalize n) {
     return "?";
 }
 
-void normalize_samples(Matrix<float>& X, Normalize mode, SourceType source) {
-    auto& v = X.data;
-    if (mode == Normalize::none || v.empty()) return;
+namespace {
+// Each sample's mean removed, in double, rounded to float (ufldl's first step).
+void remove_row_mean(const float* r, int64_t d, float* out) {
+    double mean = 0;
+    for (int64_t j = 0; j < d; ++j) mean += r[j];
+    mean /= double(d);
+    for (int64_t j = 0; j < d; ++j) out[j] = float(r[j] - mean);
+}
+}  // namespace
+
+Normalizer normalizer_fit(const Matrix<float>& X, Normalize mode, SourceType source) {
+    Normalizer n;
+    n.mode = mode;
+    if (mode == Normalize::none) return n;
     if (mode == Normalize::unit_range) {
         if (source == SourceType::u8) {
-            for (auto& x : v) x /= 255.0f;
-            return;
+            n.min = 0;
+            n.max = 255;
+            return n;
         }
-        const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
-        const double mn = *lo, range = double(*hi) - mn;
-        check(std::isfinite(mn) && std::isfinite(range),
+        if (X.data.empty()) return n;
+        const auto [lo, hi] = std::minmax_element(X.data.begin(), X.data.end());
+        n.min = *lo;
+        n.max = *hi;
+        check(std::isfinite(n.min) && std::isfinite(n.max) && std::isfinite(n.max - n.min),
               "unit_range normalisation: the data contains inf; clean the data first");
-        for (auto& x : v) x = range > 0 ? float((x - mn) / range) : 0.0f;
+        return n;
+    }
+    // ufldl: the population standard deviation of all mean-removed values (two passes).
+    if (X.data.empty()) return n;
+    std::vector<float> y(size_t(X.cols));
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < X.rows; ++i) {
+        remove_row_mean(X.row(i), X.cols, y.data());
+        for (float v : y) mean += v;
+    }
+    mean /= double(X.data.size());
+    for (int64_t i = 0; i < X.rows; ++i) {
+        remove_row_mean(X.row(i), X.cols, y.data());
+        for (float v : y) var += (v - mean) * (v - mean);
+    }
+    n.clip = 3.0 * std::sqrt(var / double(X.data.size()));
+    check(std::isfinite(n.clip), "ufldl normalisation: the data contains NaN or inf; clean the data first");
+    return n;
+}
+
+void normalizer_apply(const Normalizer& n, Matrix<float>& X, SourceType source) {
+    if (n.mode == Normalize::none || X.data.empty()) return;
+    double lo = n.min, hi = n.max;
+    if (!n.fitted) {
+        check(n.mode == Normalize::unit_range && source == SourceType::u8,
+              n.origin + ": saved without its normalisation statistics (normalize = \"" + normalize_name(n.mode) +
+                  "\" took them from each file read, so codes depended on the file); add them with "
+                  "`sae upgrade --model DIR`, which fits them on the training data");
+        lo = 0;
+        hi = 255;
+    }
+    if (n.mode == Normalize::unit_range) {
+        const double range = hi - lo;
+        for (auto& x : X.data) x = range > 0 ? float((x - lo) / range) : 0.0f;
         return;
     }
-    // ufldl: per-sample mean removal, clip to ±3 population std of all values, map to [0.1, 0.9].
+    const double clip = n.clip;
     for (int64_t i = 0; i < X.rows; ++i) {
         float* r = X.row(i);
-        double mean = 0;
-        for (int64_t j = 0; j < X.cols; ++j) mean += r[j];
-        mean /= double(X.cols);
-        for (int64_t j = 0; j < X.cols; ++j) r[j] = float(r[j] - mean);
+        remove_row_mean(r, X.cols, r);
+        for (int64_t j = 0; j < X.cols; ++j)
+            r[j] = clip > 0 ? float((std::clamp(double(r[j]), -clip, clip) / clip + 1.0) * 0.4 + 0.1) : 0.5f;
     }
-    double mean = 0, var = 0;
-    for (float x : v) mean += x;
-    mean /= double(v.size());
-    for (float x : v) var += (x - mean) * (x - mean);
-    const double pstd = 3.0 * std::sqrt(var / double(v.size()));
-    check(std::isfinite(pstd), "ufldl normalisation: the data contains NaN or inf; clean the data first");
-    for (auto& x : v)
-        x = pstd > 0 ? float((std::clamp(double(x), -pstd, pstd) / pstd + 1.0) * 0.4 + 0.1) : 0.5f;
+}
+
+void normalize_samples(Matrix<float>& X, Normalize mode, SourceType source) {
+    normalizer_apply(normalizer_fit(X, mode, source), X, source);
 }
 
 void check_finite(const Matrix<float>& X, const std::string& what) {

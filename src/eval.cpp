@@ -2,24 +2,62 @@
 
 #include <algorithm>
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "sae/data.hpp"
 #include "sae/error.hpp"
+#include "sae/io.hpp"
 #include "sae/metrics.hpp"
+#include "sae/model_file.hpp"
 
 namespace sae {
 
-Matrix<float> dataset_load(const std::string& path, const std::string& normalize,
-                           int64_t max_samples) {
+Matrix<float> dataset_read(const std::string& path, int64_t max_samples, SourceType* source) {
     Array a = array_read(path);
-    const SourceType source = a.source;
+    if (source) *source = a.source;
     Matrix<float> X = array_to_samples(std::move(a));
     check(X.rows > 0, path + ": the data set has no samples");
     if (max_samples > 0 && max_samples < X.rows) X.resize(max_samples, X.cols);
     check_finite(X, path);  // before normalising: a rescale could hide a NaN
-    normalize_samples(X, normalize_parse(normalize), source);
-    check_finite(X, path + " (after normalize = " + normalize + ")");
     return X;
+}
+
+Matrix<float> dataset_load_fit(const std::string& path, const std::string& normalize,
+                               int64_t max_samples, Normalizer* fitted) {
+    SourceType source;
+    Matrix<float> X = dataset_read(path, max_samples, &source);
+    const Normalizer n = normalizer_fit(X, normalize_parse(normalize), source);
+    normalizer_apply(n, X, source);
+    check_finite(X, path + " (after normalize = " + normalize + ")");
+    if (fitted) *fitted = n;
+    return X;
+}
+
+Matrix<float> dataset_load(const std::string& path, const Normalizer& norm, int64_t max_samples) {
+    SourceType source;
+    Matrix<float> X = dataset_read(path, max_samples, &source);
+    normalizer_apply(norm, X, source);
+    check_finite(X, path + " (after normalize = " + normalize_name(norm.mode) + ")");
+    return X;
+}
+
+Normalizer model_fit_normalization(const std::string& dir, const std::string& data, bool* changed) {
+    const SavedModel m = model_load(dir);
+    if (changed) *changed = false;
+    if (m.norm.fitted) return m.norm;
+    const std::string path = data.empty() ? m.cfg.data : data;
+    SourceType source;
+    const Matrix<float> X = dataset_read(path, data.empty() ? m.cfg.max_samples : 0, &source);
+    check(X.cols == m.objective->d_in(), path + ": samples have " + std::to_string(X.cols) +
+                                            " features but the model has d_in = " + std::to_string(m.objective->d_in()) +
+                                            "; give the model's training data with --data");
+    const Normalizer n = normalizer_fit(X, m.norm.mode, source);
+    const std::string cfg_path = dir + "/cfg.json";
+    auto j = nlohmann::ordered_json::parse(read_file(cfg_path));
+    j["normalize_stats"] = normalizer_to_json(n);
+    write_file_atomic(cfg_path, j.dump(2) + "\n");
+    if (changed) *changed = true;
+    return n;
 }
 
 EvalResult evaluate(Backend& be, Objective& obj, const Config& cfg, const float* params,

@@ -1,5 +1,6 @@
 #include "sae/model_file.hpp"
 
+#include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -8,23 +9,62 @@
 
 namespace sae {
 
-std::string model_cfg_json(const Config& cfg, const Objective& obj, double input_scale) {
+nlohmann::ordered_json normalizer_to_json(const Normalizer& n) {
+    nlohmann::ordered_json j = nlohmann::ordered_json::object();
+    if (n.mode == Normalize::unit_range) {
+        j["min"] = n.min;
+        j["max"] = n.max;
+    } else if (n.mode == Normalize::ufldl) {
+        j["clip"] = n.clip;
+    }
+    return j;
+}
+
+Normalizer normalizer_from_cfg(const nlohmann::json& cfg, const std::string& normalize, const std::string& cfg_path) {
+    Normalizer n;
+    n.mode = normalize_parse(normalize);
+    n.origin = cfg_path;
+    if (n.mode == Normalize::none) return n;
+    if (!cfg.contains("normalize_stats")) {
+        n.fitted = false;  // saved before the statistics were stored
+        return n;
+    }
+    const auto& s = cfg["normalize_stats"];
+    auto number = [&](const char* key) {
+        check(s.is_object() && s.contains(key) && s[key].is_number() && std::isfinite(s[key].get<double>()),
+              cfg_path + ": normalize_stats needs a finite number '" + key + "' for normalize = \"" + normalize +
+                  "\"; the model directory is damaged");
+        return s[key].get<double>();
+    };
+    if (n.mode == Normalize::unit_range) {
+        n.min = number("min");
+        n.max = number("max");
+        check(n.min <= n.max, cfg_path + ": normalize_stats has min > max; the model directory is damaged");
+    } else {
+        n.clip = number("clip");
+        check(n.clip >= 0, cfg_path + ": normalize_stats has a negative clip; the model directory is damaged");
+    }
+    return n;
+}
+
+std::string model_cfg_json(const Config& cfg, const Objective& obj, double input_scale, const Normalizer& norm) {
     auto j = nlohmann::ordered_json::parse(config_to_json(cfg));
     j["architecture"] = obj.architecture();
     j["d_in"] = obj.d_in();
     j["d_sae"] = obj.d_sae();
     j["dtype"] = "float32";
     j["input_scale"] = input_scale;  // already folded into the saved weights
+    j["normalize_stats"] = normalizer_to_json(norm);
     j["format_version"] = kModelFormatVersion;
     return j.dump(2) + "\n";
 }
 
 void model_save(const std::string& dir, const Config& cfg, const Objective& obj, const float* params,
-                double input_scale) {
+                double input_scale, const Normalizer& norm) {
     std::vector<std::vector<float>> scratch;
     const auto tensors = obj.export_tensors(params, input_scale, scratch);
     safetensors_write(dir + "/model.safetensors", tensors, {{"format", "sae"}});
-    write_file_atomic(dir + "/cfg.json", model_cfg_json(cfg, obj, input_scale));
+    write_file_atomic(dir + "/cfg.json", model_cfg_json(cfg, obj, input_scale, norm));
 }
 
 SavedModel model_load(const std::string& dir) {
@@ -64,6 +104,12 @@ SavedModel model_load(const std::string& dir) {
         m.objective = objective_create(m.cfg, d_in);
     } catch (const Error& e) {
         throw Error(cfg_path + ": " + e.what());
+    }
+    try {
+        m.norm = normalizer_from_cfg(j, config_normalize(m.cfg), cfg_path);
+    } catch (const Error& e) {
+        const std::string w = e.what();
+        throw Error(w.rfind(cfg_path, 0) == 0 ? w : cfg_path + ": " + w);
     }
     check(get_int("d_sae") == m.objective->d_sae(), cfg_path + ": d_sae disagrees with the settings; the model directory is damaged");
     const SafeTensors st = safetensors_read(st_path);

@@ -717,7 +717,7 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
     std::string data_problem;
     try {
         const int64_t max_samples = opt.max_samples >= 0 ? opt.max_samples : cfg.max_samples;
-        X = dataset_load(cfg.data, cfg.normalize, max_samples);
+        X = dataset_load(cfg.data, model.norm, max_samples);
         check(X.cols == d_in, cfg.data + ": samples have " + std::to_string(X.cols) + " features but the model has d_in = " +
                                   std::to_string(d_in));
         have_data = true;

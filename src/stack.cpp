@@ -232,7 +232,7 @@ void stack_check_config(const Config& cfg) {
 }
 
 std::vector<PretrainedLayer> stack_pretrain(Backend& be, const Config& cfg, const Matrix<float>& X,
-                                            const std::string& out_dir) {
+                                            const std::string& out_dir, const Normalizer& norm) {
     stack_check_config(cfg);
     std::vector<PretrainedLayer> out;
     Matrix<float> input;  // layer k's input for k ≥ 2 (the previous layer's activations)
@@ -272,7 +272,7 @@ std::vector<PretrainedLayer> stack_pretrain(Backend& be, const Config& cfg, cons
         layer.report.stop_reason = fit.stop_reason;
         layer.report.J = obj.cost(be, layer.params.data(), Xk.data.data(), Xk.rows, nullptr);
         layer.report.seconds = seconds_since(t0);
-        if (!dir.empty()) model_save(dir, layer.cfg, obj, layer.params.data(), 1.0);
+        if (!dir.empty()) model_save(dir, layer.cfg, obj, layer.params.data(), 1.0, k == 0 ? norm : Normalizer{});
         if (k + 1 < nl) input = encode(be, obj, layer.params.data(), Xk);
         out.push_back(std::move(layer));
     }
@@ -280,7 +280,7 @@ std::vector<PretrainedLayer> stack_pretrain(Backend& be, const Config& cfg, cons
 }
 
 StackReport stack_train(Backend& be, const Config& cfg, const Matrix<float>& X, const std::vector<int32_t>& labels,
-                        const std::string& out_dir, StackModel* model_out) {
+                        const std::string& out_dir, StackModel* model_out, const Normalizer& norm) {
     const auto t0 = Clock::now();
     stack_check_config(cfg);
     const int64_t n = X.rows;
@@ -315,7 +315,7 @@ StackReport stack_train(Backend& be, const Config& cfg, const Matrix<float>& X, 
     if (!out_dir.empty()) ensure_writable_dir(out_dir);
 
     // 1. Greedy layer-wise pretraining on the training part.
-    const std::vector<PretrainedLayer> layers = stack_pretrain(be, cfg, Xtr, out_dir);
+    const std::vector<PretrainedLayer> layers = stack_pretrain(be, cfg, Xtr, out_dir, norm);
     for (const auto& l : layers) rep.pretraining.push_back(l.report);
 
     StackModel M;
@@ -414,13 +414,16 @@ StackReport stack_run(const Config& cfg, const std::string& labels_path, const s
     set_num_threads(int(cfg.threads));
     ensure_writable_dir(out_dir);  // before any long work
     std::vector<int32_t> labels = labels_load(labels_path);
-    const Matrix<float> X = dataset_load(cfg.data, cfg.normalize, cfg.max_samples);
+    Config settings = cfg;
+    settings.normalize = config_normalize(cfg);
+    Normalizer norm;
+    const Matrix<float> X = dataset_load_fit(cfg.data, settings.normalize, cfg.max_samples, &norm);
     // max_samples keeps the first samples: keep the same labels.
     if (cfg.max_samples > 0 && int64_t(labels.size()) > X.rows && X.rows == cfg.max_samples) labels.resize(size_t(X.rows));
     check(int64_t(labels.size()) == X.rows, labels_path + ": " + std::to_string(labels.size()) + " labels but " + cfg.data +
                                                 " has " + std::to_string(X.rows) + " samples; give one label per sample");
     auto be = backend_create(cfg.backend);
-    return stack_train(*be, cfg, X, labels, out_dir);
+    return stack_train(*be, settings, X, labels, out_dir, nullptr, norm);
 }
 
 std::string stack_report_json(const StackReport& r) {

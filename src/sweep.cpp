@@ -341,9 +341,9 @@ void sweep_evaluate(const SweepSpec& spec, std::vector<SweepResult>& results, st
         if (res.status != "ok") continue;
         try {
             SavedModel m = model_load(res.run.dir);
-            const std::string key = m.cfg.data + '\n' + m.cfg.normalize + '\n' + std::to_string(m.cfg.max_samples);
+            const std::string key = m.cfg.data + '\n' + normalize_name(m.norm.mode) + normalizer_to_json(m.norm).dump() + '\n' + std::to_string(m.cfg.max_samples);
             if (key != data_key) {
-                X = dataset_load(m.cfg.data, m.cfg.normalize, m.cfg.max_samples);
+                X = dataset_load(m.cfg.data, m.norm, m.cfg.max_samples);
                 data_key = key;
             }
             auto be = backend_create(m.cfg.backend);

@@ -287,8 +287,10 @@ bool config_key_may_change_on_resume(const std::string& key) {
            key == "checkpoint_every" || key == "threads";
 }
 
-TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resume) {
-    config_validate(cfg);
+TrainSummary train_run(const Config& settings, const std::string& out_dir, bool resume) {
+    config_validate(settings);
+    Config cfg = settings;
+    cfg.normalize = config_normalize(cfg);  // auto resolved: cfg.json names what was applied
     set_num_threads(int(cfg.threads));
     ensure_writable_dir(out_dir);  // before any long work
     // A run killed mid-write leaves "<output>.tmp-<pid>" behind; sweep those of our own outputs.
@@ -309,6 +311,7 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
     check(!streaming || cfg.max_samples == 0, "shuffle_buffer > 0: max_samples is not supported when streaming; pick shards instead");
     std::unique_ptr<StreamSource> stream;
     Matrix<float> X;
+    Normalizer norm;  // fitted on the training data, saved with the model
     if (streaming) {
         StreamOptions so;
         so.pattern = cfg.data;
@@ -322,7 +325,7 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
         head.next_batch(X.data.data(), X.rows);
         check_finite(X, cfg.data);
     } else {
-        X = dataset_load(cfg.data, cfg.normalize, cfg.max_samples);
+        X = dataset_load_fit(cfg.data, cfg.normalize, cfg.max_samples, &norm);
     }
     auto obj = objective_create(cfg, X.cols);
     const int64_t n = obj->layout().total, d_sae = obj->d_sae(), d_in = obj->d_in();
@@ -359,7 +362,7 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
         obj->init(params.data(), rng, sample);
         write_file_atomic(metrics_path, "");
     }
-    write_file_atomic(out_dir + "/cfg.json", model_cfg_json(cfg, *obj, rs.input_scale));
+    write_file_atomic(out_dir + "/cfg.json", model_cfg_json(cfg, *obj, rs.input_scale, norm));
 
     std::signal(SIGINT, on_interrupt);
     std::signal(SIGTERM, on_interrupt);
@@ -665,7 +668,7 @@ TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resum
     }
     summary.skipped_batches = rs.skipped;
 
-    model_save(out_dir, cfg, *obj, params.data(), rs.input_scale);
+    model_save(out_dir, cfg, *obj, params.data(), rs.input_scale, norm);
     summary.seconds = seconds_since(t0);
     return summary;
 }

@@ -14,7 +14,7 @@ namespace sae {
 struct Config {
     // data
     std::string data = "data/mnist10k/images-idx3-ubyte.gz";
-    std::string normalize = "unit_range";
+    std::string normalize = "auto";      // resolved by config_normalize
     int64_t max_samples = 0;
     int64_t shuffle_buffer = 0;          // > 0: stream .npy shards through a shuffle buffer
     std::string data_dtype = "auto";
@@ -62,7 +62,7 @@ struct Config {
     int64_t batch_size = 256;
     int64_t epochs = 10;
     int64_t max_iterations = 400;
-    int64_t lbfgs_history = 100;         // L-BFGS correction pairs kept (each 2·n doubles)
+    int64_t lbfgs_history = 10;          // L-BFGS correction pairs kept (each 2·n doubles)
     std::string lr_schedule = "constant";
     int64_t warmup_steps = 0;
     int64_t lr_step_size = 1000;
@@ -133,6 +133,9 @@ std::string config_help();
 // (topk, batchtopk, jumprelu) when architecture is left at "classic".
 std::string config_architecture(const Config& cfg);
 bool config_is_modern(const Config& cfg);
+// The normalisation the settings select: `normalize`, with auto resolved (unit_range for the
+// classic model, none for the modern architectures).
+std::string config_normalize(const Config& cfg);
 
 // Model and cost specs implied by the config, for a given input dimension.
 ModelSpec config_model_spec(const Config& cfg, int64_t d_in);

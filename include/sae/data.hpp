@@ -81,9 +81,30 @@ enum class Normalize { none, unit_range, ufldl };
 Normalize normalize_parse(const std::string& name);  // throws listing the valid names
 std::string normalize_name(Normalize n);
 
-// none: unchanged. unit_range: uint8 data divided by 255; float data rescaled from its global
-// [min, max] to [0, 1] (a constant array becomes 0). ufldl: subtract each sample's mean, clip to
-// ±3 standard deviations of all values, rescale linearly to [0.1, 0.9].
+// Input normalisation with its statistics. They are fitted once, on the training data, saved
+// with the model (cfg.json "normalize_stats") and applied as saved, so what a model computes for
+// a sample depends on that sample alone:
+//   none:       x' = x
+//   unit_range: x' = (x − min) / (max − min), in double, rounded to float (0 when max = min);
+//               min, max: those of the training data (uint8 data: 0 and 255, i.e. x / 255)
+//   ufldl:      y = x − mean(row x) (per sample, in double, rounded to float), then
+//               x' = (clamp(y, −clip, clip) / clip + 1) · 0.4 + 0.1 (0.5 when clip = 0);
+//               clip: 3 × the population standard deviation of every y of the training data
+struct Normalizer {
+    Normalize mode = Normalize::none;
+    double min = 0, max = 0;  // unit_range
+    double clip = 0;          // ufldl
+    // false: a model saved before the statistics were stored (they were re-derived from each
+    // file read); only uint8 data under unit_range (÷ 255) can be read as it was meant.
+    bool fitted = true;
+    std::string origin;  // where it was read from, for messages (a cfg.json path)
+};
+Normalizer normalizer_fit(const Matrix<float>& X, Normalize mode, SourceType source);
+// X [N, d] in place. Throws if the normaliser is unfitted (see `fitted`) unless the data is
+// uint8 under unit_range; `source` is the element type X was read from.
+void normalizer_apply(const Normalizer& n, Matrix<float>& X, SourceType source);
+
+// normalizer_fit on X, then normalizer_apply: for data tools (patches) whose output is data.
 void normalize_samples(Matrix<float>& X, Normalize mode, SourceType source);
 
 // Throws "<what>: sample i, feature j is NaN/inf; ..." if any value is non-finite.

@@ -8,6 +8,7 @@
 
 #include "sae/backend.hpp"
 #include "sae/config.hpp"
+#include "sae/data.hpp"
 #include "sae/metrics.hpp"
 #include "sae/model.hpp"
 #include "sae/objective.hpp"
@@ -15,10 +16,20 @@
 
 namespace sae {
 
-// Reads any supported file, keeps the first max_samples samples (0 = all), normalises, and
-// rejects non-finite values. Returns [N, d_in].
-Matrix<float> dataset_load(const std::string& path, const std::string& normalize,
-                           int64_t max_samples);
+// Reads any supported file, keeps the first max_samples samples (0 = all) and rejects
+// non-finite values. Returns the raw values [N, d_in]; *source (if given): the element type read.
+Matrix<float> dataset_read(const std::string& path, int64_t max_samples, SourceType* source = nullptr);
+// Training data: read, fit the normalisation `normalize` on it (*fitted), apply it.
+Matrix<float> dataset_load_fit(const std::string& path, const std::string& normalize,
+                               int64_t max_samples, Normalizer* fitted);
+// A model's input: read, then apply the model's saved normalisation.
+Matrix<float> dataset_load(const std::string& path, const Normalizer& norm, int64_t max_samples);
+
+// For a model saved before normalisation statistics were stored (`sae upgrade`): fits them on
+// its training data (`data`, or cfg.json's data and max_samples when empty) and rewrites cfg.json
+// atomically with "normalize_stats". Returns what was fitted; a model that has them already is
+// left alone (*changed = false).
+Normalizer model_fit_normalization(const std::string& dir, const std::string& data, bool* changed);
 
 struct EvalResult {
     CostTerms J;

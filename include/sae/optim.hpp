@@ -66,7 +66,7 @@ std::unique_ptr<Optimizer> optimizer_create(const std::string& name, int64_t n,
 using ObjectiveFn = std::function<double(const double* x, double* g)>;
 
 struct LbfgsOptions {
-    int history = 100;           // correction pairs kept (minFunc's default)
+    int history = 10;            // correction pairs kept (scipy's and mlpack's default)
     double grad_tol = 1e-5;      // stop when max|g| ≤ grad_tol
     double progress_tol = 1e-9;  // stop when |Δf| or max|Δx| falls below this
     double c1 = 1e-4, c2 = 0.9;  // strong Wolfe constants

@@ -27,6 +27,7 @@
 
 #include "sae/backend.hpp"
 #include "sae/config.hpp"
+#include "sae/data.hpp"
 #include "sae/model.hpp"
 #include "sae/objective.hpp"
 #include "sae/tensor.hpp"
@@ -85,8 +86,9 @@ struct PretrainedLayer {
 
 // Greedy layer-wise pretraining on X [n, d_in] (the training part). If out_dir is not empty,
 // each layer is saved as out_dir/layerK/ (model.safetensors, cfg.json; input.npy for K ≥ 2).
+// X is normalised by `norm` (saved with layer 1; the later layers take the codes as they are).
 std::vector<PretrainedLayer> stack_pretrain(Backend& be, const Config& cfg, const Matrix<float>& X,
-                                            const std::string& out_dir);
+                                            const std::string& out_dir, const Normalizer& norm = {});
 
 struct StackReport {
     std::vector<int64_t> layers;
@@ -115,9 +117,9 @@ struct StackModel {
 // seed, pretrain, softmax, fine-tune, accuracies before and after. If out_dir is not empty,
 // writes every output listed above. model (if not null) receives the fine-tuned network.
 StackReport stack_train(Backend& be, const Config& cfg, const Matrix<float>& X, const std::vector<int32_t>& labels,
-                        const std::string& out_dir, StackModel* model = nullptr);
+                        const std::string& out_dir, StackModel* model = nullptr, const Normalizer& norm = {});
 
-// sae stack: loads cfg.data (normalised as the settings say) and the labels file (IDX or .npy),
+// sae stack: loads cfg.data (its normalisation fitted on it and saved with layer 1) and the labels file (IDX or .npy),
 // checks that they match, then stack_train into out_dir.
 StackReport stack_run(const Config& cfg, const std::string& labels_path, const std::string& out_dir);
 
