@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Side-by-side: the same training step in PyTorch and in `sae bench`, alternating, same threads.
 
-Usage (system python3 with Debian's python3-torch; `apt-get install python3-torch`):
+Usage (Debian's python3-torch with OpenBLAS: `scripts/setup.sh --bench`, or apt-get install python3-torch
+python3-numpy libopenblas0-pthread). The script names the BLAS PyTorch loaded and refuses to report
+a ratio against the reference BLAS (what Debian's PyTorch runs when OpenBLAS is not installed):
     /usr/bin/python3 bench/compare_torch.py [--sae build/sae] [--rounds 3] [--threads 2]
                                             [--only classic,topk,topk_bf16] [--json out.json]
 
@@ -45,11 +47,88 @@ def loadavg():
         return float(f.read().split()[0])
 
 
+# --------------------------------------------------------------------------- which BLAS
+def blas_info():
+    """The BLAS whose sgemm PyTorch actually calls, found at run time.
+
+    Debian's PyTorch is built with BLAS_INFO=generic: it calls whatever libblas.so.3 the system's
+    alternative points to. Without `libopenblas0-pthread` that is the reference BLAS (a few
+    GFLOP/s), which no honest comparison may use. OpenBLAS may be loaded beside it (through
+    liblapack.so.3) while sgemm still binds to the reference library, so the library is found by
+    resolving `sgemm_` in libtorch_cpu's own lookup scope (dlsym on its handle, then dladdr).
+    Returns a dict: library (real path), kind ("openblas", "reference", "mkl" or "other"), and
+    OpenBLAS's own config, core and threads.
+    """
+    import ctypes
+    import torch
+
+    a = torch.ones(64, 64)
+    (a @ a).sum().item()  # make sure the BLAS is loaded
+    maps = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and parts[-1] not in maps:
+                maps.append(parts[-1])
+    torch_cpu = next((p for p in maps if os.path.basename(p).startswith("libtorch_cpu.so")), None)
+    info = {"kind": "other", "library": None, "libraries": [p for p in maps if "blas" in os.path.basename(p)]}
+
+    class DlInfo(ctypes.Structure):
+        _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p),
+                    ("saddr", ctypes.c_void_p)]
+
+    libdl = ctypes.CDLL(None)
+    libdl.dlsym.restype = ctypes.c_void_p
+    libdl.dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    libdl.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(DlInfo)]
+    handle = ctypes.CDLL(torch_cpu)._handle if torch_cpu else None
+    addr = libdl.dlsym(handle, b"sgemm_") if handle else None
+    d = DlInfo()
+    if addr and libdl.dladdr(addr, ctypes.byref(d)):
+        path = os.path.realpath(d.fname.decode())
+        info["library"] = path
+        if "openblas" in path:
+            info["kind"] = "openblas"
+        elif "mkl" in path:
+            info["kind"] = "mkl"
+        elif os.path.basename(path).startswith("libblas.so"):
+            info["kind"] = "reference"
+    if info["kind"] == "openblas":
+        lib = ctypes.CDLL(info["library"])
+        for fn, key in (("openblas_get_config", "openblas_config"), ("openblas_get_corename", "openblas_core")):
+            if hasattr(lib, fn):
+                getattr(lib, fn).restype = ctypes.c_char_p
+                info[key] = getattr(lib, fn)().decode().strip()
+        if hasattr(lib, "openblas_get_num_threads"):
+            info["openblas_threads"] = lib.openblas_get_num_threads()
+    cfg = torch.__config__.show()
+    info["torch_config"] = [t.strip(" ,-") for l in cfg.splitlines() for t in l.split(", ")
+                            if "BLAS_INFO" in t or "MKL-DNN" in t or "CPU capability" in t]
+    info["mkldnn"] = bool(torch.backends.mkldnn.is_available())
+    info["env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+                                               "OMP_NUM_THREADS") if k in os.environ}
+    return info
+
+
+def blas_line(info):
+    """One line naming PyTorch's BLAS, for the table."""
+    if info["kind"] == "openblas":
+        return "OpenBLAS (%s; core %s; %s threads; %s)" % (
+            info.get("openblas_config", "?"), info.get("openblas_core", "?"), info.get("openblas_threads", "?"),
+            info["library"])
+    return "%s (%s)" % (info["kind"], info["library"])
+
+
 # --------------------------------------------------------------------------- PyTorch worker
 def torch_worker(kind, steps, threads, warmup=2):
     import torch
 
     torch.set_num_threads(threads)
+    blas = blas_info()
+    if blas["kind"] not in ("openblas", "mkl"):
+        sys.exit("compare_torch: PyTorch runs the %s BLAS (%s), not OpenBLAS: a ratio against it would flatter sae "
+                 "many times over; install it with `scripts/setup.sh --bench` (apt-get install libopenblas0-pthread) "
+                 "and run again" % (blas["kind"], blas["library"] or "none loaded"))
     torch.manual_seed(0)
     if kind == "classic":
         d_in, d_sae, m = 784, 196, 256
@@ -142,6 +221,7 @@ def torch_worker(kind, steps, threads, warmup=2):
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "blas": blas,
     }
 
 
@@ -157,9 +237,11 @@ def run_torch(name, threads):
     _, kind, _, steps = CONFIGS[name]
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--steps", str(steps),
            "--threads", str(threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(out)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        sys.exit(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "compare_torch: the PyTorch worker failed")
+    return json.loads(p.stdout)
 
 
 def main():
@@ -193,7 +275,11 @@ def main():
                   (r + 1, n, s["samples_per_s"], t["samples_per_s"], s["samples_per_s"] / t["samples_per_s"],
                    loadavg()), file=sys.stderr, flush=True)
 
-    print("threads: %d" % a.threads)
+    first = results[names[0]]["torch"][0]
+    print("threads: %d; PyTorch %s, BLAS: %s; bf16 products through oneDNN (MKL-DNN) under autocast: %s" % (
+        a.threads, first["framework"].split()[-1], blas_line(first["blas"]), first["blas"]["mkldnn"]))
+    if first["blas"]["env"]:
+        print("environment: " + ", ".join("%s=%s" % kv for kv in first["blas"]["env"].items()))
     print("| configuration | sae samples/s | PyTorch samples/s | ratio | ratio by CPU time | sae ms/step | "
           "PyTorch ms/step | sae GFLOP/s (dense-equiv.) | sae RSS MiB | PyTorch RSS MiB | load avg |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
