@@ -47,35 +47,6 @@ std::string train_args(const std::string& data, const std::string& arch) {
            " --set seed=4 --set threads=1 --set l1_coefficient=0.01 --set l0_coefficient=0.001";
 }
 
-// The encoder exactly as docs/formats.md states it, from the saved tensors and cfg.json only.
-std::vector<double> documented_encode(const SafeTensors& st, const nlohmann::json& cfg, const float* x) {
-    const int64_t d_in = cfg["d_in"], d_sae = cfg["d_sae"];
-    const std::string arch = cfg["architecture"];
-    const auto& W = st.tensors.at("W_enc").f32;
-    const auto& b = st.tensors.at("b_enc").f32;
-    const auto& bd = st.tensors.at("b_dec").f32;
-    std::vector<double> pre(static_cast<size_t>(d_sae)), h(static_cast<size_t>(d_sae), 0.0);
-    for (int64_t j = 0; j < d_sae; ++j) {
-        double z = b[size_t(j)];
-        for (int64_t k = 0; k < d_in; ++k)
-            z += (double(x[k]) - (cfg["apply_b_dec_to_input"].get<bool>() ? double(bd[size_t(k)]) : 0.0)) *
-                 W[size_t(k * d_sae + j)];
-        pre[size_t(j)] = z;
-    }
-    if (arch == "standard") {
-        for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = std::max(0.0, pre[size_t(j)]);
-    } else if (arch == "topk") {
-        std::vector<int64_t> idx(static_cast<size_t>(d_sae));
-        for (int64_t j = 0; j < d_sae; ++j) idx[size_t(j)] = j;
-        std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t c) { return pre[size_t(a)] > pre[size_t(c)]; });
-        for (int64_t r = 0; r < cfg["k"].get<int64_t>(); ++r) h[size_t(idx[size_t(r)])] = std::max(0.0, pre[size_t(idx[size_t(r)])]);
-    } else {  // jumprelu, batchtopk: pre where pre > threshold
-        const auto& th = st.tensors.at("threshold").f32;
-        for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = pre[size_t(j)] > th[size_t(j)] ? pre[size_t(j)] : 0.0;
-    }
-    return h;
-}
-
 class ModernCli : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ModernCli, TrainEvalEncodeAndTheDocumentedFormat) {
@@ -118,7 +89,7 @@ TEST_P(ModernCli, TrainEvalEncodeAndTheDocumentedFormat) {
     const Array X = npy_read(data);
     ASSERT_EQ(H.shape, (std::vector<int64_t>{600, 32}));
     for (int64_t i : {0, 1, 17, 599}) {
-        const auto h = documented_encode(st, cfg, X.values.data() + i * 16);
+        const auto h = sae_test::documented_encode(st, cfg, X.values.data() + i * 16);
         for (int64_t q = 0; q < 32; ++q) EXPECT_NEAR(H.values[size_t(i * 32 + q)], h[size_t(q)], 1e-4) << arch << " " << i << "," << q;
     }
 }

@@ -35,60 +35,6 @@ std::string encode_cmd(const std::string& model, const std::string& data, const 
     return kSae + " encode --model " + model + " --data " + data + " --out " + out;
 }
 
-// What docs/formats.md says a reader applies before the encoder, in double, from cfg.json alone.
-std::vector<float> documented_normalize(const nlohmann::json& cfg, const float* x, int64_t d) {
-    std::vector<float> out(x, x + d);
-    const std::string mode = cfg["normalize"];
-    if (mode == "none") return out;
-    const auto& s = cfg["normalize_stats"];
-    if (mode == "unit_range") {
-        const double a = s["min"], b = s["max"];
-        for (int64_t i = 0; i < d; ++i) out[size_t(i)] = b == a ? 0.0f : float((double(x[i]) - a) / (b - a));
-        return out;
-    }
-    EXPECT_EQ(mode, "ufldl");
-    double mean = 0;
-    for (int64_t i = 0; i < d; ++i) mean += x[i];
-    mean /= double(d);
-    const double c = s["clip"];
-    for (int64_t i = 0; i < d; ++i) {
-        const double y = float(double(x[i]) - mean);
-        out[size_t(i)] = c == 0 ? 0.5f : float((std::min(std::max(y, -c), c) / c + 1.0) * 0.4 + 0.1);
-    }
-    return out;
-}
-
-// The encoder of docs/formats.md's table, in double (classic sigmoid and the modern ones).
-std::vector<double> documented_codes(const SafeTensors& st, const nlohmann::json& cfg, const float* x) {
-    const int64_t d_in = cfg["d_in"], d_sae = cfg["d_sae"];
-    const std::string arch = cfg["architecture"];
-    const auto& W = st.tensors.at("W_enc").f32;
-    const auto& b = st.tensors.at("b_enc").f32;
-    const auto& bd = st.tensors.at("b_dec").f32;
-    const bool sub = arch != "classic" && cfg["apply_b_dec_to_input"].get<bool>();
-    std::vector<double> pre(static_cast<size_t>(d_sae)), h(static_cast<size_t>(d_sae), 0.0);
-    for (int64_t j = 0; j < d_sae; ++j) {
-        double z = b[size_t(j)];
-        for (int64_t k = 0; k < d_in; ++k) z += (double(x[k]) - (sub ? double(bd[size_t(k)]) : 0.0)) * W[size_t(k * d_sae + j)];
-        pre[size_t(j)] = z;
-    }
-    if (arch == "classic") {
-        EXPECT_EQ(cfg["encoder_activation"], "sigmoid");
-        for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = 1.0 / (1.0 + std::exp(-pre[size_t(j)]));
-    } else if (arch == "standard") {
-        for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = std::max(0.0, pre[size_t(j)]);
-    } else if (arch == "topk") {
-        std::vector<int64_t> idx(static_cast<size_t>(d_sae));
-        for (int64_t j = 0; j < d_sae; ++j) idx[size_t(j)] = j;
-        std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t c) { return pre[size_t(a)] > pre[size_t(c)]; });
-        for (int64_t r = 0; r < cfg["k"].get<int64_t>(); ++r) h[size_t(idx[size_t(r)])] = std::max(0.0, pre[size_t(idx[size_t(r)])]);
-    } else {
-        const auto& th = st.tensors.at("threshold").f32;
-        for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = pre[size_t(j)] > th[size_t(j)] ? pre[size_t(j)] : 0.0;
-    }
-    return h;
-}
-
 struct Case {
     std::string arch, normalize;
 };
@@ -135,8 +81,7 @@ TEST_P(SelfContained, SameRowsSameCodesInAnyFile) {
 
     const SafeTensors st = safetensors_read(model + "/model.safetensors");
     for (int64_t i : {0, 7, 399}) {
-        const std::vector<float> x = documented_normalize(cfg, X.data() + i * d, d);
-        const std::vector<double> h = documented_codes(st, cfg, x.data());
+        const std::vector<double> h = sae_test::documented_encode(st, cfg, X.data() + i * d);
         for (int64_t q = 0; q < 10; ++q) EXPECT_NEAR(H.values[size_t(i * 10 + q)], h[size_t(q)], 2e-5) << i << "," << q;
     }
 

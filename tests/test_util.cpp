@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "sae/data.hpp"
 #include "sae/error.hpp"
@@ -22,6 +23,64 @@
 namespace fs = std::filesystem;
 
 namespace sae_test {
+
+// What docs/formats.md says a reader applies before the encoder, in double, from cfg.json alone.
+namespace {
+std::vector<float> documented_normalize(const nlohmann::json& cfg, const float* x, int64_t d) {
+    std::vector<float> out(x, x + d);
+    const std::string mode = cfg["normalize"];
+    if (mode == "none") return out;
+    const auto& s = cfg["normalize_stats"];
+    if (mode == "unit_range") {
+        const double a = s["min"], b = s["max"];
+        for (int64_t i = 0; i < d; ++i) out[size_t(i)] = b == a ? 0.0f : float((double(x[i]) - a) / (b - a));
+        return out;
+    }
+    EXPECT_EQ(mode, "ufldl");
+    double mean = 0;
+    for (int64_t i = 0; i < d; ++i) mean += x[i];
+    mean /= double(d);
+    const double c = s["clip"];
+    for (int64_t i = 0; i < d; ++i) {
+        const double y = float(double(x[i]) - mean);
+        out[size_t(i)] = c == 0 ? 0.5f : float((std::min(std::max(y, -c), c) / c + 1.0) * 0.4 + 0.1);
+    }
+    return out;
+}
+}  // namespace
+
+std::vector<double> documented_encode(const sae::SafeTensors& st, const nlohmann::json& cfg, const float* raw) {
+    const int64_t d_in = cfg["d_in"], d_sae = cfg["d_sae"];
+    const std::vector<float> xs = documented_normalize(cfg, raw, d_in);
+    const float* x = xs.data();
+    const std::string arch = cfg["architecture"];
+    const auto& W = st.tensors.at("W_enc").f32;
+    const auto& b = st.tensors.at("b_enc").f32;
+    const auto& bd = st.tensors.at("b_dec").f32;
+    const bool sub = arch != "classic" && cfg["apply_b_dec_to_input"].get<bool>();
+    std::vector<double> pre(static_cast<size_t>(d_sae)), h(static_cast<size_t>(d_sae), 0.0);
+    for (int64_t j = 0; j < d_sae; ++j) {
+        double z = b[size_t(j)];
+        for (int64_t k = 0; k < d_in; ++k) z += (double(x[k]) - (sub ? double(bd[size_t(k)]) : 0.0)) * W[size_t(k * d_sae + j)];
+        pre[size_t(j)] = z;
+    }
+    if (arch == "classic") {
+        EXPECT_EQ(cfg["encoder_activation"], "sigmoid");
+        for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = 1.0 / (1.0 + std::exp(-pre[size_t(j)]));
+    } else if (arch == "standard") {
+        for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = std::max(0.0, pre[size_t(j)]);
+    } else if (arch == "topk") {
+        std::vector<int64_t> idx(static_cast<size_t>(d_sae));
+        for (int64_t j = 0; j < d_sae; ++j) idx[size_t(j)] = j;
+        std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t c) { return pre[size_t(a)] > pre[size_t(c)]; });
+        for (int64_t r = 0; r < cfg["k"].get<int64_t>(); ++r) h[size_t(idx[size_t(r)])] = std::max(0.0, pre[size_t(idx[size_t(r)])]);
+    } else {
+        const auto& th = st.tensors.at("threshold").f32;
+        for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = pre[size_t(j)] > th[size_t(j)] ? pre[size_t(j)] : 0.0;
+    }
+    return h;
+}
+
 
 std::string temp_dir(const std::string& tag) {
     static std::atomic<int> counter{0};

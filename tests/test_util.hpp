@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "sae/io.hpp"
+
 namespace sae_test {
 
 // A fresh empty directory under the system temp dir, unique per call.
@@ -40,6 +42,11 @@ void expect_error_line(const std::function<void()>& f, const std::string& subjec
 // A command that failed as the CLI should: non-zero exit, and one line on stderr, "sae: error: ...",
 // containing needle.
 void expect_clear_error(const CommandResult& r, const std::string& needle);
+
+// The encoder exactly as docs/formats.md states it, from a model's saved files alone (in double):
+// the raw row x normalised as "Before the encoder" says (cfg.json normalize, normalize_stats),
+// then the architecture's row of "What the tensors compute".
+std::vector<double> documented_encode(const sae::SafeTensors& st, const nlohmann::json& cfg, const float* x);
 
 // Path to the built `sae` binary and to the source tree (set by CMake).
 std::string sae_binary();
