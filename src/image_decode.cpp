@@ -223,8 +223,8 @@ void jpeg_run(JpegJob& job) {
         throw Error(job.name + ": corrupt JPEG image (libjpeg: " + one_line(job.err.message) +
                     "); the file is damaged");
     }
+    job.created = true;  // (jpeg_destroy_decompress is safe on a struct that creating failed on)
     jpeg_create_decompress(&cinfo);
-    job.created = true;
     jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(job.bytes.data()), (unsigned long)job.bytes.size());
     jpeg_read_header(&cinfo, TRUE);
 
