@@ -312,6 +312,32 @@ TEST(Images, HugeDeclaredSizeIsRefusedBeforeAllocating) {
     expect_error([&] { image_decode(png, "huge.png"); },
                  {"huge.png: truncated or corrupt PNG image (its header claims 16384x16384 pixels, at least 260127 "
                   "bytes even at deflate's best ratio of 1032:1, but the file has "});
+    // The bound is deflate's best ratio (1032:1), which zlib nearly reaches on a constant image:
+    // a valid 2048 x 2048 PNG of zeros at level 9 is 4,145 bytes, the bound 4,066. It decodes.
+    const std::string raw_rows = std::string(size_t(2048) * 2049, '\0');  // filter byte 0, then zeros
+    std::string z(compressBound(uLong(raw_rows.size())), '\0');
+    uLongf z_len = uLongf(z.size());
+    ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(z.data()), &z_len, reinterpret_cast<const Bytef*>(raw_rows.data()),
+                        uLong(raw_rows.size()), 9),
+              Z_OK);
+    z.resize(z_len);
+    auto chunk = [](const std::string& type, const std::string& data) {
+        std::string c;
+        for (int k = 0; k < 4; ++k) c += char((data.size() >> (24 - 8 * k)) & 0xff);
+        c += type + data;
+        const uLong crc = crc32(0, reinterpret_cast<const Bytef*>(c.data() + 4), uInt(4 + data.size()));
+        for (int k = 0; k < 4; ++k) c += char((crc >> (24 - 8 * k)) & 0xff);
+        return c;
+    };
+    const std::string zeros = std::string("\x89PNG\r\n\x1a\n", 8) +
+                              chunk("IHDR", std::string("\0\0\x08\0\0\0\x08\0\x08\0\0\0\0", 13)) +
+                              chunk("IDAT", z) + chunk("IEND", "");
+    EXPECT_LT(zeros.size(), 4200u);
+    const Image flat = image_decode(zeros, "zeros.png");
+    EXPECT_EQ(flat.width, 2048);
+    EXPECT_EQ(flat.height, 2048);
+    EXPECT_EQ(*std::max_element(flat.pixels.begin(), flat.pixels.end()), 0.0f);
+
     std::string jpg = jpg_bytes(16, 16, 1, px);
     const size_t sof = jpg.find("\xFF\xC0");
     ASSERT_NE(sof, std::string::npos);
