@@ -3,9 +3,10 @@
 // (FFT, patches, model filters).
 //
 // Both libraries report errors through callbacks that must not return; ours record the message
-// and longjmp back to the setjmp in png_run / jpeg_run. Those two functions hold no C++ object
-// of their own (everything with a destructor lives in the caller's PngJob / JpegJob), so the jump
-// skips no destructor: only frames of the C libraries and of our callbacks lie between. Nothing
+// and longjmp back to the setjmp in png_guarded / jpeg_guarded, which hold no C++ object and
+// only return false; png_body / jpeg_body between hold none across a library call (everything
+// with a destructor lives in the caller's PngJob / JpegJob), so the jump skips no destructor.
+// The error is thrown by png_run / jpeg_run, outside the function that called setjmp. Nothing
 // is ever printed: libpng's warnings are dropped, libjpeg's output_message does nothing.
 #include <png.h>
 // jpeglib.h needs size_t and FILE declared first.
@@ -101,16 +102,9 @@ void png_take_row(const png_byte* p, int64_t width, int channels, bool deep, flo
     }
 }
 
-void png_run(PngJob& job) {
-    job.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &job, png_on_error, png_on_warning);
-    check(job.png != nullptr, job.name + ": cannot decode the PNG image (libpng could not start: out of memory?)");
-    job.info = png_create_info_struct(job.png);
-    check(job.info != nullptr, job.name + ": cannot decode the PNG image (out of memory)");
-    if (setjmp(png_jmpbuf(job.png))) {
-        if (job.ran_out)
-            throw Error(job.name + ": truncated PNG image (it ends before its IEND chunk); the file is incomplete");
-        throw Error(job.name + ": corrupt PNG image (libpng: " + one_line(job.message) + "); the file is damaged");
-    }
+// Everything between libpng's setjmp and the end of decoding (png_guarded holds the setjmp). Its
+// own objects with destructors (temporaries of a failing check) never live across a libpng call.
+[[gnu::noinline]] void png_body(PngJob& job) {
     png_set_read_fn(job.png, &job, png_on_read);
     // No ancillary chunk matters for gray levels (gamma, colour profiles and text are ignored,
     // as stb did): libpng skips them all unread but for their CRC. Every CRC error is fatal,
@@ -159,6 +153,24 @@ void png_run(PngJob& job) {
     }
     // The chunks after the image data, up to IEND: a file cut short there is truncated too.
     png_read_end(job.png, nullptr);
+}
+
+// false when libpng gave up (job.message, job.ran_out say why). No C++ object here: the error
+// message is built by the caller, outside the function that called setjmp.
+bool png_guarded(PngJob& job) {
+    if (setjmp(png_jmpbuf(job.png))) return false;
+    png_body(job);
+    return true;
+}
+
+void png_run(PngJob& job) {
+    job.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &job, png_on_error, png_on_warning);
+    check(job.png != nullptr, job.name + ": cannot decode the PNG image (libpng could not start: out of memory?)");
+    job.info = png_create_info_struct(job.png);
+    check(job.info != nullptr, job.name + ": cannot decode the PNG image (out of memory)");
+    if (png_guarded(job)) return;
+    if (job.ran_out) throw Error(job.name + ": truncated PNG image (it ends before its IEND chunk); the file is incomplete");
+    throw Error(job.name + ": corrupt PNG image (libpng: " + one_line(job.message) + "); the file is damaged");
 }
 
 // ----------------------------------------------------------------------------------- JPEG
@@ -210,19 +222,10 @@ struct JpegJob {
     }
 };
 
-void jpeg_run(JpegJob& job) {
+// Everything between libjpeg's setjmp and the end of decoding (jpeg_guarded holds the setjmp),
+// with the same rule as png_body.
+[[gnu::noinline]] void jpeg_body(JpegJob& job) {
     jpeg_decompress_struct& cinfo = job.cinfo;
-    cinfo.err = jpeg_std_error(&job.err.mgr);
-    job.err.mgr.error_exit = jpeg_on_error;
-    job.err.mgr.emit_message = jpeg_on_message;
-    job.err.mgr.output_message = jpeg_silent;
-    if (setjmp(job.err.jump)) {
-        if (job.err.truncated)
-            throw Error(job.name + ": truncated JPEG image (libjpeg: " + one_line(job.err.message) +
-                        "); the file is incomplete");
-        throw Error(job.name + ": corrupt JPEG image (libjpeg: " + one_line(job.err.message) +
-                    "); the file is damaged");
-    }
     job.created = true;  // (jpeg_destroy_decompress is safe on a struct that creating failed on)
     jpeg_create_decompress(&cinfo);
     jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(job.bytes.data()), (unsigned long)job.bytes.size());
@@ -270,8 +273,9 @@ void jpeg_run(JpegJob& job) {
     while (cinfo.output_scanline < cinfo.output_height) {
         const int64_t r = cinfo.output_scanline;
         JSAMPROW p = job.row.data();
-        check(jpeg_read_scanlines(&cinfo, &p, 1) == 1,  // a memory source never suspends
-              job.name + ": JPEG image gave no scanline; the file is damaged");
+        // The call first, then the check: no message string may be alive while libjpeg can jump.
+        const JDIMENSION got = jpeg_read_scanlines(&cinfo, &p, 1);
+        check(got == 1, job.name + ": JPEG image gave no scanline; the file is damaged");  // never: memory source
         float* out = &job.im.pixels[size_t(r * w)];
         for (int64_t c = 0; c < w; ++c, p += channels) {
             uint32_t v = p[0];
@@ -282,6 +286,23 @@ void jpeg_run(JpegJob& job) {
     }
     // Reads on to the end-of-image marker: a file cut short there is truncated too.
     jpeg_finish_decompress(&cinfo);
+}
+
+bool jpeg_guarded(JpegJob& job) {
+    if (setjmp(job.err.jump)) return false;
+    jpeg_body(job);
+    return true;
+}
+
+void jpeg_run(JpegJob& job) {
+    job.cinfo.err = jpeg_std_error(&job.err.mgr);
+    job.err.mgr.error_exit = jpeg_on_error;
+    job.err.mgr.emit_message = jpeg_on_message;
+    job.err.mgr.output_message = jpeg_silent;
+    if (jpeg_guarded(job)) return;
+    if (job.err.truncated)
+        throw Error(job.name + ": truncated JPEG image (libjpeg: " + one_line(job.err.message) + "); the file is incomplete");
+    throw Error(job.name + ": corrupt JPEG image (libjpeg: " + one_line(job.err.message) + "); the file is damaged");
 }
 
 }  // namespace
