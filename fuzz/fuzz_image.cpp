@@ -1,4 +1,4 @@
-// libFuzzer target: sae::image_decode (PNG and JPEG through stb_image) on arbitrary bytes.
+// libFuzzer target: sae::image_decode (PNG through libpng, JPEG through libjpeg-turbo) on arbitrary bytes.
 #include "fuzz_common.hpp"
 #include "sae/images.hpp"
 

@@ -3,13 +3,15 @@
 # then configures and builds into build/. Used by scripts/demo.sh and scripts/test.sh.
 # `scripts/setup.sh --packages` installs the packages only (scripts/sanitize.sh, scripts/fuzz.sh).
 # clang, libclang-rt-14-dev (libFuzzer) and llvm-14 (llvm-symbolizer, for readable reports)
-# are for the fuzz targets that CI runs (scripts/sanitize.sh).
+# are for the fuzz targets that CI runs (scripts/sanitize.sh). libpng-dev and libjpeg62-turbo-dev
+# decode images (src/image_decode.cpp); libstb-dev's stb_image_write writes PNGs (src/images.cpp),
+# and the tests use stb_image as a second decoder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(g++ cmake ninja-build pkg-config libdnnl-dev ocl-icd-opencl-dev libcli11-dev libtomlplusplus-dev
-          nlohmann-json3-dev libstb-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
-          clang libclang-rt-14-dev llvm-14 chromium)
+          nlohmann-json3-dev libstb-dev zlib1g-dev libpng-dev libjpeg62-turbo-dev libgtest-dev libgmock-dev
+          libbenchmark-dev clang libclang-rt-14-dev llvm-14 chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

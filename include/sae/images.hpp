@@ -25,14 +25,15 @@ struct Image {
 // Largest accepted width or height: checked from the header, before any pixel is decoded.
 inline constexpr int64_t kMaxImageSide = 16384;
 
-// PNG (8 or 16 bit, any channel count) or JPEG, recognised by content; colour is converted to
-// luma (stb's 0.30 R + 0.59 G + 0.11 B), alpha dropped; values scaled to [0, 1].
-// Every failure is one sae::Error line naming the file: unreadable, not a PNG or JPEG image,
-// too large, or corrupt/truncated.
+// PNG (any bit depth and colour type, interlaced or not; libpng) or JPEG (libjpeg-turbo),
+// recognised by content; colour is converted to luma ((77 R + 150 G + 29 B) >> 8, as stb_image
+// did), alpha dropped; values scaled to [0, 1]. Every failure is one sae::Error line naming the
+// file: unreadable, not a PNG or JPEG image, too large (sides over max_side, or a header
+// claiming more pixels than the file can hold), or corrupt/truncated.
 Image image_load(const std::string& path);
 // The same on a whole file's bytes; name is used in messages. max_side lowers the side limit
-// (the fuzz target uses it: a 16384x16384 image from a few hundred bytes of PNG is valid, but
-// takes seconds to decode under the sanitizers).
+// (the fuzz target uses it: a valid 16384x16384 image from some tens of kilobytes of PNG takes
+// seconds to decode under the sanitizers).
 Image image_decode(const std::string& bytes, const std::string& name, int64_t max_side = kMaxImageSide);
 
 // Expands each argument: a directory gives its *.png, *.jpg, *.jpeg files (any case, sorted by
