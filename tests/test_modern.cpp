@@ -108,15 +108,22 @@ ModernSpec case_spec(const Case& c, int64_t d_in, int64_t d_sae, int64_t k, int6
     return s;
 }
 
+// Every row of arch_table(), with and without b_dec subtracted from the input: standard with
+// and without decoder norms in its L1, AuxK on and off where it applies, and the inference rule
+// of a batch threshold.
 std::vector<Case> all_cases(bool with_inference) {
     std::vector<Case> out;
-    for (bool b : {true, false}) {
-        for (bool norm : {true, false}) out.push_back({Arch::standard, b, norm, false});
-        for (Arch a : {Arch::topk, Arch::batchtopk})
-            for (bool aux : {false, true}) out.push_back({a, b, false, aux});
-        out.push_back({Arch::jumprelu, b, false, false});
-        if (with_inference) out.push_back({Arch::batchtopk, b, false, true, 0.15});
-    }
+    for (bool b : {true, false})
+        for (const ArchInfo& row : arch_table()) {
+            if (row.arch == Arch::standard) {
+                for (bool norm : {true, false}) out.push_back({row.arch, b, norm, false});
+                continue;
+            }
+            out.push_back({row.arch, b, false, false});
+            if (row.aux_k) out.push_back({row.arch, b, false, true});
+            if (with_inference && row.threshold == ThresholdKind::batch)
+                out.push_back({row.arch, b, false, true, 0.15});
+        }
     return out;
 }
 
@@ -812,26 +819,29 @@ TEST(Layout, TensorsShapesAndOrder) {
     ModernSpec spec;
     spec.d_in = 3;
     spec.d_sae = 5;
-    for (Arch a : {Arch::standard, Arch::topk, Arch::batchtopk, Arch::jumprelu}) {
-        spec.arch = a;
+    for (const ArchInfo& row : arch_table()) {
+        spec.arch = row.arch;
         ParamLayout L = modern_layout(spec);
         std::vector<std::string> names;
         for (const auto& v : L.views) names.push_back(v.name);
-        std::vector<std::string> want = {"W_enc", "b_enc", "W_dec", "b_dec"};
-        if (a == Arch::jumprelu) want.push_back("log_threshold");
+        std::vector<std::string> want = {"W_enc", row.enc_bias, "W_dec", "b_dec"};
+        for (const char* e : row.extra) want.push_back(e);
         EXPECT_EQ(names, want);
         EXPECT_EQ(L.get("W_enc").shape, (std::vector<int64_t>{3, 5}));
         EXPECT_EQ(L.get("W_dec").shape, (std::vector<int64_t>{5, 3}));
-        EXPECT_EQ(L.total, 3 * 5 * 2 + 5 + 3 + (a == Arch::jumprelu ? 5 : 0));
+        EXPECT_EQ(L.total, 3 * 5 * 2 + 5 + 3 + 5 * int64_t(row.extra.size()));
     }
+    // The extra tensors of two rows, spelled out.
+    ASSERT_EQ(arch_info(Arch::jumprelu).extra.size(), 1u);
+    EXPECT_EQ(std::string(arch_info(Arch::jumprelu).extra[0]), "log_threshold");
+    EXPECT_TRUE(arch_info(Arch::standard).extra.empty());
 }
 
 TEST(Arch, ParseAndName) {
-    for (Arch a : {Arch::standard, Arch::topk, Arch::batchtopk, Arch::jumprelu})
-        EXPECT_EQ(arch_parse(arch_name(a)), a);
+    for (const ArchInfo& row : arch_table()) EXPECT_EQ(arch_parse(arch_name(row.arch)), row.arch);
     EXPECT_EQ(arch_parse("l1"), Arch::standard);
     try {
-        arch_parse("gated");
+        arch_parse("no_such_arch");
         FAIL() << "expected an error";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("batchtopk"), std::string::npos) << e.what();

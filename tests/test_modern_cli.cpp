@@ -14,6 +14,7 @@
 
 #include "sae/data.hpp"
 #include "sae/io.hpp"
+#include "sae/modern.hpp"
 #include "sae/objective.hpp"
 #include "test_util.hpp"
 
@@ -123,7 +124,12 @@ TEST_P(ModernCli, TrainEvalEncodeAndTheDocumentedFormat) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, ModernCli, ::testing::Values("standard", "topk", "batchtopk", "jumprelu"));
+std::vector<std::string> arch_names() {
+    std::vector<std::string> out;
+    for (const ArchInfo& row : arch_table()) out.push_back(row.name);
+    return out;
+}
+INSTANTIATE_TEST_SUITE_P(Architectures, ModernCli, ::testing::ValuesIn(arch_names()));
 
 // A model trained on x·s is saved to take raw x: same activations, reconstruction / s.
 TEST(ModernFolding, ExportedWeightsTakeRawInputs) {

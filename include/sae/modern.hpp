@@ -38,7 +38,33 @@
 namespace sae {
 
 enum class Arch { standard, topk, batchtopk, jumprelu };
-Arch arch_parse(const std::string& name);  // "standard" (alias "l1"), "topk", "batchtopk", "jumprelu"
+
+// What a learnt threshold is and how it is saved as the tensor `threshold` [d_sae].
+enum class ThresholdKind {
+    none,     // no threshold
+    learnt,   // a parameter log_threshold [d_sae], saved as exp(log_threshold)
+    batch,    // one inference threshold learnt from the training batches (running mean of the
+              // smallest kept activation), saved repeated d_sae times
+};
+
+// One row per architecture: everything the shared pipeline of modern_cost, the layout and the
+// saved files ask of it. The selection, penalty and dense backward that go with a row live in
+// src/modern.cpp (its ArchOps row), the reference in src/reference/reference_modern.cpp.
+struct ArchInfo {
+    Arch arch;
+    const char* name;
+    bool uses_k;              // keeps k latents per sample (exactly, or on average over a batch)
+    bool aux_k;               // AuxK on dead latents applies (when k_aux > 0)
+    bool lists;               // has the sparse path (active latents as row lists)
+    ThresholdKind threshold;  // learnt or batch threshold, saved as `threshold`
+    const char* enc_bias;     // the encoder product's bias tensor
+    std::vector<const char*> extra;  // further [d_sae] parameters, in layout order
+    const char* summary;      // one line for docs and errors
+};
+// Every architecture, in enum order; tests iterate over it.
+const std::vector<ArchInfo>& arch_table();
+const ArchInfo& arch_info(Arch a);
+Arch arch_parse(const std::string& name);  // a row's name, or "l1" for standard
 std::string arch_name(Arch a);
 
 struct ModernSpec {
