@@ -774,6 +774,10 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
         final_rows.insert(final_rows.end(),
                           {{"MSE", num(ev.mse, "%.5g")},
                            {"FVU (fraction of variance unexplained)", num(ev.fvu, "%.4f")},
+                           {"explained variance (1 − FVU)", num(ev.explained_variance, "%.4f")},
+                           {"cosine similarity of x and x̂ (mean)", num(ev.cossim, "%.4f")},
+                           {"L2 ratio ‖x̂‖/‖x‖ (mean)", num(ev.l2_ratio, "%.4f")},
+                           {"relative reconstruction bias", num(ev.relative_reconstruction_bias, "%.4f")},
                            {"L0 (active latents per sample)", num(ev.l0, "%.3f")},
                            {"mean ρ̂ (min – max)", num(ev.mean_activation, "%.4f") + " (" + num(ev.rho_hat_min, "%.4f") +
                                                      " – " + num(ev.rho_hat_max, "%.4f") + ")"},
