@@ -44,6 +44,8 @@ struct Tensors {
     T* W_dec;          // [d_sae, d_in]
     T* b_dec;          // [d_in]
     T* log_threshold;  // [d_sae], jumprelu only (else null)
+    T* r_mag;          // [d_sae], gated only (else null)
+    T* b_mag;          // [d_sae], gated only (else null)
 };
 
 template <class T>
@@ -53,10 +55,12 @@ Tensors<T> tensors(const ParamLayout& layout, T* flat) {
     for (const auto& v : layout.views) {
         T* p = flat + v.offset;
         if (v.name == "W_enc") t.W_enc = p;
-        else if (v.name == "b_enc") t.b_enc = p;
+        else if (v.name == "b_enc" || v.name == "b_gate") t.b_enc = p;  // the encoder product's bias
         else if (v.name == "W_dec") t.W_dec = p;
         else if (v.name == "b_dec") t.b_dec = p;
         else if (v.name == "log_threshold") t.log_threshold = p;
+        else if (v.name == "r_mag") t.r_mag = p;
+        else if (v.name == "b_mag") t.b_mag = p;
     }
     require(t.W_enc && t.b_enc && t.W_dec && t.b_dec,
             "modern SAE: parameter layout lacks W_enc, b_enc, W_dec or b_dec; build it with "
@@ -451,16 +455,18 @@ int64_t threshold_row_cap(const ModernSpec& spec, ProductPath path) {
 }  // namespace
 
 const std::vector<ArchInfo>& arch_table() {
-    //        arch             name         uses_k aux_k  lists  threshold               enc_bias  extra
+    //  arch  name  uses_k  aux_k  lists  threshold  gate  enc_bias  extra  summary
     static const std::vector<ArchInfo> table = {
-        {Arch::standard, "standard", false, false, false, ThresholdKind::none, "b_enc", {},
+        {Arch::standard, "standard", false, false, false, ThresholdKind::none, false, "b_enc", {},
          "relu(pre); L1 penalty weighted by decoder norms"},
-        {Arch::topk, "topk", true, true, true, ThresholdKind::none, "b_enc", {},
+        {Arch::topk, "topk", true, true, true, ThresholdKind::none, false, "b_enc", {},
          "relu of the k largest pre-activations of each sample"},
-        {Arch::batchtopk, "batchtopk", true, true, true, ThresholdKind::batch, "b_enc", {},
+        {Arch::batchtopk, "batchtopk", true, true, true, ThresholdKind::batch, false, "b_enc", {},
          "relu of the m*k largest pre-activations of the batch; a learnt threshold at inference"},
-        {Arch::jumprelu, "jumprelu", false, false, true, ThresholdKind::learnt, "b_enc", {"log_threshold"},
+        {Arch::jumprelu, "jumprelu", false, false, true, ThresholdKind::learnt, false, "b_enc", {"log_threshold"},
          "pre*H(pre - theta) with a learnt theta per latent; L0 penalty (straight-through)"},
+        {Arch::gated, "gated", false, false, false, ThresholdKind::none, true, "b_gate", {"r_mag", "b_mag"},
+         "1[gate > 0]*relu(magnitude), shared weights; L1 on relu(gate), gate reconstruction aux"},
     };
     return table;
 }
@@ -586,12 +592,17 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     Xhat.resize(max_m, d_in);
     dXhat.resize(max_m, d_in);
     dH.resize(dense_dh ? max_m : 0, d_sae);
-    Haux.resize(with_aux && !lists_only ? max_m : 0, d_sae);
+    // AuxK's buffers; the gate's reconstruction uses the same three.
+    const bool aux_buffers = with_aux || row.gate;
+    Haux.resize(aux_buffers && !lists_only ? max_m : 0, d_sae);
     if (lists_only) Haux.data.shrink_to_fit();
     // bf16 lists-only TopK: W_enc rounded once per step for all encoder blocks.
     w_bf16.resize(std::is_same_v<T, float> && lists_only && precision == Precision::bf16 ? size_t(d_in * d_sae) : 0);
-    Eaux.resize(with_aux ? max_m : 0, d_in);
-    dEaux.resize(with_aux ? max_m : 0, d_in);
+    Eaux.resize(aux_buffers ? max_m : 0, d_in);
+    dEaux.resize(aux_buffers ? max_m : 0, d_in);
+    mag.resize(row.gate ? max_m : 0, d_sae);
+    bias_sum.resize(row.gate ? size_t(d_sae) : 0);
+    mag_scale.resize(row.gate ? size_t(d_sae) : 0);
     // Entries per row of the lists: exactly k (TopK), a threshold rule's cap (the learnt and
     // batch thresholds), at least k for the batch selection.
     int64_t row_cap = 0;
@@ -912,6 +923,7 @@ struct Step {
     bool write_h;            // the dense H is written
     int64_t n_dead = 0;
     bool aux = false;        // AuxK runs this call
+    T* bias_grad = nullptr;  // Σᵢ ∂J/∂preᵢ [d_sae]: the encoder bias's gradient (gated: ws.bias_sum)
 };
 
 // The per-architecture half of a row of the table (the other half, ArchInfo, is public).
@@ -923,11 +935,24 @@ struct ArchOps {
     bool (*select)(Step<T>& s);
     // J.sparsity (may leave per-latent values in s.latent for the backward); null: 0.
     double (*penalty)(Step<T>& s);
-    // Dense path, between ∂J/∂h = dXhat·W_decᵀ (in dH) and the gate (dH zeroed where h = 0):
-    // adds the penalty's gradient into dH and writes the row's own parameter gradients; null:
-    // nothing to add.
+    // Dense path: turns ∂J/∂h = dXhat·W_decᵀ (in dH) into ∂J/∂pre, the gradient of the encoder
+    // product's output, adding the penalty's and the row's own terms and writing the row's own
+    // parameter gradients; null: pass it where h > 0 (gate_mask).
     void (*dense_backward)(Step<T>& s, T* dH);
+    // The row's own auxiliary term (J.aux; AuxK is the pipeline's); null: none.
+    double (*aux)(Step<T>& s);
 };
+
+// Through σ: the gradient passes exactly where h > 0 (relu's positive part, the kept
+// TopK/BatchTopK entries, the open JumpReLU gate since θ > 0).
+template <class T>
+void gate_mask(Step<T>& s, T* dH) {
+    const int64_t nH = s.m * s.d_sae;
+    const T* H = s.H;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < nH; ++t)
+        if (!(H[t] > T(0))) dH[t] = T(0);
+}
 
 // --- standard: relu, L1 weighted by decoder norms ----------------------------------------
 template <class T>
@@ -940,9 +965,9 @@ bool select_relu(Step<T>& s) {
     return false;
 }
 
-// latent[j] = ‖W_dec[j]‖ (or 1); J.sparsity = λ₁·(1/m)·Σᵢⱼ |hᵢⱼ|·latent[j].
+// latent[j] = ‖W_dec[j]‖ (or 1); returns λ₁·(1/m)·Σᵢⱼ |Aᵢⱼ|·latent[j] for A [m, d_sae].
 template <class T>
-double penalty_l1(Step<T>& s) {
+double weighted_l1(Step<T>& s, const T* A) {
     const int64_t d_in = s.d_in, d_sae = s.d_sae;
     double* latent = s.latent;
     const T* W_dec = s.P.W_dec;
@@ -959,41 +984,56 @@ double penalty_l1(Step<T>& s) {
     } else {
         for (int64_t j = 0; j < d_sae; ++j) latent[j] = 1.0;
     }
-    const T* H = s.H;
     double* row_sums = s.row_sums;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < s.m; ++i) {
         double row = 0;
-        for (int64_t j = 0; j < d_sae; ++j) row += std::fabs(double(H[i * d_sae + j])) * latent[j];
+        for (int64_t j = 0; j < d_sae; ++j) row += std::fabs(double(A[i * d_sae + j])) * latent[j];
         row_sums[i] = row;
     }
     return s.l1 * sum_in_order(row_sums, s.m) * s.inv_m;
 }
 
+// J.sparsity = λ₁·(1/m)·Σᵢⱼ |hᵢⱼ|·‖W_dec[j]‖.
+template <class T>
+double penalty_l1(Step<T>& s) {
+    return weighted_l1(s, s.H);
+}
+
+// ∂/∂W_dec[j] of λ₁·(1/m)·Σᵢ|Aᵢⱼ|·‖W_dec[j]‖ = (λ₁/m)·Σᵢ|Aᵢⱼ|·W_dec[j]/‖W_dec[j]‖ (latent[j] = the norm).
+template <class T>
+void decoder_norm_grad(Step<T>& s, const T* A) {
+    const int64_t d_in = s.d_in, d_sae = s.d_sae;
+    const double c = s.l1 * s.inv_m;
+    const double* latent = s.latent;
+    column_sums(
+        s.m, d_sae, [&](int64_t i, int64_t j) { return std::fabs(double(A[i * d_sae + j])); },
+        [&](int64_t j, double a) {
+            if (latent[j] == 0) return;  // no direction: the norm has no gradient here
+            const double f = c * a / latent[j];
+            for (int64_t col = 0; col < d_in; ++col)
+                s.G.W_dec[j * d_in + col] += T(f * double(s.P.W_dec[j * d_in + col]));
+        });
+}
+
 // ∂/∂hᵢⱼ = (λ/m)·sign(hᵢⱼ)·‖W_dec[j]‖; ∂/∂W_dec[j] = (λ/m)·Σᵢ|hᵢⱼ|·W_dec[j]/‖W_dec[j]‖.
 template <class T>
 void dense_backward_l1(Step<T>& s, T* dH) {
-    if (s.l1 == 0) return;
-    const int64_t d_in = s.d_in, d_sae = s.d_sae;
-    const double c = s.l1 * s.inv_m;
-    const T* H = s.H;
-    const double* latent = s.latent;
+    if (s.l1 != 0) {
+        const int64_t d_sae = s.d_sae;
+        const double c = s.l1 * s.inv_m;
+        const T* H = s.H;
+        const double* latent = s.latent;
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < s.m; ++i)
-        for (int64_t j = 0; j < d_sae; ++j) {
-            const T h = H[i * d_sae + j];
-            const double sg = h > T(0) ? 1.0 : (h < T(0) ? -1.0 : 0.0);
-            dH[i * d_sae + j] += T(c * sg * latent[j]);
-        }
-    if (s.spec.l1_decoder_norm)
-        column_sums(
-            s.m, d_sae, [&](int64_t i, int64_t j) { return std::fabs(double(H[i * d_sae + j])); },
-            [&](int64_t j, double a) {
-                if (latent[j] == 0) return;  // no direction: the norm has no gradient here
-                const double f = c * a / latent[j];
-                for (int64_t col = 0; col < d_in; ++col)
-                    s.G.W_dec[j * d_in + col] += T(f * double(s.P.W_dec[j * d_in + col]));
-            });
+        for (int64_t i = 0; i < s.m; ++i)
+            for (int64_t j = 0; j < d_sae; ++j) {
+                const T h = H[i * d_sae + j];
+                const double sg = h > T(0) ? 1.0 : (h < T(0) ? -1.0 : 0.0);
+                dH[i * d_sae + j] += T(c * sg * latent[j]);
+            }
+        if (s.spec.l1_decoder_norm) decoder_norm_grad(s, H);
+    }
+    gate_mask(s, dH);
 }
 
 // --- threshold rules (JumpReLU, BatchTopK inference) -------------------------------------
@@ -1064,20 +1104,125 @@ void dense_backward_jump(Step<T>& s, T* dH) {
             return std::fabs(u) < 0.5 ? -th / eps * double(dH[i * d_sae + j]) + l0_term : 0.0;
         },
         [&](int64_t j, double g) { s.G.log_threshold[j] = T(latent[j] * g); });
+    gate_mask(s, dH);
+}
+
+// --- gated: h = 1[gate > 0]·relu(mag), shared weights -------------------------------------
+// pre is the gate (bias b_gate); mag = (pre − b_gate)·exp(r_mag) + b_mag; Haux = relu(gate).
+template <class T>
+bool select_gated(Step<T>& s) {
+    const int64_t m = s.m, n = s.d_sae;
+    double* er = s.ws.mag_scale.data();
+    for (int64_t j = 0; j < n; ++j) er[j] = std::exp(double(s.P.r_mag[j]));
+    const T* pre = s.pre;
+    const T* b_gate = s.P.b_enc;
+    const T* b_mag = s.P.b_mag;
+    T* mag = s.ws.mag.data.data();
+    T* H = s.H;
+    T* Hg = s.ws.Haux.data.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t t = i * n + j;
+            const T g = pre[t];
+            const T mg = T((double(g) - double(b_gate[j])) * er[j] + double(b_mag[j]));
+            mag[t] = mg;
+            H[t] = g > T(0) && mg > T(0) ? mg : T(0);
+            Hg[t] = g > T(0) ? g : T(0);
+        }
+    return false;
+}
+
+// λ₁·(1/m)·Σᵢⱼ relu(gateᵢⱼ)·‖W_dec[j]‖.
+template <class T>
+double penalty_gate(Step<T>& s) {
+    return weighted_l1(s, s.ws.Haux.data.data());
+}
+
+// x̃ = relu(gate)·W_dec + b_dec (decoder frozen); aux = (1/m)·Σᵢ ½‖x̃ᵢ − xᵢ‖²; dEaux = (x̃ − x)/m.
+template <class T>
+double aux_gate(Step<T>& s) {
+    ModernWorkspace<T>& ws = s.ws;
+    const int64_t m = s.m, d_in = s.d_in;
+    T* Et = ws.Eaux.data.data();
+    T* dE = ws.dEaux.data.data();
+    product(s.be, Trans::no, Trans::no, m, d_in, s.d_sae, ws.Haux.data.data(), s.d_sae, s.P.W_dec, d_in, T(0), Et,
+            d_in, s.P.b_dec, s.prec);
+    const T* X = s.X;
+    double* row_sums = s.row_sums;
+    const double inv_m = s.inv_m;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i) {
+        double row = 0;
+        for (int64_t c = 0; c < d_in; ++c) {
+            const double e = double(Et[i * d_in + c]) - double(X[i * d_in + c]);
+            row += e * e;
+            dE[i * d_in + c] = T(e * inv_m);
+        }
+        row_sums[i] = row;
+    }
+    return 0.5 * sum_in_order(row_sums, m) * inv_m;
+}
+
+// dH = ∂J/∂h on entry. dmag = dH where gate > 0 and mag > 0; dgate = (λ₁/m)·‖W_dec[j]‖ +
+// dEaux·W_decᵀ where gate > 0; ∂J/∂(x'·W_enc) = dgate + exp(r_mag)·dmag (left in dH);
+// b_gate: Σ dgate, b_mag: Σ dmag, r_mag: Σ dmag·(gate − b_gate)·exp(r_mag); the penalty's
+// decoder-norm gradient into W_dec (the aux term's decoder is frozen).
+template <class T>
+void dense_backward_gate(Step<T>& s, T* dH) {
+    ModernWorkspace<T>& ws = s.ws;
+    const int64_t m = s.m, n = s.d_sae, d_in = s.d_in;
+    T* Hg = ws.Haux.data.data();
+    if (s.l1 != 0 && s.spec.l1_decoder_norm) decoder_norm_grad(s, Hg);
+    // Hg is not needed again: it takes dEaux·W_decᵀ [m, d_sae], then dgate.
+    product(s.be, Trans::no, Trans::yes, m, n, d_in, ws.dEaux.data.data(), d_in, s.P.W_dec, d_in, T(0), Hg, n,
+            nullptr, s.prec);
+    const double c = s.l1 * s.inv_m;
+    const double* latent = s.latent;
+    const double* er = ws.mag_scale.data();
+    const T* pre = s.pre;
+    T* mag = ws.mag.data.data();  // takes dmag
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t t = i * n + j;
+            const bool open = pre[t] > T(0);
+            const T dmag = open && mag[t] > T(0) ? dH[t] : T(0);
+            const T dgate = open ? T(c * latent[j] + double(Hg[t])) : T(0);
+            mag[t] = dmag;
+            Hg[t] = dgate;
+            dH[t] = T(double(dgate) + er[j] * double(dmag));
+        }
+    const T* b_gate = s.P.b_enc;
+    column_sums(
+        m, n, [&](int64_t i, int64_t j) { return double(Hg[i * n + j]); },
+        [&](int64_t j, double v) { s.G.b_enc[j] = T(v); });
+    column_sums(
+        m, n, [&](int64_t i, int64_t j) { return double(mag[i * n + j]); },
+        [&](int64_t j, double v) { s.G.b_mag[j] = T(v); });
+    column_sums(
+        m, n,
+        [&](int64_t i, int64_t j) {
+            return double(mag[i * n + j]) * (double(pre[i * n + j]) - double(b_gate[j]));
+        },
+        [&](int64_t j, double v) { s.G.r_mag[j] = T(v * er[j]); });
 }
 
 // The rows of the table, in arch_table() order.
 template <class T>
 const ArchOps<T>& arch_ops(Arch a) {
-    static const ArchOps<T> standard{select_relu<T>, penalty_l1<T>, dense_backward_l1<T>};
-    static const ArchOps<T> topk{select_topk_all<T>, nullptr, nullptr};
-    static const ArchOps<T> batchtopk{select_batch<T>, nullptr, nullptr};
-    static const ArchOps<T> jumprelu{select_jump<T>, penalty_l0<T>, dense_backward_jump<T>};
+    //                                select              penalty          dense_backward            aux
+    static const ArchOps<T> standard{select_relu<T>, penalty_l1<T>, dense_backward_l1<T>, nullptr};
+    static const ArchOps<T> topk{select_topk_all<T>, nullptr, nullptr, nullptr};
+    static const ArchOps<T> batchtopk{select_batch<T>, nullptr, nullptr, nullptr};
+    static const ArchOps<T> jumprelu{select_jump<T>, penalty_l0<T>, dense_backward_jump<T>, nullptr};
+    static const ArchOps<T> gated{select_gated<T>, penalty_gate<T>, dense_backward_gate<T>, aux_gate<T>};
     switch (a) {
         case Arch::standard: return standard;
         case Arch::topk: return topk;
         case Arch::batchtopk: return batchtopk;
         case Arch::jumprelu: return jumprelu;
+        case Arch::gated: return gated;
     }
     throw Error("arch_ops: an Arch value without ops");
 }
@@ -1308,8 +1453,9 @@ template <class T>
 void stage_backward_dense(Step<T>& s, const ArchOps<T>& ops, const ParamLayout& layout, T* grad,
                           PhaseClock& clock) {
     ModernWorkspace<T>& ws = s.ws;
-    const int64_t m = s.m, d_in = s.d_in, d_sae = s.d_sae, nH = m * d_sae;
+    const int64_t m = s.m, d_in = s.d_in, d_sae = s.d_sae;
     std::fill(grad, grad + layout.total, T(0));
+    if (s.bias_grad != s.G.b_enc) std::fill(s.bias_grad, s.bias_grad + d_sae, T(0));
     if (ws.dH.rows < m || ws.dH.cols != d_sae) ws.dH.resize(ws.H.rows, d_sae);  // see header
     T* dH = ws.dH.data.data();
     const T* H = s.H;
@@ -1326,13 +1472,9 @@ void stage_backward_dense(Step<T>& s, const ArchOps<T>& ops, const ParamLayout& 
     product(s.be, Trans::no, Trans::yes, m, d_sae, d_in, dXhat, d_in, P.W_dec, d_in, T(0), dH, d_sae, nullptr,
             s.prec);
 
+    // Through σ (and the row's own terms): dH becomes ∂J/∂pre.
     if (ops.dense_backward) ops.dense_backward(s, dH);
-
-    // Through σ: every architecture passes the gradient exactly where h > 0 (relu's positive
-    // part, the kept TopK/BatchTopK entries, the open JumpReLU gate since θ > 0).
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < nH; ++t)
-        if (!(H[t] > T(0))) dH[t] = T(0);
+    else gate_mask(s, dH);
 
     if (s.aux) {
         const T* Haux = ws.Haux.data.data();
@@ -1348,25 +1490,27 @@ void stage_backward_dense(Step<T>& s, const ArchOps<T>& ops, const ParamLayout& 
                     dH[i * d_sae + j] += dot(dEaux + i * d_in, P.W_dec + j * d_in, d_in);
     }
 
-    // Encoder: dW_enc += x'ᵀ·dpre, db_enc += Σᵢ dpre.
+    // Encoder: dW_enc += x'ᵀ·dpre, db_enc += Σᵢ dpre (gated: Σᵢ dpre is kept for b_dec only).
     product(s.be, Trans::yes, Trans::no, d_in, d_sae, m, s.xin, d_in, dH, d_sae, T(1), G.W_enc, d_sae, nullptr,
             s.prec);
+    T* bias_grad = s.bias_grad;
     column_sums(
         m, d_sae, [&](int64_t i, int64_t j) { return double(dH[i * d_sae + j]); },
-        [&](int64_t j, double v) { G.b_enc[j] += T(v); });
+        [&](int64_t j, double v) { bias_grad[j] += T(v); });
     clock.mark(6);
 }
 
 // Through x' = x − b_dec: ∂J/∂b_dec −= Σᵢ dpreᵢ·W_encᵀ = W_enc·(Σᵢ dpreᵢ), and Σᵢ dpreᵢ is
-// exactly the encoder bias's gradient.
+// the encoder bias's gradient (gated: kept apart in ws.bias_sum).
 template <class T>
 void stage_b_dec(Step<T>& s) {
     if (!s.spec.apply_b_dec_to_input) return;
     const int64_t d_sae = s.d_sae;
     const Tensors<T>& P = s.P;
     const Tensors<T>& G = s.G;
+    const T* bias_grad = s.bias_grad;
 #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < s.d_in; ++c) G.b_dec[c] -= T(dot_double(P.W_enc + c * d_sae, G.b_enc, d_sae));
+    for (int64_t c = 0; c < s.d_in; ++c) G.b_dec[c] -= T(dot_double(P.W_enc + c * d_sae, bias_grad, d_sae));
 }
 
 }  // namespace
@@ -1401,6 +1545,9 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     const auto P = tensors(layout, const_cast<T*>(params));
     require(row.threshold != ThresholdKind::learnt || P.log_threshold,
             "modern_cost: jumprelu needs log_threshold in the parameter layout");
+    require(!row.gate || (P.r_mag && P.b_mag && ws.mag.rows >= m && int64_t(ws.bias_sum.size()) == d_sae &&
+                          ws.Haux.rows >= m && ws.Eaux.rows >= m),
+            "modern_cost: gated needs r_mag and b_mag in the layout and a workspace reserved for it");
     Step<T> s{be,
               spec,
               ws,
@@ -1450,10 +1597,12 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     J.rec = stage_decode(s, sparse);
     clock.mark(3);
     if (s.aux) J.aux = stage_auxk(s, sparse, fused);
+    else if (ops.aux) J.aux = ops.aux(s);
     clock.mark(4);
     if (!grad) return J;
 
     s.G = tensors(layout, grad);
+    s.bias_grad = row.gate ? ws.bias_sum.data() : s.G.b_enc;
     if (sparse)
         stage_backward_sparse(s, clock);
     else

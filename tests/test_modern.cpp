@@ -55,7 +55,8 @@ Problem make_problem(const ModernSpec& spec, int64_t m, uint64_t seed, bool with
         for (int64_t i = 0; i < v.numel(); ++i) {
             double& w = p.params[size_t(v.offset + i)];
             if (v.name == "W_enc" || v.name == "W_dec") w = rng.uniform(-0.5, 0.5);
-            else if (v.name == "b_enc") w = rng.uniform(-0.1, 0.3);
+            else if (v.name == "b_enc" || v.name == "b_gate" || v.name == "b_mag") w = rng.uniform(-0.1, 0.3);
+            else if (v.name == "r_mag") w = rng.uniform(-0.3, 0.3);
             else if (v.name == "b_dec") w = rng.uniform(-0.3, 0.3);
             else w = std::log(rng.uniform(0.05, 0.4));  // log_threshold
         }
@@ -131,7 +132,8 @@ constexpr double kScale = 0.7;  // sparsity_scale used throughout (not 1, so it 
 
 // --- central differences ------------------------------------------------------------------
 // The objective differentiated: rec + sparsity + AuxK with e = x − x̂ frozen at the base point
-// (the spec treats e as a constant). The selection (TopK/BatchTopK/AuxK sets, JumpReLU gates)
+// (the spec treats e as a constant); gated: + the gate's reconstruction through the decoder
+// frozen at the base point. The selection (TopK/BatchTopK/AuxK sets, JumpReLU gates)
 // is piecewise constant: a parameter whose ±eps step changes it is skipped and counted.
 struct FdResult {
     double err = 0;
@@ -150,19 +152,32 @@ template <class F>
 FdResult central_differences(const Problem& p, const std::vector<double>& ana, F&& eval,
                              double eps = 1e-6) {
     const bool aux = p.spec.k_aux > 0 && !p.dead.empty();
-    const int64_t m = p.m;
+    const bool gate = arch_info(p.spec.arch).gate;
+    const int64_t m = p.m, d_in = p.spec.d_in, d_sae = p.spec.d_sae;
+    const double* Wd0 = p.params.data() + p.layout.get("W_dec").offset;
+    const double* bd0 = p.params.data() + p.layout.get("b_dec").offset;
     Eval base = eval(p.params);
     std::vector<double> e0(base.Xhat.size());
     for (size_t t = 0; t < e0.size(); ++t) e0[t] = p.X[t] - base.Xhat[t];
     auto pattern = [&](const Eval& e) {
         std::vector<uint8_t> pat;
         for (double h : e.H) pat.push_back(h != 0);
-        if (aux)
+        if (aux || gate)
             for (double h : e.Haux) pat.push_back(h != 0);
         return pat;
     };
     auto objective = [&](const Eval& e) {
         double f = e.J.rec + e.J.sparsity;
+        if (gate) {
+            double q = 0;
+            for (int64_t i = 0; i < m; ++i)
+                for (int64_t c = 0; c < d_in; ++c) {
+                    double z = bd0[c];
+                    for (int64_t j = 0; j < d_sae; ++j) z += e.Haux[size_t(i * d_sae + j)] * Wd0[j * d_in + c];
+                    q += (z - p.X[size_t(i * d_in + c)]) * (z - p.X[size_t(i * d_in + c)]);
+                }
+            f += 0.5 * q / double(m);
+        }
         if (aux) {
             double s = 0;
             for (size_t t = 0; t < e0.size(); ++t) s += (e.Ehat[t] - e0[t]) * (e.Ehat[t] - e0[t]);
@@ -225,8 +240,11 @@ TEST_P(GradientTest, FastPathMatchesCentralDifferences) {
     if (c.aux) {
         EXPECT_GT(base.J.aux, 0.0);
     }
-    if (c.arch == Arch::standard || c.arch == Arch::jumprelu) {
+    if (c.arch == Arch::standard || c.arch == Arch::jumprelu || c.arch == Arch::gated) {
         EXPECT_GT(base.J.sparsity, 0.0);
+    }
+    if (arch_info(c.arch).gate) {
+        EXPECT_GT(base.J.aux, 0.0);
     }
     const FdResult r = central_differences(
         p, ana, [&](const std::vector<double>& x) { return fast_eval(*be, p, x, ws, nullptr); });

@@ -53,7 +53,7 @@ std::vector<double> documented_encode(const SafeTensors& st, const nlohmann::jso
     const int64_t d_in = cfg["d_in"], d_sae = cfg["d_sae"];
     const std::string arch = cfg["architecture"];
     const auto& W = st.tensors.at("W_enc").f32;
-    const auto& b = st.tensors.at("b_enc").f32;
+    const auto& b = st.tensors.at(arch == "gated" ? "b_gate" : "b_enc").f32;
     const auto& bd = st.tensors.at("b_dec").f32;
     std::vector<double> pre(static_cast<size_t>(d_sae)), h(static_cast<size_t>(d_sae), 0.0);
     for (int64_t j = 0; j < d_sae; ++j) {
@@ -65,6 +65,16 @@ std::vector<double> documented_encode(const SafeTensors& st, const nlohmann::jso
     }
     if (arch == "standard") {
         for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = std::max(0.0, pre[size_t(j)]);
+    } else if (arch == "gated") {  // pre is the gate; mag = x'·(W_enc ⊙ exp(r_mag)) + b_mag
+        const auto& r = st.tensors.at("r_mag").f32;
+        const auto& bm = st.tensors.at("b_mag").f32;
+        for (int64_t j = 0; j < d_sae; ++j) {
+            double mag = bm[size_t(j)];
+            for (int64_t k = 0; k < d_in; ++k)
+                mag += (double(x[k]) - (cfg["apply_b_dec_to_input"].get<bool>() ? double(bd[size_t(k)]) : 0.0)) *
+                       W[size_t(k * d_sae + j)] * std::exp(double(r[size_t(j)]));
+            h[size_t(j)] = pre[size_t(j)] > 0 ? std::max(0.0, mag) : 0.0;
+        }
     } else if (arch == "topk") {
         std::vector<int64_t> idx(static_cast<size_t>(d_sae));
         for (int64_t j = 0; j < d_sae; ++j) idx[size_t(j)] = j;
@@ -133,7 +143,7 @@ INSTANTIATE_TEST_SUITE_P(Architectures, ModernCli, ::testing::ValuesIn(arch_name
 
 // A model trained on x·s is saved to take raw x: same activations, reconstruction / s.
 TEST(ModernFolding, ExportedWeightsTakeRawInputs) {
-    for (const std::string arch : {"standard", "topk", "jumprelu"}) {
+    for (const std::string arch : {"standard", "topk", "jumprelu", "gated"}) {
         Config cfg;
         cfg.architecture = arch;
         cfg.d_sae = 12;

@@ -7,17 +7,25 @@
 //     batchtopk: training (threshold < 0 passed): relu of the m·k largest entries of pre over
 //                the whole batch; inference: pre·1[pre > threshold] with the learnt threshold
 //     jumprelu : pre·H(pre − θ), θ = exp(log_threshold) per latent
+//     gated    : pre (with bias b_gate) is the gate; the magnitude path shares the weights,
+//                mag = x'·(W_enc ⊙ exp(r_mag)) + b_mag = (pre − b_gate)·exp(r_mag) + b_mag,
+//                h = 1[pre > 0]·relu(mag)  (Rajamanoharan et al. 2024)
 //   x̂ = h·W_dec + b_dec                                     x̂ [m, d_in]
 // Cost terms (every term averaged over the batch, same convention as the classic model):
 //   rec      = (1/m)·Σᵢ ½‖x̂ᵢ − xᵢ‖²
 //   sparsity = standard: λ₁·(1/m)·Σᵢⱼ |hᵢⱼ|·‖W_dec[j]‖ (‖W_dec[j]‖ factor only if
-//              l1_decoder_norm); jumprelu: λ₀·(1/m)·Σᵢⱼ H(preᵢⱼ − θⱼ); topk/batchtopk: 0.
+//              l1_decoder_norm); jumprelu: λ₀·(1/m)·Σᵢⱼ H(preᵢⱼ − θⱼ); topk/batchtopk: 0;
+//              gated: λ₁·(1/m)·Σᵢⱼ relu(preᵢⱼ)·‖W_dec[j]‖ (the norm as for standard).
 //              Multiplied by sparsity_scale (sparsity-coefficient warm-up).
 //   aux      = AuxK (topk/batchtopk, when a dead mask is given and at least one latent is dead):
 //              e = x − x̂ (treated as a constant), among dead latents take the k_aux largest
 //              pre-activations per row (relu), ê = h_aux·W_dec (no bias),
 //              aux = aux_coefficient·(1/m)·Σᵢ ½‖êᵢ − eᵢ‖². Gradient flows to W_enc, b_enc (and
 //              b_dec through x' if applied), W_dec through ê only.
+//              gated instead: the gate's own reconstruction through a frozen decoder,
+//              x̃ = relu(pre)·W_dec + b_dec with W_dec, b_dec constants, aux = (1/m)·Σᵢ ½‖x̃ᵢ − xᵢ‖²
+//              (coefficient 1, the same ½ as rec); its gradient reaches W_enc, b_gate (and b_dec
+//              through x' only).
 //   weight_decay: 0 (not used by modern SAEs).
 // Straight-through gradients (Rajamanoharan et al. 2024), rectangle kernel K(u) = 1[|u| < ½],
 // ε = bandwidth: ∂H(pre − θ)/∂θ := −(1/ε)·K((pre − θ)/ε); ∂h/∂θ := −(θ/ε)·K((pre − θ)/ε);
@@ -37,7 +45,7 @@
 
 namespace sae {
 
-enum class Arch { standard, topk, batchtopk, jumprelu };
+enum class Arch { standard, topk, batchtopk, jumprelu, gated };
 
 // What a learnt threshold is and how it is saved as the tensor `threshold` [d_sae].
 enum class ThresholdKind {
@@ -57,6 +65,7 @@ struct ArchInfo {
     bool aux_k;               // AuxK on dead latents applies (when k_aux > 0)
     bool lists;               // has the sparse path (active latents as row lists)
     ThresholdKind threshold;  // learnt or batch threshold, saved as `threshold`
+    bool gate;                // gated: pre is the gate; a magnitude path shares W_enc (below)
     const char* enc_bias;     // the encoder product's bias tensor
     std::vector<const char*> extra;  // further [d_sae] parameters, in layout order
     const char* summary;      // one line for docs and errors
@@ -82,8 +91,8 @@ struct ModernSpec {
 };
 void validate(const ModernSpec& spec);  // throws sae::Error naming the setting
 
-// W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in],
-// and for jumprelu log_threshold [d_sae].
+// W_enc [d_in, d_sae], b_enc [d_sae] (gated: b_gate), W_dec [d_sae, d_in], b_dec [d_in],
+// then the row's extra [d_sae] tensors: jumprelu log_threshold; gated r_mag, b_mag.
 ParamLayout modern_layout(const ModernSpec& spec);
 
 // Decoder rows: random Gaussian directions scaled to norm 0.1; W_enc = W_decᵀ; biases 0;
@@ -134,7 +143,11 @@ struct ModernWorkspace {
     Matrix<T> Xhat;   // [m, d_in]
     Matrix<T> dXhat;  // [m, d_in]
     Matrix<T> dH;     // [m, d_sae]; dense path only (empty when the sparse path serves the arch)
-    Matrix<T> Haux, Eaux, dEaux;  // AuxK: h_aux [m, d_sae], ê [m, d_in], ∂aux/∂ê [m, d_in]
+    Matrix<T> Haux, Eaux, dEaux;  // AuxK: h_aux [m, d_sae], ê [m, d_in], ∂aux/∂ê [m, d_in];
+                                  // gated: relu(gate), x̃, ∂aux/∂x̃
+    Matrix<T> mag;                // gated: magnitude pre-activations [m, d_sae]
+    std::vector<T> bias_sum;      // gated: Σᵢ ∂J/∂(x'·W_enc) [d_sae] (b_dec's gradient through x')
+    std::vector<double> mag_scale;  // gated: exp(r_mag) [d_sae]
     SparseRows<T> act;            // active latents (jumprelu: also those in the kernel window)
     SparseRows<T> aux;            // AuxK's selected dead latents
     std::vector<uint16_t> w_bf16; // bf16 lists-only TopK: W_enc rounded to bf16 [d_in · d_sae]
