@@ -455,18 +455,20 @@ int64_t threshold_row_cap(const ModernSpec& spec, ProductPath path) {
 }  // namespace
 
 const std::vector<ArchInfo>& arch_table() {
-    //  arch  name  uses_k  aux_k  lists  threshold  gate  enc_bias  extra  summary
+    //  arch  name  uses_k  aux_k  lists  threshold  gate  nested  enc_bias  extra  summary
     static const std::vector<ArchInfo> table = {
-        {Arch::standard, "standard", false, false, false, ThresholdKind::none, false, "b_enc", {},
+        {Arch::standard, "standard", false, false, false, ThresholdKind::none, false, false, "b_enc", {},
          "relu(pre); L1 penalty weighted by decoder norms"},
-        {Arch::topk, "topk", true, true, true, ThresholdKind::none, false, "b_enc", {},
+        {Arch::topk, "topk", true, true, true, ThresholdKind::none, false, false, "b_enc", {},
          "relu of the k largest pre-activations of each sample"},
-        {Arch::batchtopk, "batchtopk", true, true, true, ThresholdKind::batch, false, "b_enc", {},
+        {Arch::batchtopk, "batchtopk", true, true, true, ThresholdKind::batch, false, false, "b_enc", {},
          "relu of the m*k largest pre-activations of the batch; a learnt threshold at inference"},
-        {Arch::jumprelu, "jumprelu", false, false, true, ThresholdKind::learnt, false, "b_enc", {"log_threshold"},
+        {Arch::jumprelu, "jumprelu", false, false, true, ThresholdKind::learnt, false, false, "b_enc", {"log_threshold"},
          "pre*H(pre - theta) with a learnt theta per latent; L0 penalty (straight-through)"},
-        {Arch::gated, "gated", false, false, false, ThresholdKind::none, true, "b_gate", {"r_mag", "b_mag"},
+        {Arch::gated, "gated", false, false, false, ThresholdKind::none, true, false, "b_gate", {"r_mag", "b_mag"},
          "1[gate > 0]*relu(magnitude), shared weights; L1 on relu(gate), gate reconstruction aux"},
+        {Arch::matryoshka_batchtopk, "matryoshka_batchtopk", true, true, true, ThresholdKind::batch, false, true,
+         "b_enc", {}, "batchtopk whose loss sums the reconstruction errors of nested prefixes of latent groups"},
     };
     return table;
 }
@@ -503,12 +505,67 @@ void validate(const ModernSpec& spec) {
     check(finite_nonneg(spec.l1_coefficient), "l1_coefficient must be a finite number >= 0");
     check(finite_nonneg(spec.l0_coefficient), "l0_coefficient must be a finite number >= 0");
     check(finite_nonneg(spec.aux_coefficient), "aux_coefficient must be a finite number >= 0");
+    if (arch_info(spec.arch).nested) {
+        const auto& e = spec.group_ends;
+        check(!e.empty() && e.back() == spec.d_sae,
+              "matryoshka_groups must describe groups covering all d_sae latents (e.g. 0.25,0.25,0.5)");
+        for (size_t g = 0; g < e.size(); ++g)
+            check(e[g] > (g ? e[g - 1] : 0), "matryoshka_groups gives an empty group; use fewer or larger groups");
+        check(spec.group_weights.size() == e.size(),
+              "matryoshka_weights needs one weight per group (" + std::to_string(e.size()) + ")");
+        for (double w : spec.group_weights) check(finite_nonneg(w), "matryoshka_weights must be finite numbers >= 0");
+    }
     if (arch_info(spec.arch).threshold == ThresholdKind::learnt) {
         check(std::isfinite(spec.bandwidth) && spec.bandwidth > 0,
               "bandwidth must be a finite number > 0 for arch = \"jumprelu\" (e.g. 1e-3)");
         check(std::isfinite(spec.initial_threshold) && spec.initial_threshold > 0,
               "initial_threshold must be a finite number > 0 for arch = \"jumprelu\" (e.g. 1e-3)");
     }
+}
+
+namespace {
+std::vector<double> number_list(const std::string& text, const char* setting) {
+    std::vector<double> out;
+    size_t pos = 0;
+    while (pos <= text.size()) {
+        const size_t comma = std::min(text.find(',', pos), text.size());
+        const std::string item = text.substr(pos, comma - pos);
+        size_t used = 0;
+        double v = 0;
+        try {
+            v = std::stod(item, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        check(used > 0 && item.find_first_not_of(" \t", used) == std::string::npos && std::isfinite(v),
+              std::string(setting) + " = \"" + text + "\": '" + item + "' is not a number; give comma-separated numbers");
+        out.push_back(v);
+        pos = comma + 1;
+    }
+    return out;
+}
+}  // namespace
+
+std::vector<int64_t> matryoshka_group_ends(const std::string& fractions, int64_t d_sae) {
+    const std::vector<double> f = number_list(fractions, "matryoshka_groups");
+    double total = 0;
+    for (double v : f) {
+        check(v > 0, "matryoshka_groups = \"" + fractions + "\": every fraction must be > 0");
+        total += v;
+    }
+    check(std::fabs(total - 1) < 1e-6, "matryoshka_groups = \"" + fractions + "\": the fractions must sum to 1");
+    std::vector<int64_t> ends;
+    double cum = 0;
+    for (size_t g = 0; g < f.size(); ++g) {
+        cum += f[g];
+        ends.push_back(g + 1 == f.size() ? d_sae : int64_t(std::llround(cum * double(d_sae))));
+    }
+    return ends;
+}
+
+std::vector<double> matryoshka_group_weights(const std::string& weights, size_t groups) {
+    if (weights.empty()) return std::vector<double>(groups, 1.0);
+    return number_list(weights, "matryoshka_weights");
 }
 
 ParamLayout modern_layout(const ModernSpec& spec) {
@@ -601,6 +658,7 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     Eaux.resize(aux_buffers ? max_m : 0, d_in);
     dEaux.resize(aux_buffers ? max_m : 0, d_in);
     mag.resize(row.gate ? max_m : 0, d_sae);
+    dXg.resize(row.nested ? int64_t(spec.group_ends.size()) * max_m : 0, d_in);
     bias_sum.resize(row.gate ? size_t(d_sae) : 0);
     mag_scale.resize(row.gate ? size_t(d_sae) : 0);
     // Entries per row of the lists: exactly k (TopK), a threshold rule's cap (the learnt and
@@ -1217,12 +1275,14 @@ const ArchOps<T>& arch_ops(Arch a) {
     static const ArchOps<T> batchtopk{select_batch<T>, nullptr, nullptr, nullptr};
     static const ArchOps<T> jumprelu{select_jump<T>, penalty_l0<T>, dense_backward_jump<T>, nullptr};
     static const ArchOps<T> gated{select_gated<T>, penalty_gate<T>, dense_backward_gate<T>, aux_gate<T>};
+    static const ArchOps<T> matryoshka{select_batch<T>, nullptr, nullptr, nullptr};
     switch (a) {
         case Arch::standard: return standard;
         case Arch::topk: return topk;
         case Arch::batchtopk: return batchtopk;
         case Arch::jumprelu: return jumprelu;
         case Arch::gated: return gated;
+        case Arch::matryoshka_batchtopk: return matryoshka;
     }
     throw Error("arch_ops: an Arch value without ops");
 }
@@ -1326,6 +1386,75 @@ double stage_decode(Step<T>& s, bool sparse) {
     return 0.5 * sum_in_order(row_sums, m) * inv_m;
 }
 
+// Nested prefixes (matryoshka): x̂⁽ᵍ⁾ for every group g, rec = Σ_g w_g·½·(1/m)·Σᵢ‖x̂⁽ᵍ⁾ᵢ − xᵢ‖²;
+// ws.dXg group g = Σ_{g' ≥ g} w_g'·(x̂⁽ᵍ'⁾ − x)/m (what the latents of group g see), dXhat = its
+// group 0 (b_dec sees every prefix), Xhat = x̂⁽ᴳ⁻¹⁾. Lists: each row's entries in column order,
+// snapshotted at each group end; dense: one product per group added to the previous prefix.
+template <class T>
+double stage_decode_nested(Step<T>& s, bool sparse) {
+    const int64_t m = s.m, d_in = s.d_in, d_sae = s.d_sae;
+    const int64_t* ends = s.spec.group_ends.data();
+    const double* w = s.spec.group_weights.data();
+    const int64_t G = int64_t(s.spec.group_ends.size());
+    T* D = s.ws.dXg.data.data();
+    const T* X = s.X;
+    T* Xhat = s.Xhat;
+    const T* W_dec = s.P.W_dec;
+    const T* b_dec = s.P.b_dec;
+    double* row_sums = s.row_sums;
+    const double inv_m = s.inv_m;
+    // Row i's error of prefix g (x̂⁽ᵍ⁾ row i in o) into D, its weighted square into row_sums.
+    auto error_row = [&](int64_t g, int64_t i, const T* o) {
+        T* dg = D + (g * m + i) * d_in;
+        const T* x = X + i * d_in;
+        double row = 0;
+        for (int64_t c = 0; c < d_in; ++c) {
+            const double e = double(o[c]) - double(x[c]);
+            row += e * e;
+            dg[c] = T(w[g] * e * inv_m);
+        }
+        row_sums[i] += w[g] * row;
+    };
+    for (int64_t i = 0; i < m; ++i) row_sums[i] = 0;
+    if (sparse) {
+        const SparseRows<T>& A = s.ws.act;
+#pragma omp parallel for schedule(static) num_threads(s.nt)
+        for (int64_t i = 0; i < m; ++i) {
+            T* o = Xhat + i * d_in;
+            std::copy(b_dec, b_dec + d_in, o);
+            int64_t e = A.beg[size_t(i)];
+            const int64_t e1 = A.end[size_t(i)];
+            for (int64_t g = 0; g < G; ++g) {
+                for (; e < e1 && A.col[size_t(e)] < ends[g]; ++e) {
+                    const T v = A.val[size_t(e)];
+                    if (v != T(0)) axpy(o, v, W_dec + int64_t(A.col[size_t(e)]) * d_in, d_in);
+                }
+                error_row(g, i, o);
+            }
+        }
+    } else {
+        for (int64_t g = 0; g < G; ++g) {
+            const int64_t j0 = g ? ends[g - 1] : 0, width = ends[g] - j0;
+            // Xhat += H[:, j0 : j0 + width]·W_dec[j0 : j0 + width] (group 0: = ... + b_dec)
+            product(s.be, Trans::no, Trans::no, m, d_in, width, s.H + j0, d_sae, W_dec + j0 * d_in, d_in,
+                    g ? T(1) : T(0), Xhat, d_in, g ? nullptr : b_dec, s.prec);
+#pragma omp parallel for schedule(static)
+            for (int64_t i = 0; i < m; ++i) error_row(g, i, Xhat + i * d_in);
+        }
+    }
+    T* dXhat = s.dXhat;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i) {
+        for (int64_t g = G - 2; g >= 0; --g) {
+            T* dg = D + (g * m + i) * d_in;
+            const T* next = D + ((g + 1) * m + i) * d_in;
+            for (int64_t c = 0; c < d_in; ++c) dg[c] += next[c];
+        }
+        std::copy(D + i * d_in, D + (i + 1) * d_in, dXhat + i * d_in);
+    }
+    return 0.5 * sum_in_order(row_sums, m) * inv_m;
+}
+
 // AuxK on dead latents: ê = h_aux·W_dec against e = x − x̂ (a constant); returns aux.
 template <class T>
 double stage_auxk(Step<T>& s, bool sparse, bool fused) {
@@ -1382,6 +1511,10 @@ void stage_backward_sparse(Step<T>& s, PhaseClock& clock) {
     const Tensors<T>& G = s.G;
     const bool aux = s.aux;
     const bool jump = arch_info(s.spec.arch).threshold == ThresholdKind::learnt;
+    // Nested groups: latent j's rows of ∂J/∂x̂ are those of its group in ws.dXg.
+    const bool nested = arch_info(s.spec.arch).nested;
+    const int64_t* ends = s.spec.group_ends.data();
+    const T* dXg = ws.dXg.data.data();
     const double eps = s.spec.bandwidth;
     const double l0_term = -s.l0 * s.inv_m / eps;
     constexpr int64_t kB = 16;  // latents per block: one cache line of a W_enc row
@@ -1401,16 +1534,22 @@ void stage_backward_sparse(Step<T>& s, PhaseClock& clock) {
                 std::fill(gd, gd + d_in, T(0));
                 double db = 0, gth = 0;
                 const double th = jump ? latent[j] : 0.0;
+                const T* dXj = dXhat;
+                if (nested) {
+                    int64_t g = 0;
+                    while (j >= ends[g]) ++g;
+                    dXj = dXg + g * m * d_in;
+                }
                 const int64_t q0 = A.col_ptr[size_t(j)], q1 = A.col_ptr[size_t(j + 1)];
                 for (int64_t q = q0; q < q1; ++q) {
                     if (q + 1 < q1) {
                         const int64_t next = A.t_row[size_t(q + 1)];
-                        prefetch_row(dXhat + next * d_in, d_in);
+                        prefetch_row(dXj + next * d_in, d_in);
                         prefetch_row(xin + next * d_in, d_in);
                     }
                     const int64_t i = A.t_row[size_t(q)];
                     const T h = A.t_val[size_t(q)];
-                    const T* dx = dXhat + i * d_in;
+                    const T* dx = dXj + i * d_in;
                     const T d = dot(dx, wd, d_in);
                     if (h > T(0)) {
                         axpy(gd, h, dx, d_in);
@@ -1463,14 +1602,27 @@ void stage_backward_dense(Step<T>& s, const ArchOps<T>& ops, const ParamLayout& 
     const Tensors<T>& P = s.P;
     const Tensors<T>& G = s.G;
 
-    // Decoder: dW_dec += hᵀ·dXhat, db_dec += Σᵢ dXhat, dH = dXhat·W_decᵀ.
-    product(s.be, Trans::yes, Trans::no, d_sae, d_in, m, H, d_sae, dXhat, d_in, T(1), G.W_dec, d_in, nullptr,
-            s.prec);
+    // Decoder: dW_dec += hᵀ·dXhat, db_dec += Σᵢ dXhat, dH = dXhat·W_decᵀ (nested groups: per
+    // group g with its own ∂J/∂x̂ from ws.dXg).
+    if (arch_info(s.spec.arch).nested) {
+        const int64_t* ends = s.spec.group_ends.data();
+        for (int64_t g = 0; g < int64_t(s.spec.group_ends.size()); ++g) {
+            const int64_t j0 = g ? ends[g - 1] : 0, width = ends[g] - j0;
+            const T* Dg = ws.dXg.data.data() + g * m * d_in;
+            product(s.be, Trans::yes, Trans::no, width, d_in, m, H + j0, d_sae, Dg, d_in, T(1), G.W_dec + j0 * d_in,
+                    d_in, nullptr, s.prec);
+            product(s.be, Trans::no, Trans::yes, m, width, d_in, Dg, d_in, P.W_dec + j0 * d_in, d_in, T(0), dH + j0,
+                    d_sae, nullptr, s.prec);
+        }
+    } else {
+        product(s.be, Trans::yes, Trans::no, d_sae, d_in, m, H, d_sae, dXhat, d_in, T(1), G.W_dec, d_in, nullptr,
+                s.prec);
+        product(s.be, Trans::no, Trans::yes, m, d_sae, d_in, dXhat, d_in, P.W_dec, d_in, T(0), dH, d_sae, nullptr,
+                s.prec);
+    }
     column_sums(
         m, d_in, [&](int64_t i, int64_t c) { return double(dXhat[i * d_in + c]); },
         [&](int64_t c, double v) { G.b_dec[c] += T(v); });
-    product(s.be, Trans::no, Trans::yes, m, d_sae, d_in, dXhat, d_in, P.W_dec, d_in, T(0), dH, d_sae, nullptr,
-            s.prec);
 
     // Through σ (and the row's own terms): dH becomes ∂J/∂pre.
     if (ops.dense_backward) ops.dense_backward(s, dH);
@@ -1545,6 +1697,10 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     const auto P = tensors(layout, const_cast<T*>(params));
     require(row.threshold != ThresholdKind::learnt || P.log_threshold,
             "modern_cost: jumprelu needs log_threshold in the parameter layout");
+    require(!row.nested || (!spec.group_ends.empty() && spec.group_ends.back() == d_sae &&
+                            spec.group_weights.size() == spec.group_ends.size() &&
+                            ws.dXg.rows >= int64_t(spec.group_ends.size()) * m),
+            "modern_cost: matryoshka needs group_ends, group_weights and a workspace reserved for them");
     require(!row.gate || (P.r_mag && P.b_mag && ws.mag.rows >= m && int64_t(ws.bias_sum.size()) == d_sae &&
                           ws.Haux.rows >= m && ws.Eaux.rows >= m),
             "modern_cost: gated needs r_mag and b_mag in the layout and a workspace reserved for it");
@@ -1594,7 +1750,7 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     if (ops.penalty) J.sparsity = ops.penalty(s);
     clock.mark(2);
 
-    J.rec = stage_decode(s, sparse);
+    J.rec = row.nested ? stage_decode_nested(s, sparse) : stage_decode(s, sparse);
     clock.mark(3);
     if (s.aux) J.aux = stage_auxk(s, sparse, fused);
     else if (ops.aux) J.aux = ops.aux(s);

@@ -59,6 +59,10 @@ ModernSpec modern_spec(const Config& cfg, int64_t d_in) {
     s.initial_threshold = cfg.jumprelu_init_threshold;
     s.k_aux = !arch_info(s.arch).aux_k ? 0 : (cfg.k_aux < 0 ? std::max<int64_t>(1, std::min(d_in / 2, cfg.d_sae)) : cfg.k_aux);
     s.aux_coefficient = cfg.aux_coefficient;
+    if (arch_info(s.arch).nested) {
+        s.group_ends = matryoshka_group_ends(cfg.matryoshka_groups, cfg.d_sae);
+        s.group_weights = matryoshka_group_weights(cfg.matryoshka_weights, s.group_ends.size());
+    }
     return s;
 }
 

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <new>
 #include <ostream>
 #include <string>
@@ -105,6 +106,10 @@ ModernSpec case_spec(const Case& c, int64_t d_in, int64_t d_sae, int64_t k, int6
     s.bandwidth = 0.1;
     s.k_aux = c.aux ? k_aux : 0;
     s.aux_coefficient = 0.25;
+    if (arch_info(c.arch).nested) {  // three nested groups, unequal weights
+        s.group_ends = {d_sae / 4, d_sae / 2, d_sae};
+        s.group_weights = {1.0, 0.5, 2.0};
+    }
     validate(s);
     return s;
 }
@@ -914,6 +919,41 @@ TEST(Validate, NamesTheSetting) {
     s = ok;
     s.d_sae = 0;
     expect_error(s, "d_sae");
+}
+
+TEST(Validate, MatryoshkaGroupsAndWeights) {
+    EXPECT_EQ(matryoshka_group_ends("0.25,0.25,0.5", 16), (std::vector<int64_t>{4, 8, 16}));
+    EXPECT_EQ(matryoshka_group_ends("1", 7), (std::vector<int64_t>{7}));
+    EXPECT_EQ(matryoshka_group_weights("", 3), (std::vector<double>{1, 1, 1}));
+    EXPECT_EQ(matryoshka_group_weights("1, 0.5", 2), (std::vector<double>{1, 0.5}));
+    auto one_line_naming = [](const std::function<void()>& f, const std::string& setting) {
+        try {
+            f();
+            ADD_FAILURE() << "expected an error naming " << setting;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find(setting), std::string::npos) << e.what();
+            EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+        }
+    };
+    one_line_naming([] { matryoshka_group_ends("0.5,0.6", 16); }, "matryoshka_groups");
+    one_line_naming([] { matryoshka_group_ends("0.5,x", 16); }, "matryoshka_groups");
+    one_line_naming([] { matryoshka_group_ends("0.5,-0.5,1", 16); }, "matryoshka_groups");
+    one_line_naming([] { matryoshka_group_weights("1,", 2); }, "matryoshka_weights");
+    ModernSpec s;
+    s.d_in = 4;
+    s.d_sae = 16;
+    s.k = 2;
+    s.arch = Arch::matryoshka_batchtopk;
+    s.group_ends = matryoshka_group_ends("0.01,0.99", 16);  // the first group rounds to 0 latents
+    s.group_weights = {1, 1};
+    one_line_naming([&] { validate(s); }, "matryoshka_groups");
+    s.group_ends = {4, 16};
+    s.group_weights = {1};
+    one_line_naming([&] { validate(s); }, "matryoshka_weights");
+    s.group_weights = {1, -1};
+    one_line_naming([&] { validate(s); }, "matryoshka_weights");
+    s.group_weights = {1, 2};
+    EXPECT_NO_THROW(validate(s));
 }
 
 // --- workspace and determinism --------------------------------------------------------------

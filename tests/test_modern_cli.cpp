@@ -80,7 +80,7 @@ std::vector<double> documented_encode(const SafeTensors& st, const nlohmann::jso
         for (int64_t j = 0; j < d_sae; ++j) idx[size_t(j)] = j;
         std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t c) { return pre[size_t(a)] > pre[size_t(c)]; });
         for (int64_t r = 0; r < cfg["k"].get<int64_t>(); ++r) h[size_t(idx[size_t(r)])] = std::max(0.0, pre[size_t(idx[size_t(r)])]);
-    } else {  // jumprelu, batchtopk: pre where pre > threshold
+    } else {  // jumprelu, batchtopk, matryoshka_batchtopk: pre where pre > threshold
         const auto& th = st.tensors.at("threshold").f32;
         for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = pre[size_t(j)] > th[size_t(j)] ? pre[size_t(j)] : 0.0;
     }
@@ -108,7 +108,7 @@ TEST_P(ModernCli, TrainEvalEncodeAndTheDocumentedFormat) {
     const SafeTensors st = safetensors_read(dir + "/m/model.safetensors");
     EXPECT_EQ(st.tensors.at("W_enc").shape, (std::vector<int64_t>{16, 32}));
     EXPECT_EQ(st.tensors.at("W_dec").shape, (std::vector<int64_t>{32, 16}));
-    EXPECT_EQ(st.tensors.count("threshold"), (arch == "jumprelu" || arch == "batchtopk") ? 1u : 0u);
+    EXPECT_EQ(st.tensors.count("threshold"), arch_info(arch_parse(arch)).threshold != ThresholdKind::none ? 1u : 0u);
     // Unit-norm decoder rows (the default practice).
     const auto& Wd = st.tensors.at("W_dec").f32;
     for (int64_t j = 0; j < 32; ++j) {

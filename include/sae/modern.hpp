@@ -10,9 +10,13 @@
 //     gated    : pre (with bias b_gate) is the gate; the magnitude path shares the weights,
 //                mag = x'·(W_enc ⊙ exp(r_mag)) + b_mag = (pre − b_gate)·exp(r_mag) + b_mag,
 //                h = 1[pre > 0]·relu(mag)  (Rajamanoharan et al. 2024)
+//     matryoshka_batchtopk: batchtopk's selection (training and inference) over all latents
 //   x̂ = h·W_dec + b_dec                                     x̂ [m, d_in]
 // Cost terms (every term averaged over the batch, same convention as the classic model):
-//   rec      = (1/m)·Σᵢ ½‖x̂ᵢ − xᵢ‖²
+//   rec      = (1/m)·Σᵢ ½‖x̂ᵢ − xᵢ‖²;  matryoshka_batchtopk (Bussmann et al., Nabeshima 2025):
+//              latents in nested groups ending at group_ends[0] < ... < group_ends[G−1] = d_sae,
+//              x̂⁽ᵍ⁾ = h[:, :group_ends[g]]·W_dec[:group_ends[g]] + b_dec (the prefix of groups
+//              0..g), rec = Σ_g group_weights[g]·(1/m)·Σᵢ ½‖x̂⁽ᵍ⁾ᵢ − xᵢ‖²; x̂ = x̂⁽ᴳ⁻¹⁾.
 //   sparsity = standard: λ₁·(1/m)·Σᵢⱼ |hᵢⱼ|·‖W_dec[j]‖ (‖W_dec[j]‖ factor only if
 //              l1_decoder_norm); jumprelu: λ₀·(1/m)·Σᵢⱼ H(preᵢⱼ − θⱼ); topk/batchtopk: 0;
 //              gated: λ₁·(1/m)·Σᵢⱼ relu(preᵢⱼ)·‖W_dec[j]‖ (the norm as for standard).
@@ -45,7 +49,7 @@
 
 namespace sae {
 
-enum class Arch { standard, topk, batchtopk, jumprelu, gated };
+enum class Arch { standard, topk, batchtopk, jumprelu, gated, matryoshka_batchtopk };
 
 // What a learnt threshold is and how it is saved as the tensor `threshold` [d_sae].
 enum class ThresholdKind {
@@ -66,6 +70,7 @@ struct ArchInfo {
     bool lists;               // has the sparse path (active latents as row lists)
     ThresholdKind threshold;  // learnt or batch threshold, saved as `threshold`
     bool gate;                // gated: pre is the gate; a magnitude path shares W_enc (below)
+    bool nested;              // rec sums the errors of nested prefixes of groups (group_ends)
     const char* enc_bias;     // the encoder product's bias tensor
     std::vector<const char*> extra;  // further [d_sae] parameters, in layout order
     const char* summary;      // one line for docs and errors
@@ -88,7 +93,14 @@ struct ModernSpec {
     double initial_threshold = 1e-3;  // jumprelu θ at init
     int64_t k_aux = 0;                // AuxK latents per sample (0 = off)
     double aux_coefficient = 1.0 / 32;
+    std::vector<int64_t> group_ends;   // matryoshka: end of each nested group, ascending, last = d_sae
+    std::vector<double> group_weights; // matryoshka: weight of each prefix's reconstruction error
 };
+// Group ends from fractions of d_sae ("0.25,0.25,0.5": sizes, summing to 1; each group at least
+// one latent) and the prefixes' weights ("" = 1 each, else one number per group). Errors name
+// the settings matryoshka_groups and matryoshka_weights.
+std::vector<int64_t> matryoshka_group_ends(const std::string& fractions, int64_t d_sae);
+std::vector<double> matryoshka_group_weights(const std::string& weights, size_t groups);
 void validate(const ModernSpec& spec);  // throws sae::Error naming the setting
 
 // W_enc [d_in, d_sae], b_enc [d_sae] (gated: b_gate), W_dec [d_sae, d_in], b_dec [d_in],
@@ -146,6 +158,8 @@ struct ModernWorkspace {
     Matrix<T> Haux, Eaux, dEaux;  // AuxK: h_aux [m, d_sae], ê [m, d_in], ∂aux/∂ê [m, d_in];
                                   // gated: relu(gate), x̃, ∂aux/∂x̃
     Matrix<T> mag;                // gated: magnitude pre-activations [m, d_sae]
+    Matrix<T> dXg;                // matryoshka: ∂J/∂x̂ for the latents of each group [G·m, d_in]
+                                  // (group g: Σ_{g' ≥ g} w_g'·(x̂⁽ᵍ'⁾ − x)/m, rows g·m ...)
     std::vector<T> bias_sum;      // gated: Σᵢ ∂J/∂(x'·W_enc) [d_sae] (b_dec's gradient through x')
     std::vector<double> mag_scale;  // gated: exp(r_mag) [d_sae]
     SparseRows<T> act;            // active latents (jumprelu: also those in the kernel window)

@@ -173,6 +173,7 @@ ModernResult modern_cost(const ModernSpec& spec, const std::vector<double>& para
             break;
         }
         case Arch::batchtopk:
+        case Arch::matryoshka_batchtopk:
             if (batchtopk_threshold < 0) {
                 std::vector<int64_t> order(size_t(m * h));
                 std::iota(order.begin(), order.end(), int64_t(0));
@@ -212,7 +213,8 @@ ModernResult modern_cost(const ModernSpec& spec, const std::vector<double>& para
             is_dead[size_t(j)] = dead[size_t(j)] != 0;
             n_dead += dead[size_t(j)] != 0;
         }
-    const bool aux_on = (spec.arch == Arch::topk || spec.arch == Arch::batchtopk) &&
+    const bool nested = spec.arch == Arch::matryoshka_batchtopk;
+    const bool aux_on = (spec.arch == Arch::topk || spec.arch == Arch::batchtopk || nested) &&
                         spec.k_aux > 0 && n_dead > 0;
 
     const double md = double(m);
@@ -230,13 +232,20 @@ ModernResult modern_cost(const ModernSpec& spec, const std::vector<double>& para
         const double* a = &r.H[size_t(i * h)];
         double* xh = &r.Xhat[size_t(i * n)];
 
-        // Decoder and reconstruction error.
-        for (int64_t k = 0; k < n; ++k) {
-            double z = bd[k];
-            for (int64_t j = 0; j < h; ++j) z += a[j] * Wd[j * n + k];
-            xh[k] = z;
-            r.J.rec += 0.5 * (z - x[k]) * (z - x[k]) / md;
-        }
+        // Decoder and reconstruction error. Matryoshka: every prefix of groups g reconstructs
+        // with the latents j < group_ends[g]; g_prefix[g] = w_g·(x̂⁽ᵍ⁾ − x)/m. One group (the
+        // others): the whole decoder, weight 1.
+        const std::vector<int64_t> ends = nested ? spec.group_ends : std::vector<int64_t>{h};
+        const std::vector<double> weights = nested ? spec.group_weights : std::vector<double>{1.0};
+        std::vector<std::vector<double>> g_prefix(ends.size(), std::vector<double>(size_t(n)));
+        for (size_t g = 0; g < ends.size(); ++g)
+            for (int64_t k = 0; k < n; ++k) {
+                double z = bd[k];
+                for (int64_t j = 0; j < ends[g]; ++j) z += a[j] * Wd[j * n + k];
+                if (g + 1 == ends.size()) xh[k] = z;
+                r.J.rec += weights[g] * 0.5 * (z - x[k]) * (z - x[k]) / md;
+                g_prefix[g][size_t(k)] = weights[g] * (z - x[k]) / md;
+            }
 
         // Sparsity.
         for (int64_t j = 0; j < h; ++j) {
@@ -263,17 +272,17 @@ ModernResult modern_cost(const ModernSpec& spec, const std::vector<double>& para
 
         if (!with_grad) continue;
 
-        // ∂J/∂x̂ and the decoder.
-        std::vector<double> g_xh(static_cast<size_t>(n)), g_h(static_cast<size_t>(h), 0.0),
-            g_pre(static_cast<size_t>(h), 0.0);
-        for (int64_t k = 0; k < n; ++k) {
-            g_xh[size_t(k)] = (xh[k] - x[k]) / md;
-            gbd[k] += g_xh[size_t(k)];
-        }
+        // ∂J/∂x̂ and the decoder: latent j is in every prefix g with group_ends[g] > j.
+        std::vector<double> g_h(static_cast<size_t>(h), 0.0), g_pre(static_cast<size_t>(h), 0.0);
+        for (size_t g = 0; g < ends.size(); ++g)
+            for (int64_t k = 0; k < n; ++k) gbd[k] += g_prefix[g][size_t(k)];
         for (int64_t j = 0; j < h; ++j)
-            for (int64_t k = 0; k < n; ++k) {
-                gWd[j * n + k] += a[j] * g_xh[size_t(k)];
-                g_h[size_t(j)] += g_xh[size_t(k)] * Wd[j * n + k];
+            for (size_t g = 0; g < ends.size(); ++g) {
+                if (j >= ends[g]) continue;
+                for (int64_t k = 0; k < n; ++k) {
+                    gWd[j * n + k] += a[j] * g_prefix[g][size_t(k)];
+                    g_h[size_t(j)] += g_prefix[g][size_t(k)] * Wd[j * n + k];
+                }
             }
 
         // L1 term: λ|h|·‖W_dec[j]‖.
