@@ -22,6 +22,8 @@ void add_sweep(CLI::App& app);     // cli/sweep.cpp
 void add_report(CLI::App& app);    // cli/report.cpp
 void add_bench(CLI::App& app);     // cli/bench.cpp
 void add_upgrade(CLI::App& app);   // cli/upgrade.cpp
+void add_export(CLI::App& app);    // cli/interop.cpp: export and import
+void add_import(CLI::App& app);
 
 // CONFIG file (optional) then every --set key=value in order, validated.
 sae::Config load_config(const std::string& path, const std::vector<std::string>& sets);

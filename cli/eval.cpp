@@ -92,6 +92,10 @@ void add_eval(CLI::App& app) {
         j["J_denoise"] = r.J.denoise;  // 0: evaluation never corrupts
         j["mse"] = r.mse;
         j["fvu"] = r.fvu;
+        j["explained_variance"] = r.explained_variance;
+        j["cossim"] = r.cossim;
+        j["l2_ratio"] = r.l2_ratio;
+        j["relative_reconstruction_bias"] = r.relative_reconstruction_bias;
         j["l0"] = r.l0;
         j["mean_activation"] = r.mean_activation;
         j["dead_fraction"] = r.dead_fraction;

@@ -37,6 +37,8 @@ int main(int argc, char** argv) {
     sae_cli::add_report(app);
     sae_cli::add_bench(app);
     sae_cli::add_upgrade(app);
+    sae_cli::add_export(app);
+    sae_cli::add_import(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

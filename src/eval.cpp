@@ -92,6 +92,10 @@ EvalResult evaluate(Backend& be, Objective& obj, const Config& cfg, const float*
     }
     out.mse = st.mse();
     out.fvu = st.fvu();
+    out.explained_variance = st.explained_variance();
+    out.cossim = st.cossim();
+    out.l2_ratio = st.l2_ratio();
+    out.relative_reconstruction_bias = st.relative_reconstruction_bias();
     out.l0 = st.l0();
     out.dead_fraction = st.dead_fraction();
     out.dense_fraction = st.dense_fraction();

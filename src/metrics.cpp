@@ -17,17 +17,27 @@ void Stats::reset(int64_t din, int64_t dsae) {
     sum_abs_h = 0;
     fires.assign(size_t(dsae), 0);
     active = 0;
+    sum_cos = sum_l2_ratio = sum_xhat2 = sum_dot = 0;
 }
 
 // One sample's reconstruction terms, and one latent's activation h: shared by both add()s so
 // that they accumulate in the same order.
 void Stats::add_input_row(const float* x, const float* xh) {
+    double xx = 0, hh = 0, xd = 0;
     for (int64_t k = 0; k < d_in; ++k) {
         const double e = double(xh[k]) - double(x[k]);
         sq_err += e * e;
         sum_x[size_t(k)] += x[k];
         sum_x2 += double(x[k]) * double(x[k]);
+        xx += double(x[k]) * double(x[k]);
+        hh += double(xh[k]) * double(xh[k]);
+        xd += double(x[k]) * double(xh[k]);
     }
+    const double nx = std::sqrt(xx), nh = std::sqrt(hh);
+    sum_cos += xd / (std::max(nx, 1e-8) * std::max(nh, 1e-8));
+    sum_l2_ratio += nh / (nx < 1e-4 ? 1.0 : nx);
+    sum_xhat2 += hh;
+    sum_dot += xd;
 }
 
 void Stats::add_latent(int64_t j, float h, double threshold) {
@@ -65,6 +75,11 @@ double Stats::fvu() const {
     const double var = sum_x2 - mean_sq / double(n);
     return var > 0 ? sq_err / var : 0.0;
 }
+
+double Stats::explained_variance() const { return n ? 1.0 - fvu() : 0.0; }
+double Stats::cossim() const { return n ? sum_cos / double(n) : 0.0; }
+double Stats::l2_ratio() const { return n ? sum_l2_ratio / double(n) : 0.0; }
+double Stats::relative_reconstruction_bias() const { return sum_dot != 0 ? sum_xhat2 / sum_dot : 0.0; }
 
 double Stats::l0() const { return n ? double(active) / double(n) : 0.0; }
 

@@ -31,8 +31,8 @@ double sum_in_order(const double* v, int64_t n) {
     return s;
 }
 
-bool uses_selection(Arch a) { return a == Arch::topk || a == Arch::batchtopk; }
-bool uses_aux(const ModernSpec& spec) { return uses_selection(spec.arch) && spec.k_aux > 0; }
+bool uses_selection(Arch a) { return arch_info(a).uses_k; }
+bool uses_aux(const ModernSpec& spec) { return arch_info(spec.arch).aux_k && spec.k_aux > 0; }
 
 bool finite_nonneg(double v) { return std::isfinite(v) && v >= 0; }
 
@@ -44,6 +44,8 @@ struct Tensors {
     T* W_dec;          // [d_sae, d_in]
     T* b_dec;          // [d_in]
     T* log_threshold;  // [d_sae], jumprelu only (else null)
+    T* r_mag;          // [d_sae], gated only (else null)
+    T* b_mag;          // [d_sae], gated only (else null)
 };
 
 template <class T>
@@ -53,10 +55,12 @@ Tensors<T> tensors(const ParamLayout& layout, T* flat) {
     for (const auto& v : layout.views) {
         T* p = flat + v.offset;
         if (v.name == "W_enc") t.W_enc = p;
-        else if (v.name == "b_enc") t.b_enc = p;
+        else if (v.name == "b_enc" || v.name == "b_gate") t.b_enc = p;  // the encoder product's bias
         else if (v.name == "W_dec") t.W_dec = p;
         else if (v.name == "b_dec") t.b_dec = p;
         else if (v.name == "log_threshold") t.log_threshold = p;
+        else if (v.name == "r_mag") t.r_mag = p;
+        else if (v.name == "b_mag") t.b_mag = p;
     }
     require(t.W_enc && t.b_enc && t.W_dec && t.b_dec,
             "modern SAE: parameter layout lacks W_enc, b_enc, W_dec or b_dec; build it with "
@@ -432,35 +436,60 @@ inline void product(Backend& be, Trans ta, Trans tb, int64_t M, int64_t N, int64
     }
 }
 
+// TopK on the sparse path with no dense H: the encoder product and the selection fused per
+// block of rows (the TopK fast path).
+template <class T>
+bool topk_lists_only(const ModernSpec& spec, const ModernWorkspace<T>& ws) {
+    return spec.arch == Arch::topk && ws.path != ProductPath::dense && !ws.dense_h;
+}
+
 // Entries kept per row by the threshold rules (jumprelu, BatchTopK inference) on the automatic
 // path; above this the batch takes the dense path.
 int64_t threshold_row_cap(const ModernSpec& spec, ProductPath path) {
     const int64_t n = spec.d_sae;
     if (path == ProductPath::sparse) return n;
-    const int64_t k = spec.arch == Arch::batchtopk ? spec.k : 1;
+    const int64_t k = arch_info(spec.arch).uses_k ? spec.k : 1;
     return std::min(n, std::max(k, n / 16));
 }
 
 }  // namespace
 
-Arch arch_parse(const std::string& name) {
-    if (name == "standard" || name == "l1") return Arch::standard;
-    if (name == "topk") return Arch::topk;
-    if (name == "batchtopk") return Arch::batchtopk;
-    if (name == "jumprelu") return Arch::jumprelu;
-    throw Error("unknown architecture '" + name +
-                "'; use one of: standard (alias l1), topk, batchtopk, jumprelu");
+const std::vector<ArchInfo>& arch_table() {
+    //  arch  name  uses_k  aux_k  lists  threshold  gate  nested  enc_bias  extra  summary
+    static const std::vector<ArchInfo> table = {
+        {Arch::standard, "standard", false, false, false, ThresholdKind::none, false, false, "b_enc", {},
+         "relu(pre); L1 penalty weighted by decoder norms"},
+        {Arch::topk, "topk", true, true, true, ThresholdKind::none, false, false, "b_enc", {},
+         "relu of the k largest pre-activations of each sample"},
+        {Arch::batchtopk, "batchtopk", true, true, true, ThresholdKind::batch, false, false, "b_enc", {},
+         "relu of the m*k largest pre-activations of the batch; a learnt threshold at inference"},
+        {Arch::jumprelu, "jumprelu", false, false, true, ThresholdKind::learnt, false, false, "b_enc", {"log_threshold"},
+         "pre*H(pre - theta) with a learnt theta per latent; L0 penalty (straight-through)"},
+        {Arch::gated, "gated", false, false, false, ThresholdKind::none, true, false, "b_gate", {"r_mag", "b_mag"},
+         "1[gate > 0]*relu(magnitude), shared weights; L1 on relu(gate), gate reconstruction aux"},
+        {Arch::matryoshka_batchtopk, "matryoshka_batchtopk", true, true, true, ThresholdKind::batch, false, true,
+         "b_enc", {}, "batchtopk whose loss sums the reconstruction errors of nested prefixes of latent groups"},
+    };
+    return table;
 }
 
-std::string arch_name(Arch a) {
-    switch (a) {
-        case Arch::standard: return "standard";
-        case Arch::topk: return "topk";
-        case Arch::batchtopk: return "batchtopk";
-        case Arch::jumprelu: return "jumprelu";
-    }
-    return "?";
+const ArchInfo& arch_info(Arch a) {
+    for (const ArchInfo& r : arch_table())
+        if (r.arch == a) return r;
+    throw Error("arch_info: an Arch value without a row in arch_table()");
 }
+
+Arch arch_parse(const std::string& name) {
+    if (name == "l1") return Arch::standard;
+    std::string names;
+    for (const ArchInfo& r : arch_table()) {
+        if (name == r.name) return r.arch;
+        names += std::string(names.empty() ? "" : ", ") + r.name + (r.arch == Arch::standard ? " (alias l1)" : "");
+    }
+    throw Error("unknown architecture '" + name + "'; use one of: " + names);
+}
+
+std::string arch_name(Arch a) { return arch_info(a).name; }
 
 void validate(const ModernSpec& spec) {
     check(spec.d_in > 0, "d_in must be positive (the data has no features?)");
@@ -476,7 +505,17 @@ void validate(const ModernSpec& spec) {
     check(finite_nonneg(spec.l1_coefficient), "l1_coefficient must be a finite number >= 0");
     check(finite_nonneg(spec.l0_coefficient), "l0_coefficient must be a finite number >= 0");
     check(finite_nonneg(spec.aux_coefficient), "aux_coefficient must be a finite number >= 0");
-    if (spec.arch == Arch::jumprelu) {
+    if (arch_info(spec.arch).nested) {
+        const auto& e = spec.group_ends;
+        check(!e.empty() && e.back() == spec.d_sae,
+              "matryoshka_groups must describe groups covering all d_sae latents (e.g. 0.25,0.25,0.5)");
+        for (size_t g = 0; g < e.size(); ++g)
+            check(e[g] > (g ? e[g - 1] : 0), "matryoshka_groups gives an empty group; use fewer or larger groups");
+        check(spec.group_weights.size() == e.size(),
+              "matryoshka_weights needs one weight per group (" + std::to_string(e.size()) + ")");
+        for (double w : spec.group_weights) check(finite_nonneg(w), "matryoshka_weights must be finite numbers >= 0");
+    }
+    if (arch_info(spec.arch).threshold == ThresholdKind::learnt) {
         check(std::isfinite(spec.bandwidth) && spec.bandwidth > 0,
               "bandwidth must be a finite number > 0 for arch = \"jumprelu\" (e.g. 1e-3)");
         check(std::isfinite(spec.initial_threshold) && spec.initial_threshold > 0,
@@ -484,13 +523,59 @@ void validate(const ModernSpec& spec) {
     }
 }
 
+namespace {
+std::vector<double> number_list(const std::string& text, const char* setting) {
+    std::vector<double> out;
+    size_t pos = 0;
+    while (pos <= text.size()) {
+        const size_t comma = std::min(text.find(',', pos), text.size());
+        const std::string item = text.substr(pos, comma - pos);
+        size_t used = 0;
+        double v = 0;
+        try {
+            v = std::stod(item, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        check(used > 0 && item.find_first_not_of(" \t", used) == std::string::npos && std::isfinite(v),
+              std::string(setting) + " = \"" + text + "\": '" + item + "' is not a number; give comma-separated numbers");
+        out.push_back(v);
+        pos = comma + 1;
+    }
+    return out;
+}
+}  // namespace
+
+std::vector<int64_t> matryoshka_group_ends(const std::string& fractions, int64_t d_sae) {
+    const std::vector<double> f = number_list(fractions, "matryoshka_groups");
+    double total = 0;
+    for (double v : f) {
+        check(v > 0, "matryoshka_groups = \"" + fractions + "\": every fraction must be > 0");
+        total += v;
+    }
+    check(std::fabs(total - 1) < 1e-6, "matryoshka_groups = \"" + fractions + "\": the fractions must sum to 1");
+    std::vector<int64_t> ends;
+    double cum = 0;
+    for (size_t g = 0; g < f.size(); ++g) {
+        cum += f[g];
+        ends.push_back(g + 1 == f.size() ? d_sae : int64_t(std::llround(cum * double(d_sae))));
+    }
+    return ends;
+}
+
+std::vector<double> matryoshka_group_weights(const std::string& weights, size_t groups) {
+    if (weights.empty()) return std::vector<double>(groups, 1.0);
+    return number_list(weights, "matryoshka_weights");
+}
+
 ParamLayout modern_layout(const ModernSpec& spec) {
+    const ArchInfo& row = arch_info(spec.arch);
     ParamLayout L;
     L.add("W_enc", {spec.d_in, spec.d_sae});
-    L.add("b_enc", {spec.d_sae});
+    L.add(row.enc_bias, {spec.d_sae});
     L.add("W_dec", {spec.d_sae, spec.d_in});
     L.add("b_dec", {spec.d_in});
-    if (spec.arch == Arch::jumprelu) L.add("log_threshold", {spec.d_sae});
+    for (const char* name : row.extra) L.add(name, {spec.d_sae});
     return L;
 }
 
@@ -544,14 +629,16 @@ int64_t SparseRows<T>::nnz(int64_t m) const {
 template <class T>
 void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     const int64_t d_in = spec.d_in, d_sae = spec.d_sae;
-    const bool selecting = uses_selection(spec.arch), with_aux = uses_aux(spec);
-    const bool sparse_arch = spec.arch != Arch::standard && path != ProductPath::dense;
-    // The dense path's dH: standard always, jumprelu for dense batches, any arch when forced.
-    const bool dense_dh = spec.arch == Arch::standard || path == ProductPath::dense ||
-                          (spec.arch == Arch::jumprelu && path == ProductPath::automatic);
+    const ArchInfo& row = arch_info(spec.arch);
+    const bool selecting = row.uses_k, with_aux = uses_aux(spec);
+    const bool sparse_arch = row.lists && path != ProductPath::dense;
+    // The dense path's dH: rows without lists always, a learnt threshold for dense batches, any
+    // row when forced.
+    const bool dense_dh = !row.lists || path == ProductPath::dense ||
+                          (row.threshold == ThresholdKind::learnt && path == ProductPath::automatic);
     // TopK keeping only its lists needs no dense H or Haux, and pre-activations for one encoder
     // block at a time.
-    const bool lists_only = spec.arch == Arch::topk && path != ProductPath::dense && !dense_h;
+    const bool lists_only = topk_lists_only(spec, *this);
     xin.resize(max_m, d_in);
     pre.resize(lists_only && encoder_block > 0 ? std::min(max_m, encoder_block) : max_m, d_sae);
     H.resize(lists_only ? 0 : max_m, d_sae);
@@ -562,26 +649,33 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     Xhat.resize(max_m, d_in);
     dXhat.resize(max_m, d_in);
     dH.resize(dense_dh ? max_m : 0, d_sae);
-    Haux.resize(with_aux && !lists_only ? max_m : 0, d_sae);
+    // AuxK's buffers; the gate's reconstruction uses the same three.
+    const bool aux_buffers = with_aux || row.gate;
+    Haux.resize(aux_buffers && !lists_only ? max_m : 0, d_sae);
     if (lists_only) Haux.data.shrink_to_fit();
     // bf16 lists-only TopK: W_enc rounded once per step for all encoder blocks.
     w_bf16.resize(std::is_same_v<T, float> && lists_only && precision == Precision::bf16 ? size_t(d_in * d_sae) : 0);
-    Eaux.resize(with_aux ? max_m : 0, d_in);
-    dEaux.resize(with_aux ? max_m : 0, d_in);
+    Eaux.resize(aux_buffers ? max_m : 0, d_in);
+    dEaux.resize(aux_buffers ? max_m : 0, d_in);
+    mag.resize(row.gate ? max_m : 0, d_sae);
+    dXg.resize(row.nested ? int64_t(spec.group_ends.size()) * max_m : 0, d_in);
+    bias_sum.resize(row.gate ? size_t(d_sae) : 0);
+    mag_scale.resize(row.gate ? size_t(d_sae) : 0);
+    // Entries per row of the lists: exactly k (TopK), a threshold rule's cap (the learnt and
+    // batch thresholds), at least k for the batch selection.
     int64_t row_cap = 0;
-    if (spec.arch == Arch::topk) row_cap = spec.k;
-    if (spec.arch == Arch::batchtopk) row_cap = std::max(spec.k, threshold_row_cap(spec, path));
-    if (spec.arch == Arch::jumprelu) row_cap = threshold_row_cap(spec, path);
+    if (row.lists) row_cap = row.threshold == ThresholdKind::none ? spec.k : threshold_row_cap(spec, path);
+    if (row.threshold == ThresholdKind::batch) row_cap = std::max(spec.k, row_cap);
     act.reserve(max_m, d_sae, max_m * row_cap);
     aux.reserve(with_aux ? max_m : 0, with_aux ? d_sae : 0, with_aux ? max_m * spec.k_aux : 0);
     threads = std::max(1, omp_get_max_threads());
     per_thread = 0;
-    if (spec.arch != Arch::standard)
+    if (row.lists)
         per_thread = std::max<int64_t>(3 * d_sae + 4 * (selecting ? spec.k : 0) + 16,
                                        sparse_arch ? 16 * d_in : 0);
     scratch.resize(size_t(threads * per_thread));
-    iscratch.resize(spec.arch != Arch::standard ? size_t(threads * d_sae) : 0);
-    const bool bt = spec.arch == Arch::batchtopk;
+    iscratch.resize(row.lists ? size_t(threads * d_sae) : 0);
+    const bool bt = row.threshold == ThresholdKind::batch;  // the batch selection's candidates
     const int64_t groups = bt ? (8 * spec.k <= d_sae ? 4 * spec.k : d_sae) : 0;
     const int64_t cand_cap = bt ? 2 * max_m * spec.k + d_sae : 0;
     cand_val.resize(size_t(cand_cap));
@@ -590,7 +684,7 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     cand_beg.resize(bt ? size_t(max_m) : 0);
     cand_end.resize(bt ? size_t(max_m) : 0);
     dead_idx.resize(with_aux ? size_t(d_sae) : 0);
-    cursor.resize(spec.arch != Arch::standard ? size_t(d_sae) : 0);
+    cursor.resize(row.lists ? size_t(d_sae) : 0);
     row_sums.resize(size_t(max_m));
     latent.resize(size_t(d_sae));
 }
@@ -857,162 +951,428 @@ struct PhaseClock {
 };
 }  // namespace
 
+namespace {
+
+// Everything one modern_cost call shares between its stages: the inputs, the workspace's
+// buffers and the settings derived from the spec. The stages and the architectures' ops read
+// and write through it.
 template <class T>
-CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& layout,
-                      const T* params, const T* X, int64_t m, T* grad, ModernWorkspace<T>& ws,
-                      const uint8_t* dead, double batchtopk_threshold, double sparsity_scale) {
-    const int64_t d_in = spec.d_in, d_sae = spec.d_sae;
-    require(m > 0, "modern_cost: empty batch");
-    const bool lists_only = spec.arch == Arch::topk && ws.path != ProductPath::dense && !ws.dense_h;
-    const int64_t pre_rows = lists_only && ws.encoder_block > 0 ? std::min(m, ws.encoder_block) : m;
-    require(ws.pre.rows >= pre_rows && ws.pre.cols == d_sae && ws.xin.cols == d_in &&
-                (lists_only || ws.H.rows >= m) &&
-                int64_t(ws.row_sums.size()) >= m && int64_t(ws.latent.size()) == d_sae,
-            "modern_cost: workspace not reserved for this model and batch size");
-    const bool selecting = uses_selection(spec.arch);
-    require(!selecting || (spec.k >= 1 && spec.k <= d_sae),
-            "modern_cost: k out of range; set k between 1 and d_sae");
-    const bool lists = spec.arch != Arch::standard;
-    require(!lists || (int64_t(ws.act.beg.size()) >= m && int64_t(ws.act.col_ptr.size()) == d_sae + 1 &&
-                       int64_t(ws.iscratch.size()) >= int64_t(ws.threads) * d_sae &&
-                       ws.per_thread >= 3 * d_sae + (selecting ? 4 * spec.k : 0)),
-            "modern_cost: workspace not reserved for this architecture");
-    require(spec.arch != Arch::topk || ws.act.cap >= m * spec.k,
-            "modern_cost: workspace not reserved for this k");
-    require(spec.arch != Arch::batchtopk || batchtopk_threshold >= 0 ||
-                (int64_t(ws.cand_val.size()) >= 2 * m * spec.k + d_sae && ws.act.cap >= m * spec.k &&
-                 int64_t(ws.cand_tmp.size()) >= m * (8 * spec.k <= d_sae ? 4 * spec.k : d_sae)),
-            "modern_cost: workspace not reserved for this k");
-
-    const auto P = tensors(layout, const_cast<T*>(params));
-    require(spec.arch != Arch::jumprelu || P.log_threshold,
-            "modern_cost: jumprelu needs log_threshold in the parameter layout");
-    T* pre = ws.pre.data.data();
-    T* H = ws.H.data.data();
-    T* Xhat = ws.Xhat.data.data();
-    T* dXhat = ws.dXhat.data.data();
-    double* row_sums = ws.row_sums.data();
-    double* latent = ws.latent.data();
-    const double inv_m = 1.0 / double(m);
-    const int64_t nH = m * d_sae;
-    const int nt = std::max(1, std::min(omp_get_max_threads(), ws.threads));
-    const Precision prec = std::is_same_v<T, float> ? ws.precision : Precision::f32;
-    const double l1 = spec.l1_coefficient * sparsity_scale;
-    const double l0 = spec.l0_coefficient * sparsity_scale;
-
-    PhaseClock clock{ws.profile, ws.profile_ms};
-    // Encoder input x' [m, d_in].
-    const T* xin = X;
-    if (spec.apply_b_dec_to_input) {
-        T* xb = ws.xin.data.data();
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < m; ++i)
-            for (int64_t c = 0; c < d_in; ++c) xb[i * d_in + c] = X[i * d_in + c] - P.b_dec[c];
-        xin = xb;
-    }
-
-    // Dead latents for AuxK (their indices in ws.dead_idx).
+struct Step {
+    Backend& be;
+    const ModernSpec& spec;
+    ModernWorkspace<T>& ws;
+    Tensors<T> P;            // parameters
+    Tensors<T> G{};          // gradient (when asked)
+    const T* X;              // [m, d_in]
+    const T* xin = nullptr;  // [m, d_in] encoder input
+    int64_t m, d_in, d_sae;
+    T* pre;                  // [m, d_sae] (the last encoder block when fused)
+    T* H;                    // [m, d_sae] dense activations (when written)
+    T* Xhat;                 // [m, d_in]
+    T* dXhat;                // [m, d_in]
+    double* row_sums;        // [m]
+    double* latent;          // [d_sae] per-latent values of the row (θ, decoder norms)
+    double inv_m;
+    int nt;
+    Precision prec;
+    double l1, l0;           // penalty coefficients × sparsity_scale
+    double batchtopk_threshold;
+    bool want_sparse;        // the row has lists and the path allows them
+    bool write_h;            // the dense H is written
     int64_t n_dead = 0;
-    if (uses_aux(spec) && dead)
-        for (int64_t j = 0; j < d_sae; ++j) n_dead += dead[j] != 0;
-    const bool aux = n_dead > 0;
-    if (aux) {
-        require((lists_only || ws.Haux.rows >= m) && ws.Haux.cols == d_sae && ws.Eaux.cols == d_in &&
-                    int64_t(ws.dead_idx.size()) == d_sae && ws.aux.cap >= m * spec.k_aux,
-                "modern_cost: workspace not reserved for AuxK");
-        for (int64_t j = 0, t = 0; j < d_sae; ++j)
-            if (dead[j]) ws.dead_idx[size_t(t++)] = int32_t(j);
-    }
+    bool aux = false;        // AuxK runs this call
+    T* bias_grad = nullptr;  // Σᵢ ∂J/∂preᵢ [d_sae]: the encoder bias's gradient (gated: ws.bias_sum)
+};
 
-    clock.mark(0);
-    CostTerms J;
-    const bool want_sparse = lists && ws.path != ProductPath::dense;
-    const bool write_h = ws.dense_h || !want_sparse;
-    bool sparse = want_sparse;
-    // TopK on the sparse path: the encoder product and the selections (TopK, AuxK) run a block of
-    // rows at a time, each block selected while its pre-activations are still in cache.
-    const int64_t blk = ws.encoder_block;
-    const bool fused = lists_only && blk > 0 && blk < m;
-    if (fused) {
-        // bf16: W_enc is rounded once for all the blocks.
-        const bool w_rounded = std::is_same_v<T, float> && prec == Precision::bf16;
-        if constexpr (std::is_same_v<T, float>)
-            if (w_rounded) {
-                require(int64_t(ws.w_bf16.size()) >= d_in * d_sae, "modern_cost: workspace not reserved for bf16");
-                round_to_bf16(P.W_enc, d_in, d_sae, d_sae, ws.w_bf16.data());
+// The per-architecture half of a row of the table (the other half, ArchInfo, is public).
+template <class T>
+struct ArchOps {
+    // h = σ(pre): into ws.act (lists) and/or the dense H (when s.write_h). Returns false when
+    // the lists are incomplete (too many active entries), then the dense H is complete and the
+    // dense path runs. Rows without lists write H and return false.
+    bool (*select)(Step<T>& s);
+    // J.sparsity (may leave per-latent values in s.latent for the backward); null: 0.
+    double (*penalty)(Step<T>& s);
+    // Dense path: turns ∂J/∂h = dXhat·W_decᵀ (in dH) into ∂J/∂pre, the gradient of the encoder
+    // product's output, adding the penalty's and the row's own terms and writing the row's own
+    // parameter gradients; null: pass it where h > 0 (gate_mask).
+    void (*dense_backward)(Step<T>& s, T* dH);
+    // The row's own auxiliary term (J.aux; AuxK is the pipeline's); null: none.
+    double (*aux)(Step<T>& s);
+};
+
+// Through σ: the gradient passes exactly where h > 0 (relu's positive part, the kept
+// TopK/BatchTopK entries, the open JumpReLU gate since θ > 0).
+template <class T>
+void gate_mask(Step<T>& s, T* dH) {
+    const int64_t nH = s.m * s.d_sae;
+    const T* H = s.H;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < nH; ++t)
+        if (!(H[t] > T(0))) dH[t] = T(0);
+}
+
+// --- standard: relu, L1 weighted by decoder norms ----------------------------------------
+template <class T>
+bool select_relu(Step<T>& s) {
+    const int64_t nH = s.m * s.d_sae;
+    T* H = s.H;
+    const T* pre = s.pre;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < nH; ++t) H[t] = pre[t] > T(0) ? pre[t] : T(0);
+    return false;
+}
+
+// latent[j] = ‖W_dec[j]‖ (or 1); returns λ₁·(1/m)·Σᵢⱼ |Aᵢⱼ|·latent[j] for A [m, d_sae].
+template <class T>
+double weighted_l1(Step<T>& s, const T* A) {
+    const int64_t d_in = s.d_in, d_sae = s.d_sae;
+    double* latent = s.latent;
+    const T* W_dec = s.P.W_dec;
+    if (s.spec.l1_decoder_norm) {
+#pragma omp parallel for schedule(static)
+        for (int64_t j = 0; j < d_sae; ++j) {
+            double q = 0;
+            for (int64_t c = 0; c < d_in; ++c) {
+                const double w = double(W_dec[j * d_in + c]);
+                q += w * w;
             }
-        for (int64_t r0 = 0; r0 < m; r0 += blk) {
-            const int64_t rows = std::min(blk, m - r0);
-            // pre holds this block only
-            if constexpr (std::is_same_v<T, float>) {
-                if (w_rounded)
-                    be.gemm_bf16_b(Trans::no, rows, d_sae, d_in, xin + r0 * d_in, d_in, ws.w_bf16.data(), 0.0f,
-                                   pre, d_sae, P.b_enc);
-                else
-                    product(be, Trans::no, Trans::no, rows, d_sae, d_in, xin + r0 * d_in, d_in, P.W_enc, d_sae,
-                            T(0), pre, d_sae, P.b_enc, prec);
-            } else {
-                product(be, Trans::no, Trans::no, rows, d_sae, d_in, xin + r0 * d_in, d_in, P.W_enc, d_sae, T(0),
-                        pre, d_sae, P.b_enc, prec);
-            }
-            clock.mark(1);
-            select_topk(ws, pre, r0, r0, r0 + rows, d_sae, spec.k, false, nt);
-            if (aux) select_aux(ws, pre, r0, r0, r0 + rows, d_sae, n_dead, spec.k_aux, false, nt);
-            clock.mark(2);
+            latent[j] = std::sqrt(q);
         }
     } else {
-        // pre [m, d_sae] = x'·W_enc + b_enc: the one dense product of the sparse architectures.
-        product(be, Trans::no, Trans::no, m, d_sae, d_in, xin, d_in, P.W_enc, d_sae, T(0), pre, d_sae,
-                P.b_enc, prec);
-        clock.mark(1);
+        for (int64_t j = 0; j < d_sae; ++j) latent[j] = 1.0;
     }
+    double* row_sums = s.row_sums;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < s.m; ++i) {
+        double row = 0;
+        for (int64_t j = 0; j < d_sae; ++j) row += std::fabs(double(A[i * d_sae + j])) * latent[j];
+        row_sums[i] = row;
+    }
+    return s.l1 * sum_in_order(row_sums, s.m) * s.inv_m;
+}
 
-    // h = σ(pre). The sparse path keeps the active entries as lists (ws.act); the dense H is
-    // written when asked for or when the dense path runs. For jumprelu latent[j] = θⱼ.
-    if (!fused) switch (spec.arch) {
-        case Arch::standard:
+// J.sparsity = λ₁·(1/m)·Σᵢⱼ |hᵢⱼ|·‖W_dec[j]‖.
+template <class T>
+double penalty_l1(Step<T>& s) {
+    return weighted_l1(s, s.H);
+}
+
+// ∂/∂W_dec[j] of λ₁·(1/m)·Σᵢ|Aᵢⱼ|·‖W_dec[j]‖ = (λ₁/m)·Σᵢ|Aᵢⱼ|·W_dec[j]/‖W_dec[j]‖ (latent[j] = the norm).
+template <class T>
+void decoder_norm_grad(Step<T>& s, const T* A) {
+    const int64_t d_in = s.d_in, d_sae = s.d_sae;
+    const double c = s.l1 * s.inv_m;
+    const double* latent = s.latent;
+    column_sums(
+        s.m, d_sae, [&](int64_t i, int64_t j) { return std::fabs(double(A[i * d_sae + j])); },
+        [&](int64_t j, double a) {
+            if (latent[j] == 0) return;  // no direction: the norm has no gradient here
+            const double f = c * a / latent[j];
+            for (int64_t col = 0; col < d_in; ++col)
+                s.G.W_dec[j * d_in + col] += T(f * double(s.P.W_dec[j * d_in + col]));
+        });
+}
+
+// ∂/∂hᵢⱼ = (λ/m)·sign(hᵢⱼ)·‖W_dec[j]‖; ∂/∂W_dec[j] = (λ/m)·Σᵢ|hᵢⱼ|·W_dec[j]/‖W_dec[j]‖.
+template <class T>
+void dense_backward_l1(Step<T>& s, T* dH) {
+    if (s.l1 != 0) {
+        const int64_t d_sae = s.d_sae;
+        const double c = s.l1 * s.inv_m;
+        const T* H = s.H;
+        const double* latent = s.latent;
 #pragma omp parallel for schedule(static)
-            for (int64_t t = 0; t < nH; ++t) H[t] = pre[t] > T(0) ? pre[t] : T(0);
-            break;
-        case Arch::topk:
-            select_topk(ws, pre, 0, 0, m, d_sae, spec.k, write_h, nt);
-            break;
-        case Arch::batchtopk:
-            if (batchtopk_threshold < 0) {
-                select_batchtopk(ws, pre, m, d_sae, spec.k, write_h, nt);
-            } else {
-                const int64_t cap_row = ws.act.cap / int64_t(ws.act.beg.size());
-                sparse = select_threshold(ws, pre, m, d_sae, nullptr, batchtopk_threshold, 0.0,
-                                          cap_row, write_h, nt) && want_sparse;
-            }
-            break;
-        case Arch::jumprelu: {
-            for (int64_t j = 0; j < d_sae; ++j) latent[j] = std::exp(double(P.log_threshold[j]));
-            const int64_t cap_row = ws.act.cap / int64_t(ws.act.beg.size());
-            sparse = select_threshold(ws, pre, m, d_sae, latent, 0.0, spec.bandwidth, cap_row,
-                                      write_h, nt) && want_sparse;
-            J.sparsity = l0 * sum_in_order(row_sums, m) * inv_m;
-            break;
-        }
-    }
-    if (!sparse && !write_h) {  // a threshold rule overflowed its lists: the dense path needs H
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < m; ++i)
+        for (int64_t i = 0; i < s.m; ++i)
             for (int64_t j = 0; j < d_sae; ++j) {
-                const double th = spec.arch == Arch::jumprelu ? latent[j] : batchtopk_threshold;
+                const T h = H[i * d_sae + j];
+                const double sg = h > T(0) ? 1.0 : (h < T(0) ? -1.0 : 0.0);
+                dH[i * d_sae + j] += T(c * sg * latent[j]);
+            }
+        if (s.spec.l1_decoder_norm) decoder_norm_grad(s, H);
+    }
+    gate_mask(s, dH);
+}
+
+// --- threshold rules (JumpReLU, BatchTopK inference) -------------------------------------
+// theta [d_sae] or one value for every latent; eps > 0 also lists the straight-through window.
+// On overflow with no dense H asked for, writes the dense H the dense path needs.
+template <class T>
+bool select_by_threshold(Step<T>& s, const double* theta, double one_theta, double eps) {
+    ModernWorkspace<T>& ws = s.ws;
+    const int64_t cap_row = ws.act.cap / int64_t(ws.act.beg.size());
+    const bool complete = select_threshold(ws, s.pre, s.m, s.d_sae, theta, one_theta, eps, cap_row,
+                                           s.write_h, s.nt);
+    if (!complete && !s.write_h) {
+        const int64_t d_sae = s.d_sae;
+        T* H = s.H;
+        const T* pre = s.pre;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < s.m; ++i)
+            for (int64_t j = 0; j < d_sae; ++j) {
+                const double th = theta ? theta[j] : one_theta;
                 const T p = pre[i * d_sae + j];
                 H[i * d_sae + j] = double(p) > th ? p : T(0);
             }
     }
-    ws.sparse_used = sparse;
-    clock.mark(2);
+    return complete;
+}
 
-    // x̂ [m, d_in] = h·W_dec + b_dec; rec; dXhat = (x̂ − x)/m.
+// --- topk / batchtopk ----------------------------------------------------------------------
+template <class T>
+bool select_topk_all(Step<T>& s) {
+    select_topk(s.ws, s.pre, 0, 0, s.m, s.d_sae, s.spec.k, s.write_h, s.nt);
+    return true;
+}
+
+template <class T>
+bool select_batch(Step<T>& s) {
+    if (s.batchtopk_threshold >= 0) return select_by_threshold(s, nullptr, s.batchtopk_threshold, 0.0);
+    select_batchtopk(s.ws, s.pre, s.m, s.d_sae, s.spec.k, s.write_h, s.nt);
+    return true;
+}
+
+// --- jumprelu: h = pre·H(pre − θ), L0 penalty, straight-through θ -------------------------
+// latent[j] = θⱼ; ws.row_sums holds each row's active count for the penalty.
+template <class T>
+bool select_jump(Step<T>& s) {
+    for (int64_t j = 0; j < s.d_sae; ++j) s.latent[j] = std::exp(double(s.P.log_threshold[j]));
+    return select_by_threshold(s, s.latent, 0.0, s.spec.bandwidth);
+}
+
+template <class T>
+double penalty_l0(Step<T>& s) {
+    return s.l0 * sum_in_order(s.row_sums, s.m) * s.inv_m;
+}
+
+// Straight-through: ∂J/∂θⱼ = Σᵢ K((preᵢⱼ − θⱼ)/ε)·(−θⱼ/ε·dHᵢⱼ − λ₀/(m·ε)), then
+// ∂J/∂log θⱼ = θⱼ·∂J/∂θⱼ. dH here is still ∂J/∂h (before the gate).
+template <class T>
+void dense_backward_jump(Step<T>& s, T* dH) {
+    const int64_t d_sae = s.d_sae;
+    const double eps = s.spec.bandwidth;
+    const double l0_term = -s.l0 * s.inv_m / eps;
+    const double* latent = s.latent;
+    const T* pre = s.pre;
+    column_sums(
+        s.m, d_sae,
+        [&](int64_t i, int64_t j) {
+            const double th = latent[j];
+            const double u = (double(pre[i * d_sae + j]) - th) / eps;
+            return std::fabs(u) < 0.5 ? -th / eps * double(dH[i * d_sae + j]) + l0_term : 0.0;
+        },
+        [&](int64_t j, double g) { s.G.log_threshold[j] = T(latent[j] * g); });
+    gate_mask(s, dH);
+}
+
+// --- gated: h = 1[gate > 0]·relu(mag), shared weights -------------------------------------
+// pre is the gate (bias b_gate); mag = (pre − b_gate)·exp(r_mag) + b_mag; Haux = relu(gate).
+template <class T>
+bool select_gated(Step<T>& s) {
+    const int64_t m = s.m, n = s.d_sae;
+    double* er = s.ws.mag_scale.data();
+    for (int64_t j = 0; j < n; ++j) er[j] = std::exp(double(s.P.r_mag[j]));
+    const T* pre = s.pre;
+    const T* b_gate = s.P.b_enc;
+    const T* b_mag = s.P.b_mag;
+    T* mag = s.ws.mag.data.data();
+    T* H = s.H;
+    T* Hg = s.ws.Haux.data.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t t = i * n + j;
+            const T g = pre[t];
+            const T mg = T((double(g) - double(b_gate[j])) * er[j] + double(b_mag[j]));
+            mag[t] = mg;
+            H[t] = g > T(0) && mg > T(0) ? mg : T(0);
+            Hg[t] = g > T(0) ? g : T(0);
+        }
+    return false;
+}
+
+// λ₁·(1/m)·Σᵢⱼ relu(gateᵢⱼ)·‖W_dec[j]‖.
+template <class T>
+double penalty_gate(Step<T>& s) {
+    return weighted_l1(s, s.ws.Haux.data.data());
+}
+
+// x̃ = relu(gate)·W_dec + b_dec (decoder frozen); aux = (1/m)·Σᵢ ½‖x̃ᵢ − xᵢ‖²; dEaux = (x̃ − x)/m.
+template <class T>
+double aux_gate(Step<T>& s) {
+    ModernWorkspace<T>& ws = s.ws;
+    const int64_t m = s.m, d_in = s.d_in;
+    T* Et = ws.Eaux.data.data();
+    T* dE = ws.dEaux.data.data();
+    product(s.be, Trans::no, Trans::no, m, d_in, s.d_sae, ws.Haux.data.data(), s.d_sae, s.P.W_dec, d_in, T(0), Et,
+            d_in, s.P.b_dec, s.prec);
+    const T* X = s.X;
+    double* row_sums = s.row_sums;
+    const double inv_m = s.inv_m;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i) {
+        double row = 0;
+        for (int64_t c = 0; c < d_in; ++c) {
+            const double e = double(Et[i * d_in + c]) - double(X[i * d_in + c]);
+            row += e * e;
+            dE[i * d_in + c] = T(e * inv_m);
+        }
+        row_sums[i] = row;
+    }
+    return 0.5 * sum_in_order(row_sums, m) * inv_m;
+}
+
+// dH = ∂J/∂h on entry. dmag = dH where gate > 0 and mag > 0; dgate = (λ₁/m)·‖W_dec[j]‖ +
+// dEaux·W_decᵀ where gate > 0; ∂J/∂(x'·W_enc) = dgate + exp(r_mag)·dmag (left in dH);
+// b_gate: Σ dgate, b_mag: Σ dmag, r_mag: Σ dmag·(gate − b_gate)·exp(r_mag); the penalty's
+// decoder-norm gradient into W_dec (the aux term's decoder is frozen).
+template <class T>
+void dense_backward_gate(Step<T>& s, T* dH) {
+    ModernWorkspace<T>& ws = s.ws;
+    const int64_t m = s.m, n = s.d_sae, d_in = s.d_in;
+    T* Hg = ws.Haux.data.data();
+    if (s.l1 != 0 && s.spec.l1_decoder_norm) decoder_norm_grad(s, Hg);
+    // Hg is not needed again: it takes dEaux·W_decᵀ [m, d_sae], then dgate.
+    product(s.be, Trans::no, Trans::yes, m, n, d_in, ws.dEaux.data.data(), d_in, s.P.W_dec, d_in, T(0), Hg, n,
+            nullptr, s.prec);
+    const double c = s.l1 * s.inv_m;
+    const double* latent = s.latent;
+    const double* er = ws.mag_scale.data();
+    const T* pre = s.pre;
+    T* mag = ws.mag.data.data();  // takes dmag
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t t = i * n + j;
+            const bool open = pre[t] > T(0);
+            const T dmag = open && mag[t] > T(0) ? dH[t] : T(0);
+            const T dgate = open ? T(c * latent[j] + double(Hg[t])) : T(0);
+            mag[t] = dmag;
+            Hg[t] = dgate;
+            dH[t] = T(double(dgate) + er[j] * double(dmag));
+        }
+    const T* b_gate = s.P.b_enc;
+    column_sums(
+        m, n, [&](int64_t i, int64_t j) { return double(Hg[i * n + j]); },
+        [&](int64_t j, double v) { s.G.b_enc[j] = T(v); });
+    column_sums(
+        m, n, [&](int64_t i, int64_t j) { return double(mag[i * n + j]); },
+        [&](int64_t j, double v) { s.G.b_mag[j] = T(v); });
+    column_sums(
+        m, n,
+        [&](int64_t i, int64_t j) {
+            return double(mag[i * n + j]) * (double(pre[i * n + j]) - double(b_gate[j]));
+        },
+        [&](int64_t j, double v) { s.G.r_mag[j] = T(v * er[j]); });
+}
+
+// The rows of the table, in arch_table() order.
+template <class T>
+const ArchOps<T>& arch_ops(Arch a) {
+    //                                select              penalty          dense_backward            aux
+    static const ArchOps<T> standard{select_relu<T>, penalty_l1<T>, dense_backward_l1<T>, nullptr};
+    static const ArchOps<T> topk{select_topk_all<T>, nullptr, nullptr, nullptr};
+    static const ArchOps<T> batchtopk{select_batch<T>, nullptr, nullptr, nullptr};
+    static const ArchOps<T> jumprelu{select_jump<T>, penalty_l0<T>, dense_backward_jump<T>, nullptr};
+    static const ArchOps<T> gated{select_gated<T>, penalty_gate<T>, dense_backward_gate<T>, aux_gate<T>};
+    static const ArchOps<T> matryoshka{select_batch<T>, nullptr, nullptr, nullptr};
+    switch (a) {
+        case Arch::standard: return standard;
+        case Arch::topk: return topk;
+        case Arch::batchtopk: return batchtopk;
+        case Arch::jumprelu: return jumprelu;
+        case Arch::gated: return gated;
+        case Arch::matryoshka_batchtopk: return matryoshka;
+    }
+    throw Error("arch_ops: an Arch value without ops");
+}
+
+// --- the shared stages ----------------------------------------------------------------------
+// x' = x − b_dec (or x).
+template <class T>
+void stage_input(Step<T>& s) {
+    s.xin = s.X;
+    if (!s.spec.apply_b_dec_to_input) return;
+    T* xb = s.ws.xin.data.data();
+    const int64_t d_in = s.d_in;
+    const T* X = s.X;
+    const T* b_dec = s.P.b_dec;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < s.m; ++i)
+        for (int64_t c = 0; c < d_in; ++c) xb[i * d_in + c] = X[i * d_in + c] - b_dec[c];
+    s.xin = xb;
+}
+
+// Dead latents for AuxK: their count, their indices in ws.dead_idx.
+template <class T>
+void stage_dead(Step<T>& s, const uint8_t* dead, bool lists_only) {
+    if (!uses_aux(s.spec) || !dead) return;
+    for (int64_t j = 0; j < s.d_sae; ++j) s.n_dead += dead[j] != 0;
+    s.aux = s.n_dead > 0;
+    if (!s.aux) return;
+    ModernWorkspace<T>& ws = s.ws;
+    require((lists_only || ws.Haux.rows >= s.m) && ws.Haux.cols == s.d_sae && ws.Eaux.cols == s.d_in &&
+                int64_t(ws.dead_idx.size()) == s.d_sae && ws.aux.cap >= s.m * s.spec.k_aux,
+            "modern_cost: workspace not reserved for AuxK");
+    for (int64_t j = 0, t = 0; j < s.d_sae; ++j)
+        if (dead[j]) ws.dead_idx[size_t(t++)] = int32_t(j);
+}
+
+// TopK keeping lists only: the encoder product and the selections (TopK, AuxK) a block of rows
+// at a time, each block selected while its pre-activations are still in cache.
+template <class T>
+void stage_encode_select_fused(Step<T>& s, PhaseClock& clock) {
+    ModernWorkspace<T>& ws = s.ws;
+    const int64_t m = s.m, d_in = s.d_in, d_sae = s.d_sae, blk = ws.encoder_block;
+    // bf16: W_enc is rounded once for all the blocks.
+    const bool w_rounded = std::is_same_v<T, float> && s.prec == Precision::bf16;
+    if constexpr (std::is_same_v<T, float>)
+        if (w_rounded) {
+            require(int64_t(ws.w_bf16.size()) >= d_in * d_sae, "modern_cost: workspace not reserved for bf16");
+            round_to_bf16(s.P.W_enc, d_in, d_sae, d_sae, ws.w_bf16.data());
+        }
+    for (int64_t r0 = 0; r0 < m; r0 += blk) {
+        const int64_t rows = std::min(blk, m - r0);
+        // pre holds this block only
+        if constexpr (std::is_same_v<T, float>) {
+            if (w_rounded)
+                s.be.gemm_bf16_b(Trans::no, rows, d_sae, d_in, s.xin + r0 * d_in, d_in, ws.w_bf16.data(), 0.0f,
+                                 s.pre, d_sae, s.P.b_enc);
+            else
+                product(s.be, Trans::no, Trans::no, rows, d_sae, d_in, s.xin + r0 * d_in, d_in, s.P.W_enc, d_sae,
+                        T(0), s.pre, d_sae, s.P.b_enc, s.prec);
+        } else {
+            product(s.be, Trans::no, Trans::no, rows, d_sae, d_in, s.xin + r0 * d_in, d_in, s.P.W_enc, d_sae, T(0),
+                    s.pre, d_sae, s.P.b_enc, s.prec);
+        }
+        clock.mark(1);
+        select_topk(ws, s.pre, r0, r0, r0 + rows, d_sae, s.spec.k, false, s.nt);
+        if (s.aux) select_aux(ws, s.pre, r0, r0, r0 + rows, d_sae, s.n_dead, s.spec.k_aux, false, s.nt);
+        clock.mark(2);
+    }
+}
+
+// pre [m, d_sae] = x'·W_enc + bias: the one dense product of the forward.
+template <class T>
+void stage_encoder(Step<T>& s) {
+    product(s.be, Trans::no, Trans::no, s.m, s.d_sae, s.d_in, s.xin, s.d_in, s.P.W_enc, s.d_sae, T(0), s.pre,
+            s.d_sae, s.P.b_enc, s.prec);
+}
+
+// x̂ [m, d_in] = h·W_dec + b_dec; returns rec; dXhat = (x̂ − x)/m.
+template <class T>
+double stage_decode(Step<T>& s, bool sparse) {
+    const int64_t m = s.m, d_in = s.d_in;
     if (sparse)
-        sparse_rows_times(ws.act, P.W_dec, P.b_dec, m, d_in, Xhat, nt);
+        sparse_rows_times(s.ws.act, s.P.W_dec, s.P.b_dec, m, d_in, s.Xhat, s.nt);
     else
-        product(be, Trans::no, Trans::no, m, d_in, d_sae, H, d_sae, P.W_dec, d_in, T(0), Xhat,
-                d_in, P.b_dec, prec);
+        product(s.be, Trans::no, Trans::no, m, d_in, s.d_sae, s.H, s.d_sae, s.P.W_dec, d_in, T(0), s.Xhat, d_in,
+                s.P.b_dec, s.prec);
+    const T* X = s.X;
+    const T* Xhat = s.Xhat;
+    T* dXhat = s.dXhat;
+    double* row_sums = s.row_sums;
+    const double inv_m = s.inv_m;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < m; ++i) {
         double row = 0;
@@ -1023,211 +1383,258 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
         }
         row_sums[i] = row;
     }
-    J.rec = 0.5 * sum_in_order(row_sums, m) * inv_m;
+    return 0.5 * sum_in_order(row_sums, m) * inv_m;
+}
 
-    // Sparsity of standard. latent[j] = ‖W_dec[j]‖ (or 1).
-    if (spec.arch == Arch::standard) {
-        if (spec.l1_decoder_norm) {
-#pragma omp parallel for schedule(static)
-            for (int64_t j = 0; j < d_sae; ++j) {
-                double s = 0;
-                for (int64_t c = 0; c < d_in; ++c) {
-                    const double w = double(P.W_dec[j * d_in + c]);
-                    s += w * w;
-                }
-                latent[j] = std::sqrt(s);
-            }
-        } else {
-            for (int64_t j = 0; j < d_sae; ++j) latent[j] = 1.0;
+// Nested prefixes (matryoshka): x̂⁽ᵍ⁾ for every group g, rec = Σ_g w_g·½·(1/m)·Σᵢ‖x̂⁽ᵍ⁾ᵢ − xᵢ‖²;
+// ws.dXg group g = Σ_{g' ≥ g} w_g'·(x̂⁽ᵍ'⁾ − x)/m (what the latents of group g see), dXhat = its
+// group 0 (b_dec sees every prefix), Xhat = x̂⁽ᴳ⁻¹⁾. Lists: each row's entries in column order,
+// snapshotted at each group end; dense: one product per group added to the previous prefix.
+template <class T>
+double stage_decode_nested(Step<T>& s, bool sparse) {
+    const int64_t m = s.m, d_in = s.d_in, d_sae = s.d_sae;
+    const int64_t* ends = s.spec.group_ends.data();
+    const double* w = s.spec.group_weights.data();
+    const int64_t G = int64_t(s.spec.group_ends.size());
+    T* D = s.ws.dXg.data.data();
+    const T* X = s.X;
+    T* Xhat = s.Xhat;
+    const T* W_dec = s.P.W_dec;
+    const T* b_dec = s.P.b_dec;
+    double* row_sums = s.row_sums;
+    const double inv_m = s.inv_m;
+    // Row i's error of prefix g (x̂⁽ᵍ⁾ row i in o) into D, its weighted square into row_sums.
+    auto error_row = [&](int64_t g, int64_t i, const T* o) {
+        T* dg = D + (g * m + i) * d_in;
+        const T* x = X + i * d_in;
+        double row = 0;
+        for (int64_t c = 0; c < d_in; ++c) {
+            const double e = double(o[c]) - double(x[c]);
+            row += e * e;
+            dg[c] = T(w[g] * e * inv_m);
         }
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < m; ++i) {
-            double row = 0;
-            for (int64_t j = 0; j < d_sae; ++j) row += std::fabs(double(H[i * d_sae + j])) * latent[j];
-            row_sums[i] = row;
-        }
-        J.sparsity = l1 * sum_in_order(row_sums, m) * inv_m;
-    }
-
-    clock.mark(3);
-    // AuxK on dead latents: ê = h_aux·W_dec against e = x − x̂ (a constant).
-    if (aux) {
-        T* Eaux = ws.Eaux.data.data();
-        T* dEaux = ws.dEaux.data.data();
-        if (!fused) select_aux(ws, pre, 0, 0, m, d_sae, n_dead, spec.k_aux, write_h, nt);
-        if (sparse)
-            sparse_rows_times<T>(ws.aux, P.W_dec, nullptr, m, d_in, Eaux, nt);
-        else
-            product(be, Trans::no, Trans::no, m, d_in, d_sae, ws.Haux.data.data(), d_sae, P.W_dec,
-                    d_in, T(0), Eaux, d_in, nullptr, prec);
-        const double c = spec.aux_coefficient * inv_m;
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < m; ++i) {
-            double row = 0;
-            for (int64_t col = 0; col < d_in; ++col) {
-                const int64_t t = i * d_in + col;
-                const double e = double(X[t]) - double(Xhat[t]);
-                const double r = double(Eaux[t]) - e;
-                row += r * r;
-                dEaux[t] = T(c * r);
-            }
-            row_sums[i] = row;
-        }
-        J.aux = spec.aux_coefficient * 0.5 * sum_in_order(row_sums, m) * inv_m;
-    }
-
-    clock.mark(4);
-    if (!grad) return J;
-    const auto G = tensors(layout, grad);
-
+        row_sums[i] += w[g] * row;
+    };
+    for (int64_t i = 0; i < m; ++i) row_sums[i] = 0;
     if (sparse) {
-        // Every gradient entry is written exactly once below: no fill.
-        int64_t* cursor = ws.cursor.data();
-        transpose_lists(ws.act, m, d_sae, cursor);
-        if (aux) transpose_lists(ws.aux, m, d_sae, cursor);
-        clock.mark(5);
-        const SparseRows<T>& A = ws.act;
-        const SparseRows<T>& X2 = ws.aux;
-        const T* dEaux = aux ? ws.dEaux.data.data() : nullptr;
-        const bool jump = spec.arch == Arch::jumprelu;
-        const double eps = spec.bandwidth;
-        const double l0_term = -l0 * inv_m / eps;
-        constexpr int64_t kB = 16;  // latents per block: one cache line of a W_enc row
-        const int64_t blocks = (d_sae + kB - 1) / kB;
-        // Per latent j: ∂J/∂h_ij = dXhat_i·W_dec[j] for its listed rows i; dW_dec[j] = Σ h_ij·dXhat_i;
-        // the gate passes it where h > 0 (dpre); dW_enc[:, j] = Σ dpre_ij·x'_i and db_enc[j] = Σ dpre_ij,
-        // collected for 16 latents in a tile [16, d_in] and written as 16-wide column blocks.
-#pragma omp parallel num_threads(nt)
-        {
-            T* tile = ws.scratch.data() + omp_get_thread_num() * ws.per_thread;
-#pragma omp for schedule(dynamic, 4)
-            for (int64_t blk = 0; blk < blocks; ++blk) {
-                const int64_t j0 = blk * kB, w = std::min(kB, d_sae - j0);
-                std::fill(tile, tile + w * d_in, T(0));
-                for (int64_t t = 0; t < w; ++t) {
-                    const int64_t j = j0 + t;
-                    T* gd = G.W_dec + j * d_in;
-                    const T* wd = P.W_dec + j * d_in;
-                    T* tj = tile + t * d_in;
-                    std::fill(gd, gd + d_in, T(0));
-                    double db = 0, gth = 0;
-                    const double th = jump ? latent[j] : 0.0;
-                    const int64_t q0 = A.col_ptr[size_t(j)], q1 = A.col_ptr[size_t(j + 1)];
-                    for (int64_t q = q0; q < q1; ++q) {
-                        if (q + 1 < q1) {
-                            const int64_t next = A.t_row[size_t(q + 1)];
-                            prefetch_row(dXhat + next * d_in, d_in);
-                            prefetch_row(xin + next * d_in, d_in);
-                        }
-                        const int64_t i = A.t_row[size_t(q)];
-                        const T h = A.t_val[size_t(q)];
-                        const T* dx = dXhat + i * d_in;
-                        const T d = dot(dx, wd, d_in);
-                        if (h > T(0)) {
-                            axpy(gd, h, dx, d_in);
-                            axpy(tj, d, xin + i * d_in, d_in);
-                            db += double(d);
-                        }
-                        if (jump) {
-                            const double u = (double(pre[i * d_sae + j]) - th) / eps;
-                            if (std::fabs(u) < 0.5) gth += -th / eps * double(d) + l0_term;
-                        }
-                    }
-                    if (aux)
-                        for (int64_t q = X2.col_ptr[size_t(j)]; q < X2.col_ptr[size_t(j + 1)]; ++q) {
-                            const int64_t i = X2.t_row[size_t(q)];
-                            const T* de = dEaux + i * d_in;
-                            const T d = dot(de, wd, d_in);
-                            axpy(gd, X2.t_val[size_t(q)], de, d_in);
-                            axpy(tj, d, xin + i * d_in, d_in);
-                            db += double(d);
-                        }
-                    G.b_enc[j] = T(db);
-                    if (jump) G.log_threshold[j] = T(th * gth);
+        const SparseRows<T>& A = s.ws.act;
+#pragma omp parallel for schedule(static) num_threads(s.nt)
+        for (int64_t i = 0; i < m; ++i) {
+            T* o = Xhat + i * d_in;
+            std::copy(b_dec, b_dec + d_in, o);
+            int64_t e = A.beg[size_t(i)];
+            const int64_t e1 = A.end[size_t(i)];
+            for (int64_t g = 0; g < G; ++g) {
+                for (; e < e1 && A.col[size_t(e)] < ends[g]; ++e) {
+                    const T v = A.val[size_t(e)];
+                    if (v != T(0)) axpy(o, v, W_dec + int64_t(A.col[size_t(e)]) * d_in, d_in);
                 }
-                for (int64_t c = 0; c < d_in; ++c) {
-                    T* g = G.W_enc + c * d_sae + j0;
-                    for (int64_t t = 0; t < w; ++t) g[t] = tile[t * d_in + c];
-                }
+                error_row(g, i, o);
             }
         }
-        clock.mark(6);
-        // db_dec = Σᵢ dXhat_i − W_enc·db_enc (the second term through x' = x − b_dec).
-        column_sums(
-            m, d_in, [&](int64_t i, int64_t c) { return double(dXhat[i * d_in + c]); },
-            [&](int64_t c, double s) { G.b_dec[c] = T(s); });
-        if (spec.apply_b_dec_to_input) {
+    } else {
+        for (int64_t g = 0; g < G; ++g) {
+            const int64_t j0 = g ? ends[g - 1] : 0, width = ends[g] - j0;
+            // Xhat += H[:, j0 : j0 + width]·W_dec[j0 : j0 + width] (group 0: = ... + b_dec)
+            product(s.be, Trans::no, Trans::no, m, d_in, width, s.H + j0, d_sae, W_dec + j0 * d_in, d_in,
+                    g ? T(1) : T(0), Xhat, d_in, g ? nullptr : b_dec, s.prec);
 #pragma omp parallel for schedule(static)
-            for (int64_t c = 0; c < d_in; ++c)
-                G.b_dec[c] -= T(dot_double(P.W_enc + c * d_sae, G.b_enc, d_sae));
+            for (int64_t i = 0; i < m; ++i) error_row(g, i, Xhat + i * d_in);
         }
-        clock.mark(7);
-        return J;
     }
+    T* dXhat = s.dXhat;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i) {
+        for (int64_t g = G - 2; g >= 0; --g) {
+            T* dg = D + (g * m + i) * d_in;
+            const T* next = D + ((g + 1) * m + i) * d_in;
+            for (int64_t c = 0; c < d_in; ++c) dg[c] += next[c];
+        }
+        std::copy(D + i * d_in, D + (i + 1) * d_in, dXhat + i * d_in);
+    }
+    return 0.5 * sum_in_order(row_sums, m) * inv_m;
+}
 
-    // ---- dense path ----
-    std::fill(grad, grad + layout.total, T(0));
-    if (ws.dH.rows < m || ws.dH.cols != d_sae) ws.dH.resize(ws.H.rows, d_sae);  // see header
-    T* dH = ws.dH.data.data();
+// AuxK on dead latents: ê = h_aux·W_dec against e = x − x̂ (a constant); returns aux.
+template <class T>
+double stage_auxk(Step<T>& s, bool sparse, bool fused) {
+    ModernWorkspace<T>& ws = s.ws;
+    const int64_t m = s.m, d_in = s.d_in, d_sae = s.d_sae;
+    T* Eaux = ws.Eaux.data.data();
+    T* dEaux = ws.dEaux.data.data();
+    if (!fused) select_aux(ws, s.pre, 0, 0, m, d_sae, s.n_dead, s.spec.k_aux, s.write_h, s.nt);
+    if (sparse)
+        sparse_rows_times<T>(ws.aux, s.P.W_dec, nullptr, m, d_in, Eaux, s.nt);
+    else
+        product(s.be, Trans::no, Trans::no, m, d_in, d_sae, ws.Haux.data.data(), d_sae, s.P.W_dec, d_in, T(0),
+                Eaux, d_in, nullptr, s.prec);
+    const double c = s.spec.aux_coefficient * s.inv_m;
+    const T* X = s.X;
+    const T* Xhat = s.Xhat;
+    double* row_sums = s.row_sums;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i) {
+        double row = 0;
+        for (int64_t col = 0; col < d_in; ++col) {
+            const int64_t t = i * d_in + col;
+            const double e = double(X[t]) - double(Xhat[t]);
+            const double r = double(Eaux[t]) - e;
+            row += r * r;
+            dEaux[t] = T(c * r);
+        }
+        row_sums[i] = row;
+    }
+    return s.spec.aux_coefficient * 0.5 * sum_in_order(row_sums, m) * s.inv_m;
+}
 
-    // Decoder: dW_dec += hᵀ·dXhat, db_dec += Σᵢ dXhat, dH = dXhat·W_decᵀ.
-    product(be, Trans::yes, Trans::no, d_sae, d_in, m, H, d_sae, dXhat, d_in, T(1), G.W_dec, d_in,
-            nullptr, prec);
+// Sparse backward: every gradient entry is written exactly once (no fill). Per latent j:
+// ∂J/∂h_ij = dXhat_i·W_dec[j] for its listed rows i; dW_dec[j] = Σ h_ij·dXhat_i; the gate passes
+// it where h > 0 (dpre); dW_enc[:, j] = Σ dpre_ij·x'_i and db_enc[j] = Σ dpre_ij, collected for
+// 16 latents in a tile [16, d_in] and written as 16-wide column blocks. A learnt threshold
+// takes its straight-through gradient from the listed entries in its window.
+template <class T>
+void stage_backward_sparse(Step<T>& s, PhaseClock& clock) {
+    ModernWorkspace<T>& ws = s.ws;
+    const int64_t m = s.m, d_in = s.d_in, d_sae = s.d_sae;
+    int64_t* cursor = ws.cursor.data();
+    transpose_lists(ws.act, m, d_sae, cursor);
+    if (s.aux) transpose_lists(ws.aux, m, d_sae, cursor);
+    clock.mark(5);
+    const SparseRows<T>& A = ws.act;
+    const SparseRows<T>& X2 = ws.aux;
+    const T* dEaux = s.aux ? ws.dEaux.data.data() : nullptr;
+    const T* dXhat = s.dXhat;
+    const T* xin = s.xin;
+    const T* pre = s.pre;
+    const double* latent = s.latent;
+    const Tensors<T>& P = s.P;
+    const Tensors<T>& G = s.G;
+    const bool aux = s.aux;
+    const bool jump = arch_info(s.spec.arch).threshold == ThresholdKind::learnt;
+    // Nested groups: latent j's rows of ∂J/∂x̂ are those of its group in ws.dXg.
+    const bool nested = arch_info(s.spec.arch).nested;
+    const int64_t* ends = s.spec.group_ends.data();
+    const T* dXg = ws.dXg.data.data();
+    const double eps = s.spec.bandwidth;
+    const double l0_term = -s.l0 * s.inv_m / eps;
+    constexpr int64_t kB = 16;  // latents per block: one cache line of a W_enc row
+    const int64_t blocks = (d_sae + kB - 1) / kB;
+#pragma omp parallel num_threads(s.nt)
+    {
+        T* tile = ws.scratch.data() + omp_get_thread_num() * ws.per_thread;
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+            const int64_t j0 = blk * kB, w = std::min(kB, d_sae - j0);
+            std::fill(tile, tile + w * d_in, T(0));
+            for (int64_t t = 0; t < w; ++t) {
+                const int64_t j = j0 + t;
+                T* gd = G.W_dec + j * d_in;
+                const T* wd = P.W_dec + j * d_in;
+                T* tj = tile + t * d_in;
+                std::fill(gd, gd + d_in, T(0));
+                double db = 0, gth = 0;
+                const double th = jump ? latent[j] : 0.0;
+                const T* dXj = dXhat;
+                if (nested) {
+                    int64_t g = 0;
+                    while (j >= ends[g]) ++g;
+                    dXj = dXg + g * m * d_in;
+                }
+                const int64_t q0 = A.col_ptr[size_t(j)], q1 = A.col_ptr[size_t(j + 1)];
+                for (int64_t q = q0; q < q1; ++q) {
+                    if (q + 1 < q1) {
+                        const int64_t next = A.t_row[size_t(q + 1)];
+                        prefetch_row(dXj + next * d_in, d_in);
+                        prefetch_row(xin + next * d_in, d_in);
+                    }
+                    const int64_t i = A.t_row[size_t(q)];
+                    const T h = A.t_val[size_t(q)];
+                    const T* dx = dXj + i * d_in;
+                    const T d = dot(dx, wd, d_in);
+                    if (h > T(0)) {
+                        axpy(gd, h, dx, d_in);
+                        axpy(tj, d, xin + i * d_in, d_in);
+                        db += double(d);
+                    }
+                    if (jump) {
+                        const double u = (double(pre[i * d_sae + j]) - th) / eps;
+                        if (std::fabs(u) < 0.5) gth += -th / eps * double(d) + l0_term;
+                    }
+                }
+                if (aux)
+                    for (int64_t q = X2.col_ptr[size_t(j)]; q < X2.col_ptr[size_t(j + 1)]; ++q) {
+                        const int64_t i = X2.t_row[size_t(q)];
+                        const T* de = dEaux + i * d_in;
+                        const T d = dot(de, wd, d_in);
+                        axpy(gd, X2.t_val[size_t(q)], de, d_in);
+                        axpy(tj, d, xin + i * d_in, d_in);
+                        db += double(d);
+                    }
+                G.b_enc[j] = T(db);
+                if (jump) G.log_threshold[j] = T(th * gth);
+            }
+            for (int64_t c = 0; c < d_in; ++c) {
+                T* g = G.W_enc + c * d_sae + j0;
+                for (int64_t t = 0; t < w; ++t) g[t] = tile[t * d_in + c];
+            }
+        }
+    }
+    clock.mark(6);
+    // db_dec = Σᵢ dXhat_i (the W_enc·db_enc part follows in stage_b_dec).
     column_sums(
         m, d_in, [&](int64_t i, int64_t c) { return double(dXhat[i * d_in + c]); },
-        [&](int64_t c, double s) { G.b_dec[c] += T(s); });
-    product(be, Trans::no, Trans::yes, m, d_sae, d_in, dXhat, d_in, P.W_dec, d_in, T(0), dH, d_sae,
-            nullptr, prec);
+        [&](int64_t c, double v) { G.b_dec[c] = T(v); });
+}
 
-    if (spec.arch == Arch::standard && l1 != 0) {
-        // ∂/∂hᵢⱼ = (λ/m)·sign(hᵢⱼ)·‖W_dec[j]‖; ∂/∂W_dec[j] = (λ/m)·Σᵢ|hᵢⱼ|·W_dec[j]/‖W_dec[j]‖.
-        const double c = l1 * inv_m;
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < m; ++i)
-            for (int64_t j = 0; j < d_sae; ++j) {
-                const T h = H[i * d_sae + j];
-                const double s = h > T(0) ? 1.0 : (h < T(0) ? -1.0 : 0.0);
-                dH[i * d_sae + j] += T(c * s * latent[j]);
-            }
-        if (spec.l1_decoder_norm)
-            column_sums(
-                m, d_sae, [&](int64_t i, int64_t j) { return std::fabs(double(H[i * d_sae + j])); },
-                [&](int64_t j, double a) {
-                    if (latent[j] == 0) return;  // no direction: the norm has no gradient here
-                    const double f = c * a / latent[j];
-                    for (int64_t col = 0; col < d_in; ++col)
-                        G.W_dec[j * d_in + col] += T(f * double(P.W_dec[j * d_in + col]));
-                });
+// Dense backward: three products, the row's penalty and parameter gradients between the
+// decoder and the gate.
+template <class T>
+void stage_backward_dense(Step<T>& s, const ArchOps<T>& ops, const ParamLayout& layout, T* grad,
+                          PhaseClock& clock) {
+    ModernWorkspace<T>& ws = s.ws;
+    const int64_t m = s.m, d_in = s.d_in, d_sae = s.d_sae;
+    std::fill(grad, grad + layout.total, T(0));
+    if (s.bias_grad != s.G.b_enc) std::fill(s.bias_grad, s.bias_grad + d_sae, T(0));
+    if (ws.dH.rows < m || ws.dH.cols != d_sae) ws.dH.resize(ws.H.rows, d_sae);  // see header
+    T* dH = ws.dH.data.data();
+    const T* H = s.H;
+    const T* dXhat = s.dXhat;
+    const Tensors<T>& P = s.P;
+    const Tensors<T>& G = s.G;
+
+    // Decoder: dW_dec += hᵀ·dXhat, db_dec += Σᵢ dXhat, dH = dXhat·W_decᵀ (nested groups: per
+    // group g with its own ∂J/∂x̂ from ws.dXg).
+    if (arch_info(s.spec.arch).nested) {
+        const int64_t* ends = s.spec.group_ends.data();
+        for (int64_t g = 0; g < int64_t(s.spec.group_ends.size()); ++g) {
+            const int64_t j0 = g ? ends[g - 1] : 0, width = ends[g] - j0;
+            const T* Dg = ws.dXg.data.data() + g * m * d_in;
+            product(s.be, Trans::yes, Trans::no, width, d_in, m, H + j0, d_sae, Dg, d_in, T(1), G.W_dec + j0 * d_in,
+                    d_in, nullptr, s.prec);
+            product(s.be, Trans::no, Trans::yes, m, width, d_in, Dg, d_in, P.W_dec + j0 * d_in, d_in, T(0), dH + j0,
+                    d_sae, nullptr, s.prec);
+        }
+    } else {
+        product(s.be, Trans::yes, Trans::no, d_sae, d_in, m, H, d_sae, dXhat, d_in, T(1), G.W_dec, d_in, nullptr,
+                s.prec);
+        product(s.be, Trans::no, Trans::yes, m, d_sae, d_in, dXhat, d_in, P.W_dec, d_in, T(0), dH, d_sae, nullptr,
+                s.prec);
     }
+    column_sums(
+        m, d_in, [&](int64_t i, int64_t c) { return double(dXhat[i * d_in + c]); },
+        [&](int64_t c, double v) { G.b_dec[c] += T(v); });
 
-    if (spec.arch == Arch::jumprelu) {
-        // Straight-through: ∂J/∂θⱼ = Σᵢ K((preᵢⱼ − θⱼ)/ε)·(−θⱼ/ε·dHᵢⱼ − λ₀/(m·ε)), then
-        // ∂J/∂log θⱼ = θⱼ·∂J/∂θⱼ. dH here is still ∂J/∂h (before the gate).
-        const double eps = spec.bandwidth;
-        const double l0_term = -l0 * inv_m / eps;
-        column_sums(
-            m, d_sae,
-            [&](int64_t i, int64_t j) {
-                const double th = latent[j];
-                const double u = (double(pre[i * d_sae + j]) - th) / eps;
-                return std::fabs(u) < 0.5 ? -th / eps * double(dH[i * d_sae + j]) + l0_term : 0.0;
-            },
-            [&](int64_t j, double g) { G.log_threshold[j] = T(latent[j] * g); });
-    }
+    // Through σ (and the row's own terms): dH becomes ∂J/∂pre.
+    if (ops.dense_backward) ops.dense_backward(s, dH);
+    else gate_mask(s, dH);
 
-    // Through σ: every architecture passes the gradient exactly where h > 0 (relu's positive
-    // part, the kept TopK/BatchTopK entries, the open JumpReLU gate since θ > 0).
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < nH; ++t)
-        if (!(H[t] > T(0))) dH[t] = T(0);
-
-    if (aux) {
+    if (s.aux) {
         const T* Haux = ws.Haux.data.data();
         const T* dEaux = ws.dEaux.data.data();
         // dW_dec += h_auxᵀ·dEaux; ∂aux/∂h_aux = dEaux·W_decᵀ, passed where h_aux > 0. Summed
         // into dH per row (W_dec row j by a dot product), so no [m, d_sae] buffer is needed.
-        product(be, Trans::yes, Trans::no, d_sae, d_in, m, Haux, d_sae, dEaux, d_in, T(1), G.W_dec,
-                d_in, nullptr, prec);
+        product(s.be, Trans::yes, Trans::no, d_sae, d_in, m, Haux, d_sae, dEaux, d_in, T(1), G.W_dec, d_in,
+                nullptr, s.prec);
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < m; ++i)
             for (int64_t j = 0; j < d_sae; ++j)
@@ -1235,21 +1642,126 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
                     dH[i * d_sae + j] += dot(dEaux + i * d_in, P.W_dec + j * d_in, d_in);
     }
 
-    // Encoder: dW_enc += x'ᵀ·dpre, db_enc += Σᵢ dpre.
-    product(be, Trans::yes, Trans::no, d_in, d_sae, m, xin, d_in, dH, d_sae, T(1), G.W_enc, d_sae,
-            nullptr, prec);
+    // Encoder: dW_enc += x'ᵀ·dpre, db_enc += Σᵢ dpre (gated: Σᵢ dpre is kept for b_dec only).
+    product(s.be, Trans::yes, Trans::no, d_in, d_sae, m, s.xin, d_in, dH, d_sae, T(1), G.W_enc, d_sae, nullptr,
+            s.prec);
+    T* bias_grad = s.bias_grad;
     column_sums(
         m, d_sae, [&](int64_t i, int64_t j) { return double(dH[i * d_sae + j]); },
-        [&](int64_t j, double s) { G.b_enc[j] += T(s); });
-
+        [&](int64_t j, double v) { bias_grad[j] += T(v); });
     clock.mark(6);
-    // Through x' = x − b_dec: ∂J/∂b_dec −= Σᵢ dpreᵢ·W_encᵀ = W_enc·(Σᵢ dpreᵢ), and Σᵢ dpreᵢ is
-    // exactly the b_enc gradient.
-    if (spec.apply_b_dec_to_input) {
+}
+
+// Through x' = x − b_dec: ∂J/∂b_dec −= Σᵢ dpreᵢ·W_encᵀ = W_enc·(Σᵢ dpreᵢ), and Σᵢ dpreᵢ is
+// the encoder bias's gradient (gated: kept apart in ws.bias_sum).
+template <class T>
+void stage_b_dec(Step<T>& s) {
+    if (!s.spec.apply_b_dec_to_input) return;
+    const int64_t d_sae = s.d_sae;
+    const Tensors<T>& P = s.P;
+    const Tensors<T>& G = s.G;
+    const T* bias_grad = s.bias_grad;
 #pragma omp parallel for schedule(static)
-        for (int64_t c = 0; c < d_in; ++c)
-            G.b_dec[c] -= T(dot_double(P.W_enc + c * d_sae, G.b_enc, d_sae));
+    for (int64_t c = 0; c < s.d_in; ++c) G.b_dec[c] -= T(dot_double(P.W_enc + c * d_sae, bias_grad, d_sae));
+}
+
+}  // namespace
+
+template <class T>
+CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& layout,
+                      const T* params, const T* X, int64_t m, T* grad, ModernWorkspace<T>& ws,
+                      const uint8_t* dead, double batchtopk_threshold, double sparsity_scale) {
+    const int64_t d_in = spec.d_in, d_sae = spec.d_sae;
+    const ArchInfo& row = arch_info(spec.arch);
+    const ArchOps<T>& ops = arch_ops<T>(spec.arch);
+    require(m > 0, "modern_cost: empty batch");
+    const bool lists_only = topk_lists_only(spec, ws);
+    const int64_t pre_rows = lists_only && ws.encoder_block > 0 ? std::min(m, ws.encoder_block) : m;
+    require(ws.pre.rows >= pre_rows && ws.pre.cols == d_sae && ws.xin.cols == d_in &&
+                (lists_only || ws.H.rows >= m) &&
+                int64_t(ws.row_sums.size()) >= m && int64_t(ws.latent.size()) == d_sae,
+            "modern_cost: workspace not reserved for this model and batch size");
+    require(!row.uses_k || (spec.k >= 1 && spec.k <= d_sae),
+            "modern_cost: k out of range; set k between 1 and d_sae");
+    require(!row.lists || (int64_t(ws.act.beg.size()) >= m && int64_t(ws.act.col_ptr.size()) == d_sae + 1 &&
+                           int64_t(ws.iscratch.size()) >= int64_t(ws.threads) * d_sae &&
+                           ws.per_thread >= 3 * d_sae + (row.uses_k ? 4 * spec.k : 0)),
+            "modern_cost: workspace not reserved for this architecture");
+    require(spec.arch != Arch::topk || ws.act.cap >= m * spec.k,
+            "modern_cost: workspace not reserved for this k");
+    require(row.threshold != ThresholdKind::batch || batchtopk_threshold >= 0 ||
+                (int64_t(ws.cand_val.size()) >= 2 * m * spec.k + d_sae && ws.act.cap >= m * spec.k &&
+                 int64_t(ws.cand_tmp.size()) >= m * (8 * spec.k <= d_sae ? 4 * spec.k : d_sae)),
+            "modern_cost: workspace not reserved for this k");
+
+    const auto P = tensors(layout, const_cast<T*>(params));
+    require(row.threshold != ThresholdKind::learnt || P.log_threshold,
+            "modern_cost: jumprelu needs log_threshold in the parameter layout");
+    require(!row.nested || (!spec.group_ends.empty() && spec.group_ends.back() == d_sae &&
+                            spec.group_weights.size() == spec.group_ends.size() &&
+                            ws.dXg.rows >= int64_t(spec.group_ends.size()) * m),
+            "modern_cost: matryoshka needs group_ends, group_weights and a workspace reserved for them");
+    require(!row.gate || (P.r_mag && P.b_mag && ws.mag.rows >= m && int64_t(ws.bias_sum.size()) == d_sae &&
+                          ws.Haux.rows >= m && ws.Eaux.rows >= m),
+            "modern_cost: gated needs r_mag and b_mag in the layout and a workspace reserved for it");
+    Step<T> s{.be = be,
+              .spec = spec,
+              .ws = ws,
+              .P = P,
+              .X = X,
+              .m = m,
+              .d_in = d_in,
+              .d_sae = d_sae,
+              .pre = ws.pre.data.data(),
+              .H = ws.H.data.data(),
+              .Xhat = ws.Xhat.data.data(),
+              .dXhat = ws.dXhat.data.data(),
+              .row_sums = ws.row_sums.data(),
+              .latent = ws.latent.data(),
+              .inv_m = 1.0 / double(m),
+              .nt = std::max(1, std::min(omp_get_max_threads(), ws.threads)),
+              .prec = std::is_same_v<T, float> ? ws.precision : Precision::f32,
+              .l1 = spec.l1_coefficient * sparsity_scale,
+              .l0 = spec.l0_coefficient * sparsity_scale,
+              .batchtopk_threshold = batchtopk_threshold,
+              .want_sparse = row.lists && ws.path != ProductPath::dense,
+              .write_h = false};
+    s.write_h = ws.dense_h || !s.want_sparse;
+
+    PhaseClock clock{ws.profile, ws.profile_ms};
+    stage_input(s);
+    stage_dead(s, dead, lists_only);
+    clock.mark(0);
+
+    // pre = x'·W_enc + bias, then h = σ(pre) by the row's selection.
+    CostTerms J;
+    bool sparse = s.want_sparse;
+    const bool fused = lists_only && ws.encoder_block > 0 && ws.encoder_block < m;
+    if (fused) {
+        stage_encode_select_fused(s, clock);
+    } else {
+        stage_encoder(s);
+        clock.mark(1);
+        sparse = ops.select(s) && s.want_sparse;
     }
+    ws.sparse_used = sparse;
+    if (ops.penalty) J.sparsity = ops.penalty(s);
+    clock.mark(2);
+
+    J.rec = row.nested ? stage_decode_nested(s, sparse) : stage_decode(s, sparse);
+    clock.mark(3);
+    if (s.aux) J.aux = stage_auxk(s, sparse, fused);
+    else if (ops.aux) J.aux = ops.aux(s);
+    clock.mark(4);
+    if (!grad) return J;
+
+    s.G = tensors(layout, grad);
+    s.bias_grad = row.gate ? ws.bias_sum.data() : s.G.b_enc;
+    if (sparse)
+        stage_backward_sparse(s, clock);
+    else
+        stage_backward_dense(s, ops, layout, grad, clock);
+    stage_b_dec(s);
     clock.mark(7);
     return J;
 }

@@ -57,9 +57,12 @@ ModernSpec modern_spec(const Config& cfg, int64_t d_in) {
     s.l0_coefficient = cfg.l0_coefficient;
     s.bandwidth = cfg.bandwidth;
     s.initial_threshold = cfg.jumprelu_init_threshold;
-    const bool topk_like = s.arch == Arch::topk || s.arch == Arch::batchtopk;
-    s.k_aux = !topk_like ? 0 : (cfg.k_aux < 0 ? std::max<int64_t>(1, std::min(d_in / 2, cfg.d_sae)) : cfg.k_aux);
+    s.k_aux = !arch_info(s.arch).aux_k ? 0 : (cfg.k_aux < 0 ? std::max<int64_t>(1, std::min(d_in / 2, cfg.d_sae)) : cfg.k_aux);
     s.aux_coefficient = cfg.aux_coefficient;
+    if (arch_info(s.arch).nested) {
+        s.group_ends = matryoshka_group_ends(cfg.matryoshka_groups, cfg.d_sae);
+        s.group_weights = matryoshka_group_weights(cfg.matryoshka_weights, s.group_ends.size());
+    }
     return s;
 }
 
@@ -67,7 +70,8 @@ namespace {
 
 class ModernObjective final : public Objective {
 public:
-    ModernObjective(const Config& cfg, int64_t d_in) : cfg_(cfg), spec_(modern_spec(cfg, d_in)) {
+    ModernObjective(const Config& cfg, int64_t d_in)
+        : cfg_(cfg), spec_(modern_spec(cfg, d_in)), batch_threshold_(arch_info(spec_.arch).threshold == ThresholdKind::batch) {
         validate(spec_);
         d_in_ = d_in;
         d_sae_ = spec_.d_sae;
@@ -93,9 +97,9 @@ public:
 
     CostTerms cost(Backend& be, const float* params, const float* X, int64_t m, float* grad) override {
         if (reserved_ < m) reserve(m);
-        const double thr = (spec_.arch == Arch::batchtopk && !training_) ? std::max(0.0, threshold_) : -1.0;
+        const double thr = (batch_threshold_ && !training_) ? std::max(0.0, threshold_) : -1.0;
         const CostTerms J = modern_cost<float>(be, spec_, layout_, params, X, m, grad, ws_, dead_, thr, scale_);
-        if (spec_.arch == Arch::batchtopk && training_ && grad) {
+        if (batch_threshold_ && training_ && grad) {
             const double t = batchtopk_min_kept(ws_, m, d_sae_);
             if (t >= 0) threshold_ = threshold_ < 0 ? t : 0.99 * threshold_ + 0.01 * t;
         }
@@ -125,7 +129,7 @@ public:
     void set_sparsity_scale(double scale) override { scale_ = scale; }
 
     std::map<std::string, double> extra_state() const override {
-        if (spec_.arch == Arch::batchtopk) return {{"threshold", threshold_}};
+        if (batch_threshold_) return {{"threshold", threshold_}};
         return {};
     }
     void set_extra_state(const std::map<std::string, double>& s) override {
@@ -143,18 +147,23 @@ public:
             for (auto& x : buf) x = float(double(x) * f);
             return buf.data();
         };
+        const ArchInfo& row = arch_info(spec_.arch);
         std::vector<TensorOut> t = {
             {"W_enc", {d_in_, d_sae_}, DType::f32, scaled("W_enc", s)},
-            {"b_enc", {d_sae_}, DType::f32, params + layout_.get("b_enc").offset},
+            {row.enc_bias, {d_sae_}, DType::f32, params + layout_.get(row.enc_bias).offset},
             {"W_dec", {d_sae_, d_in_}, DType::f32, scaled("W_dec", 1.0 / s)},
             {"b_dec", {d_in_}, DType::f32, scaled("b_dec", 1.0 / s)},
         };
-        if (spec_.arch == Arch::jumprelu) {
+        // The row's own [d_sae] parameters act on pre-activations, which the scale leaves alone.
+        for (const char* name : row.extra)
+            if (row.threshold != ThresholdKind::learnt || std::string(name) != "log_threshold")
+                t.push_back({name, {d_sae_}, DType::f32, params + layout_.get(name).offset});
+        if (row.threshold == ThresholdKind::learnt) {
             const auto& v = layout_.get("log_threshold");
             auto& th = scratch.emplace_back(size_t(d_sae_));
             for (int64_t j = 0; j < d_sae_; ++j) th[size_t(j)] = std::exp(params[v.offset + j]);
             t.push_back({"threshold", {d_sae_}, DType::f32, th.data()});
-        } else if (spec_.arch == Arch::batchtopk) {
+        } else if (row.threshold == ThresholdKind::batch) {
             auto& th = scratch.emplace_back(size_t(d_sae_), float(std::max(0.0, threshold_)));
             t.push_back({"threshold", {d_sae_}, DType::f32, th.data()});
         }
@@ -163,20 +172,24 @@ public:
 
     void import_tensors(const std::map<std::string, TensorIn>& t, float* params,
                         const std::string& path) override {
-        for (const char* name : {"W_enc", "b_enc", "W_dec", "b_dec"})
+        const ArchInfo& row = arch_info(spec_.arch);
+        for (const char* name : {"W_enc", row.enc_bias, "W_dec", "b_dec"})
             import_tensor(t, params + layout_.get(name).offset, path, name, layout_.get(name).shape);
-        if (spec_.arch == Arch::jumprelu || spec_.arch == Arch::batchtopk) {
+        for (const char* name : row.extra)
+            if (row.threshold != ThresholdKind::learnt || std::string(name) != "log_threshold")
+                import_tensor(t, params + layout_.get(name).offset, path, name, {d_sae_});
+        if (row.threshold != ThresholdKind::none) {
             std::vector<float> th(static_cast<size_t>(d_sae_));
             import_tensor(t, th.data(), path, "threshold", {d_sae_});
             for (float v : th)
                 check(std::isfinite(v) && v >= 0, path + ": tensor 'threshold' holds a negative or non-finite value");
-            if (spec_.arch == Arch::jumprelu) {
+            if (row.threshold == ThresholdKind::learnt) {
                 const auto& v = layout_.get("log_threshold");
                 for (int64_t j = 0; j < d_sae_; ++j)
                     params[v.offset + j] = std::log(std::max(th[size_t(j)], 1e-30f));
             } else {
                 for (float v : th)
-                    check(v == th[0], path + ": batchtopk 'threshold' must hold one value repeated; per-latent thresholds are a jumprelu model");
+                    check(v == th[0], path + ": " + row.name + " 'threshold' must hold one value repeated; per-latent thresholds are a jumprelu model");
                 threshold_ = th[0];
             }
         }
@@ -190,6 +203,7 @@ private:
     int64_t reserved_ = 0;
     const uint8_t* dead_ = nullptr;
     double scale_ = 1.0;
+    bool batch_threshold_;     // the row learns one inference threshold from training batches
     double threshold_ = -1.0;  // BatchTopK running threshold; < 0 until the first training batch
     bool training_ = true;
 };

@@ -615,6 +615,9 @@ std::vector<std::pair<std::string, std::string>> key_settings(const nlohmann::js
     if (sp == "l1") keys.push_back("l1_coefficient");
     if (sp == "topk" || sp == "batchtopk") keys.push_back("k");
     if (sp == "jumprelu") keys.insert(keys.end(), {"l0_coefficient", "bandwidth"});
+    const std::string arch = jstr(cfg, "architecture");
+    if (arch == "gated" && sp != "l1") keys.push_back("l1_coefficient");
+    if (arch == "matryoshka_batchtopk") keys.insert(keys.end(), {"k", "matryoshka_groups", "matryoshka_weights"});
     if (classic) keys.push_back("weight_decay");
     if (cfg.contains("corruption") && jstr(cfg, "corruption") != "none") keys.insert(keys.end(), {"corruption", "corruption_level"});
     keys.push_back("optimizer");
@@ -753,7 +756,8 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
     if (classic) subtitle += " · " + html_escape(cfg.encoder_activation) + " encoder";
     subtitle += " · sparsity " + html_escape(cfg.sparsity);
     if (kl) subtitle += " (ρ = " + html_escape(tick_label(cfg.rho)) + ", β = " + html_escape(tick_label(cfg.beta)) + ")";
-    if (!classic && (cfg.sparsity == "topk" || cfg.sparsity == "batchtopk")) subtitle += " (k = " + std::to_string(cfg.k) + ")";
+    if (!classic && (cfg.sparsity == "topk" || cfg.sparsity == "batchtopk" || cfg.architecture == "matryoshka_batchtopk"))
+        subtitle += " (k = " + std::to_string(cfg.k) + ")";
     if (classic) subtitle += " · λ = " + html_escape(tick_label(cfg.weight_decay));
     subtitle += " · " + html_escape(cfg.optimizer) + " · " + std::to_string(info.metrics.lines) + " metrics lines";
     std::string html = page_open("sae report: " + fs::path(dir).lexically_normal().filename().string(), subtitle, nav);
@@ -774,6 +778,10 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
         final_rows.insert(final_rows.end(),
                           {{"MSE", num(ev.mse, "%.5g")},
                            {"FVU (fraction of variance unexplained)", num(ev.fvu, "%.4f")},
+                           {"explained variance (1 − FVU)", num(ev.explained_variance, "%.4f")},
+                           {"cosine similarity of x and x̂ (mean)", num(ev.cossim, "%.4f")},
+                           {"L2 ratio ‖x̂‖/‖x‖ (mean)", num(ev.l2_ratio, "%.4f")},
+                           {"relative reconstruction bias", num(ev.relative_reconstruction_bias, "%.4f")},
                            {"L0 (active latents per sample)", num(ev.l0, "%.3f")},
                            {"mean ρ̂ (min – max)", num(ev.mean_activation, "%.4f") + " (" + num(ev.rho_hat_min, "%.4f") +
                                                      " – " + num(ev.rho_hat_max, "%.4f") + ")"},

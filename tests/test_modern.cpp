@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <new>
 #include <ostream>
 #include <string>
@@ -55,7 +56,8 @@ Problem make_problem(const ModernSpec& spec, int64_t m, uint64_t seed, bool with
         for (int64_t i = 0; i < v.numel(); ++i) {
             double& w = p.params[size_t(v.offset + i)];
             if (v.name == "W_enc" || v.name == "W_dec") w = rng.uniform(-0.5, 0.5);
-            else if (v.name == "b_enc") w = rng.uniform(-0.1, 0.3);
+            else if (v.name == "b_enc" || v.name == "b_gate" || v.name == "b_mag") w = rng.uniform(-0.1, 0.3);
+            else if (v.name == "r_mag") w = rng.uniform(-0.3, 0.3);
             else if (v.name == "b_dec") w = rng.uniform(-0.3, 0.3);
             else w = std::log(rng.uniform(0.05, 0.4));  // log_threshold
         }
@@ -104,19 +106,30 @@ ModernSpec case_spec(const Case& c, int64_t d_in, int64_t d_sae, int64_t k, int6
     s.bandwidth = 0.1;
     s.k_aux = c.aux ? k_aux : 0;
     s.aux_coefficient = 0.25;
+    if (arch_info(c.arch).nested) {  // three nested groups, unequal weights
+        s.group_ends = {d_sae / 4, d_sae / 2, d_sae};
+        s.group_weights = {1.0, 0.5, 2.0};
+    }
     validate(s);
     return s;
 }
 
+// Every row of arch_table(), with and without b_dec subtracted from the input: standard with
+// and without decoder norms in its L1, AuxK on and off where it applies, and the inference rule
+// of a batch threshold.
 std::vector<Case> all_cases(bool with_inference) {
     std::vector<Case> out;
-    for (bool b : {true, false}) {
-        for (bool norm : {true, false}) out.push_back({Arch::standard, b, norm, false});
-        for (Arch a : {Arch::topk, Arch::batchtopk})
-            for (bool aux : {false, true}) out.push_back({a, b, false, aux});
-        out.push_back({Arch::jumprelu, b, false, false});
-        if (with_inference) out.push_back({Arch::batchtopk, b, false, true, 0.15});
-    }
+    for (bool b : {true, false})
+        for (const ArchInfo& row : arch_table()) {
+            if (row.arch == Arch::standard) {
+                for (bool norm : {true, false}) out.push_back({row.arch, b, norm, false});
+                continue;
+            }
+            out.push_back({row.arch, b, false, false});
+            if (row.aux_k) out.push_back({row.arch, b, false, true});
+            if (with_inference && row.threshold == ThresholdKind::batch)
+                out.push_back({row.arch, b, false, true, 0.15});
+        }
     return out;
 }
 
@@ -124,7 +137,8 @@ constexpr double kScale = 0.7;  // sparsity_scale used throughout (not 1, so it 
 
 // --- central differences ------------------------------------------------------------------
 // The objective differentiated: rec + sparsity + AuxK with e = x − x̂ frozen at the base point
-// (the spec treats e as a constant). The selection (TopK/BatchTopK/AuxK sets, JumpReLU gates)
+// (the spec treats e as a constant); gated: + the gate's reconstruction through the decoder
+// frozen at the base point. The selection (TopK/BatchTopK/AuxK sets, JumpReLU gates)
 // is piecewise constant: a parameter whose ±eps step changes it is skipped and counted.
 struct FdResult {
     double err = 0;
@@ -143,19 +157,32 @@ template <class F>
 FdResult central_differences(const Problem& p, const std::vector<double>& ana, F&& eval,
                              double eps = 1e-6) {
     const bool aux = p.spec.k_aux > 0 && !p.dead.empty();
-    const int64_t m = p.m;
+    const bool gate = arch_info(p.spec.arch).gate;
+    const int64_t m = p.m, d_in = p.spec.d_in, d_sae = p.spec.d_sae;
+    const double* Wd0 = p.params.data() + p.layout.get("W_dec").offset;
+    const double* bd0 = p.params.data() + p.layout.get("b_dec").offset;
     Eval base = eval(p.params);
     std::vector<double> e0(base.Xhat.size());
     for (size_t t = 0; t < e0.size(); ++t) e0[t] = p.X[t] - base.Xhat[t];
     auto pattern = [&](const Eval& e) {
         std::vector<uint8_t> pat;
         for (double h : e.H) pat.push_back(h != 0);
-        if (aux)
+        if (aux || gate)
             for (double h : e.Haux) pat.push_back(h != 0);
         return pat;
     };
     auto objective = [&](const Eval& e) {
         double f = e.J.rec + e.J.sparsity;
+        if (gate) {
+            double q = 0;
+            for (int64_t i = 0; i < m; ++i)
+                for (int64_t c = 0; c < d_in; ++c) {
+                    double z = bd0[c];
+                    for (int64_t j = 0; j < d_sae; ++j) z += e.Haux[size_t(i * d_sae + j)] * Wd0[j * d_in + c];
+                    q += (z - p.X[size_t(i * d_in + c)]) * (z - p.X[size_t(i * d_in + c)]);
+                }
+            f += 0.5 * q / double(m);
+        }
         if (aux) {
             double s = 0;
             for (size_t t = 0; t < e0.size(); ++t) s += (e.Ehat[t] - e0[t]) * (e.Ehat[t] - e0[t]);
@@ -218,8 +245,11 @@ TEST_P(GradientTest, FastPathMatchesCentralDifferences) {
     if (c.aux) {
         EXPECT_GT(base.J.aux, 0.0);
     }
-    if (c.arch == Arch::standard || c.arch == Arch::jumprelu) {
+    if (c.arch == Arch::standard || c.arch == Arch::jumprelu || c.arch == Arch::gated) {
         EXPECT_GT(base.J.sparsity, 0.0);
+    }
+    if (arch_info(c.arch).gate) {
+        EXPECT_GT(base.J.aux, 0.0);
     }
     const FdResult r = central_differences(
         p, ana, [&](const std::vector<double>& x) { return fast_eval(*be, p, x, ws, nullptr); });
@@ -812,26 +842,29 @@ TEST(Layout, TensorsShapesAndOrder) {
     ModernSpec spec;
     spec.d_in = 3;
     spec.d_sae = 5;
-    for (Arch a : {Arch::standard, Arch::topk, Arch::batchtopk, Arch::jumprelu}) {
-        spec.arch = a;
+    for (const ArchInfo& row : arch_table()) {
+        spec.arch = row.arch;
         ParamLayout L = modern_layout(spec);
         std::vector<std::string> names;
         for (const auto& v : L.views) names.push_back(v.name);
-        std::vector<std::string> want = {"W_enc", "b_enc", "W_dec", "b_dec"};
-        if (a == Arch::jumprelu) want.push_back("log_threshold");
+        std::vector<std::string> want = {"W_enc", row.enc_bias, "W_dec", "b_dec"};
+        for (const char* e : row.extra) want.push_back(e);
         EXPECT_EQ(names, want);
         EXPECT_EQ(L.get("W_enc").shape, (std::vector<int64_t>{3, 5}));
         EXPECT_EQ(L.get("W_dec").shape, (std::vector<int64_t>{5, 3}));
-        EXPECT_EQ(L.total, 3 * 5 * 2 + 5 + 3 + (a == Arch::jumprelu ? 5 : 0));
+        EXPECT_EQ(L.total, 3 * 5 * 2 + 5 + 3 + 5 * int64_t(row.extra.size()));
     }
+    // The extra tensors of two rows, spelled out.
+    ASSERT_EQ(arch_info(Arch::jumprelu).extra.size(), 1u);
+    EXPECT_EQ(std::string(arch_info(Arch::jumprelu).extra[0]), "log_threshold");
+    EXPECT_TRUE(arch_info(Arch::standard).extra.empty());
 }
 
 TEST(Arch, ParseAndName) {
-    for (Arch a : {Arch::standard, Arch::topk, Arch::batchtopk, Arch::jumprelu})
-        EXPECT_EQ(arch_parse(arch_name(a)), a);
+    for (const ArchInfo& row : arch_table()) EXPECT_EQ(arch_parse(arch_name(row.arch)), row.arch);
     EXPECT_EQ(arch_parse("l1"), Arch::standard);
     try {
-        arch_parse("gated");
+        arch_parse("no_such_arch");
         FAIL() << "expected an error";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("batchtopk"), std::string::npos) << e.what();
@@ -886,6 +919,41 @@ TEST(Validate, NamesTheSetting) {
     s = ok;
     s.d_sae = 0;
     expect_error(s, "d_sae");
+}
+
+TEST(Validate, MatryoshkaGroupsAndWeights) {
+    EXPECT_EQ(matryoshka_group_ends("0.25,0.25,0.5", 16), (std::vector<int64_t>{4, 8, 16}));
+    EXPECT_EQ(matryoshka_group_ends("1", 7), (std::vector<int64_t>{7}));
+    EXPECT_EQ(matryoshka_group_weights("", 3), (std::vector<double>{1, 1, 1}));
+    EXPECT_EQ(matryoshka_group_weights("1, 0.5", 2), (std::vector<double>{1, 0.5}));
+    auto one_line_naming = [](const std::function<void()>& f, const std::string& setting) {
+        try {
+            f();
+            ADD_FAILURE() << "expected an error naming " << setting;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find(setting), std::string::npos) << e.what();
+            EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+        }
+    };
+    one_line_naming([] { matryoshka_group_ends("0.5,0.6", 16); }, "matryoshka_groups");
+    one_line_naming([] { matryoshka_group_ends("0.5,x", 16); }, "matryoshka_groups");
+    one_line_naming([] { matryoshka_group_ends("0.5,-0.5,1", 16); }, "matryoshka_groups");
+    one_line_naming([] { matryoshka_group_weights("1,", 2); }, "matryoshka_weights");
+    ModernSpec s;
+    s.d_in = 4;
+    s.d_sae = 16;
+    s.k = 2;
+    s.arch = Arch::matryoshka_batchtopk;
+    s.group_ends = matryoshka_group_ends("0.01,0.99", 16);  // the first group rounds to 0 latents
+    s.group_weights = {1, 1};
+    one_line_naming([&] { validate(s); }, "matryoshka_groups");
+    s.group_ends = {4, 16};
+    s.group_weights = {1};
+    one_line_naming([&] { validate(s); }, "matryoshka_weights");
+    s.group_weights = {1, -1};
+    one_line_naming([&] { validate(s); }, "matryoshka_weights");
+    s.group_weights = {1, 2};
+    EXPECT_NO_THROW(validate(s));
 }
 
 // --- workspace and determinism --------------------------------------------------------------

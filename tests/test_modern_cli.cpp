@@ -14,6 +14,7 @@
 
 #include "sae/data.hpp"
 #include "sae/io.hpp"
+#include "sae/modern.hpp"
 #include "sae/objective.hpp"
 #include "test_util.hpp"
 
@@ -68,7 +69,7 @@ TEST_P(ModernCli, TrainEvalEncodeAndTheDocumentedFormat) {
     const SafeTensors st = safetensors_read(dir + "/m/model.safetensors");
     EXPECT_EQ(st.tensors.at("W_enc").shape, (std::vector<int64_t>{16, 32}));
     EXPECT_EQ(st.tensors.at("W_dec").shape, (std::vector<int64_t>{32, 16}));
-    EXPECT_EQ(st.tensors.count("threshold"), (arch == "jumprelu" || arch == "batchtopk") ? 1u : 0u);
+    EXPECT_EQ(st.tensors.count("threshold"), arch_info(arch_parse(arch)).threshold != ThresholdKind::none ? 1u : 0u);
     // Unit-norm decoder rows (the default practice).
     const auto& Wd = st.tensors.at("W_dec").f32;
     for (int64_t j = 0; j < 32; ++j) {
@@ -94,11 +95,16 @@ TEST_P(ModernCli, TrainEvalEncodeAndTheDocumentedFormat) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, ModernCli, ::testing::Values("standard", "topk", "batchtopk", "jumprelu"));
+std::vector<std::string> arch_names() {
+    std::vector<std::string> out;
+    for (const ArchInfo& row : arch_table()) out.push_back(row.name);
+    return out;
+}
+INSTANTIATE_TEST_SUITE_P(Architectures, ModernCli, ::testing::ValuesIn(arch_names()));
 
 // A model trained on x·s is saved to take raw x: same activations, reconstruction / s.
 TEST(ModernFolding, ExportedWeightsTakeRawInputs) {
-    for (const std::string arch : {"standard", "topk", "jumprelu"}) {
+    for (const std::string arch : {"standard", "topk", "jumprelu", "gated"}) {
         Config cfg;
         cfg.architecture = arch;
         cfg.d_sae = 12;

@@ -249,6 +249,10 @@ Problem make_problem(Arch arch, bool b_dec_in, bool aux, int64_t d_in, int64_t d
     p.spec.bandwidth = 0.05;
     p.spec.k_aux = aux ? 2 * k : 0;
     p.spec.aux_coefficient = 0.25;
+    if (arch_info(arch).nested) {  // nested groups that cut the lists at uneven places
+        p.spec.group_ends = {d_sae / 10, d_sae / 3, d_sae};
+        p.spec.group_weights = {1.0, 0.5, 2.0};
+    }
     validate(p.spec);
     p.layout = modern_layout(p.spec);
     p.m = m;
@@ -321,9 +325,10 @@ struct SparseCase {
 std::vector<SparseCase> sparse_cases() {
     std::vector<SparseCase> out;
     for (bool b : {true, false}) {
-        for (Arch a : {Arch::topk, Arch::batchtopk})
+        for (Arch a : {Arch::topk, Arch::batchtopk, Arch::matryoshka_batchtopk})
             for (bool aux : {false, true}) out.push_back({a, b, aux, -1});
         out.push_back({Arch::batchtopk, b, false, 0.25});
+        out.push_back({Arch::matryoshka_batchtopk, b, false, 0.25});
         out.push_back({Arch::jumprelu, b, false, -1});
     }
     return out;

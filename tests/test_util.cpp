@@ -55,7 +55,7 @@ std::vector<double> documented_encode(const sae::SafeTensors& st, const nlohmann
     const float* x = xs.data();
     const std::string arch = cfg["architecture"];
     const auto& W = st.tensors.at("W_enc").f32;
-    const auto& b = st.tensors.at("b_enc").f32;
+    const auto& b = st.tensors.at(arch == "gated" ? "b_gate" : "b_enc").f32;
     const auto& bd = st.tensors.at("b_dec").f32;
     const bool sub = arch != "classic" && cfg["apply_b_dec_to_input"].get<bool>();
     std::vector<double> pre(static_cast<size_t>(d_sae)), h(static_cast<size_t>(d_sae), 0.0);
@@ -69,12 +69,22 @@ std::vector<double> documented_encode(const sae::SafeTensors& st, const nlohmann
         for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = 1.0 / (1.0 + std::exp(-pre[size_t(j)]));
     } else if (arch == "standard") {
         for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = std::max(0.0, pre[size_t(j)]);
+    } else if (arch == "gated") {  // pre is the gate; mag = x'·(W_enc ⊙ exp(r_mag)) + b_mag
+        const auto& r = st.tensors.at("r_mag").f32;
+        const auto& bm = st.tensors.at("b_mag").f32;
+        for (int64_t j = 0; j < d_sae; ++j) {
+            double mag = bm[size_t(j)];
+            for (int64_t k = 0; k < d_in; ++k)
+                mag += (double(x[k]) - (sub ? double(bd[size_t(k)]) : 0.0)) * W[size_t(k * d_sae + j)] *
+                       std::exp(double(r[size_t(j)]));
+            h[size_t(j)] = pre[size_t(j)] > 0 ? std::max(0.0, mag) : 0.0;
+        }
     } else if (arch == "topk") {
         std::vector<int64_t> idx(static_cast<size_t>(d_sae));
         for (int64_t j = 0; j < d_sae; ++j) idx[size_t(j)] = j;
         std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t c) { return pre[size_t(a)] > pre[size_t(c)]; });
         for (int64_t r = 0; r < cfg["k"].get<int64_t>(); ++r) h[size_t(idx[size_t(r)])] = std::max(0.0, pre[size_t(idx[size_t(r)])]);
-    } else {
+    } else {  // jumprelu, batchtopk, matryoshka_batchtopk: pre where pre > threshold
         const auto& th = st.tensors.at("threshold").f32;
         for (int64_t j = 0; j < d_sae; ++j) h[size_t(j)] = pre[size_t(j)] > th[size_t(j)] ? pre[size_t(j)] : 0.0;
     }

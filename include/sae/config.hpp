@@ -41,6 +41,8 @@ struct Config {
     bool decoder_unit_norm = true;
     int64_t k_aux = -1;                  // < 0: automatic, d_in / 2
     double aux_coefficient = 1.0 / 32;
+    std::string matryoshka_groups = "0.125,0.125,0.25,0.5";  // fractions of d_sae, nested groups
+    std::string matryoshka_weights = "";                       // per prefix ("" = 1 each)
     int64_t dead_threshold_samples = 10000000;
     bool resample_dead = false;
     double resample_duplicates = 0;      // > 0: cosine above which a decoder row is a duplicate

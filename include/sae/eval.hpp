@@ -34,6 +34,9 @@ Normalizer model_fit_normalization(const std::string& dir, const std::string& da
 struct EvalResult {
     CostTerms J;
     double mse = 0, fvu = 0, l0 = 0, mean_activation = 0, dead_fraction = 0, dense_fraction = 0;
+    // SAELens's reconstruction metrics (docs/formats.md): 1 − fvu, mean cos(x, x̂), mean
+    // ‖x̂‖/‖x‖, Σ‖x̂‖² / Σ x·x̂. Over the inputs the model sees (after its saved normalisation).
+    double explained_variance = 0, cossim = 0, l2_ratio = 0, relative_reconstruction_bias = 0;
     double rho_hat_min = 0, rho_hat_max = 0;
     Stats::Histogram density;
     int64_t n = 0;

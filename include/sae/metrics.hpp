@@ -25,6 +25,11 @@ struct Stats {
     double sum_abs_h = 0;         // Σ |h|
     std::vector<int64_t> fires;   // [d_sae] samples on which the latent was active (h > threshold)
     int64_t active = 0;           // Σ over samples of the number of active latents
+    // Per-sample reconstruction shape (SAELens's metrics; docs/formats.md has the formulas):
+    double sum_cos = 0;           // Σ cos(x, x̂), norms clamped below at 1e-8
+    double sum_l2_ratio = 0;      // Σ ‖x̂‖/‖x‖ (‖x‖ < 1e-4 read as 1)
+    double sum_xhat2 = 0;         // Σ ‖x̂‖²
+    double sum_dot = 0;           // Σ x·x̂
 
     void reset(int64_t d_in, int64_t d_sae);
     // X, Xhat [m, d_in], H [m, d_sae].
@@ -35,6 +40,10 @@ struct Stats {
 
     double mse() const;            // Σ‖x̂ − x‖² / (n·d_in)
     double fvu() const;            // Σ‖x̂ − x‖² / Σ‖x − x̄‖²  (x̄: mean over the samples seen)
+    double explained_variance() const;  // 1 − fvu()
+    double cossim() const;              // mean cos(x, x̂)
+    double l2_ratio() const;            // mean ‖x̂‖/‖x‖
+    double relative_reconstruction_bias() const;  // Σ‖x̂‖² / Σ x·x̂ (0 when Σ x·x̂ = 0)
     double l0() const;             // mean number of active latents per sample
     double dead_fraction() const;  // latents never active over the samples seen
     double dense_fraction(double above = 0.1) const;  // latents active on > 10% of samples

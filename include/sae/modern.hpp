@@ -7,17 +7,29 @@
 //     batchtopk: training (threshold < 0 passed): relu of the m·k largest entries of pre over
 //                the whole batch; inference: pre·1[pre > threshold] with the learnt threshold
 //     jumprelu : pre·H(pre − θ), θ = exp(log_threshold) per latent
+//     gated    : pre (with bias b_gate) is the gate; the magnitude path shares the weights,
+//                mag = x'·(W_enc ⊙ exp(r_mag)) + b_mag = (pre − b_gate)·exp(r_mag) + b_mag,
+//                h = 1[pre > 0]·relu(mag)  (Rajamanoharan et al. 2024)
+//     matryoshka_batchtopk: batchtopk's selection (training and inference) over all latents
 //   x̂ = h·W_dec + b_dec                                     x̂ [m, d_in]
 // Cost terms (every term averaged over the batch, same convention as the classic model):
-//   rec      = (1/m)·Σᵢ ½‖x̂ᵢ − xᵢ‖²
+//   rec      = (1/m)·Σᵢ ½‖x̂ᵢ − xᵢ‖²;  matryoshka_batchtopk (Bussmann et al., Nabeshima 2025):
+//              latents in nested groups ending at group_ends[0] < ... < group_ends[G−1] = d_sae,
+//              x̂⁽ᵍ⁾ = h[:, :group_ends[g]]·W_dec[:group_ends[g]] + b_dec (the prefix of groups
+//              0..g), rec = Σ_g group_weights[g]·(1/m)·Σᵢ ½‖x̂⁽ᵍ⁾ᵢ − xᵢ‖²; x̂ = x̂⁽ᴳ⁻¹⁾.
 //   sparsity = standard: λ₁·(1/m)·Σᵢⱼ |hᵢⱼ|·‖W_dec[j]‖ (‖W_dec[j]‖ factor only if
-//              l1_decoder_norm); jumprelu: λ₀·(1/m)·Σᵢⱼ H(preᵢⱼ − θⱼ); topk/batchtopk: 0.
+//              l1_decoder_norm); jumprelu: λ₀·(1/m)·Σᵢⱼ H(preᵢⱼ − θⱼ); topk/batchtopk: 0;
+//              gated: λ₁·(1/m)·Σᵢⱼ relu(preᵢⱼ)·‖W_dec[j]‖ (the norm as for standard).
 //              Multiplied by sparsity_scale (sparsity-coefficient warm-up).
 //   aux      = AuxK (topk/batchtopk, when a dead mask is given and at least one latent is dead):
 //              e = x − x̂ (treated as a constant), among dead latents take the k_aux largest
 //              pre-activations per row (relu), ê = h_aux·W_dec (no bias),
 //              aux = aux_coefficient·(1/m)·Σᵢ ½‖êᵢ − eᵢ‖². Gradient flows to W_enc, b_enc (and
 //              b_dec through x' if applied), W_dec through ê only.
+//              gated instead: the gate's own reconstruction through a frozen decoder,
+//              x̃ = relu(pre)·W_dec + b_dec with W_dec, b_dec constants, aux = (1/m)·Σᵢ ½‖x̃ᵢ − xᵢ‖²
+//              (coefficient 1, the same ½ as rec); its gradient reaches W_enc, b_gate (and b_dec
+//              through x' only).
 //   weight_decay: 0 (not used by modern SAEs).
 // Straight-through gradients (Rajamanoharan et al. 2024), rectangle kernel K(u) = 1[|u| < ½],
 // ε = bandwidth: ∂H(pre − θ)/∂θ := −(1/ε)·K((pre − θ)/ε); ∂h/∂θ := −(θ/ε)·K((pre − θ)/ε);
@@ -37,8 +49,36 @@
 
 namespace sae {
 
-enum class Arch { standard, topk, batchtopk, jumprelu };
-Arch arch_parse(const std::string& name);  // "standard" (alias "l1"), "topk", "batchtopk", "jumprelu"
+enum class Arch { standard, topk, batchtopk, jumprelu, gated, matryoshka_batchtopk };
+
+// What a learnt threshold is and how it is saved as the tensor `threshold` [d_sae].
+enum class ThresholdKind {
+    none,     // no threshold
+    learnt,   // a parameter log_threshold [d_sae], saved as exp(log_threshold)
+    batch,    // one inference threshold learnt from the training batches (running mean of the
+              // smallest kept activation), saved repeated d_sae times
+};
+
+// One row per architecture: everything the shared pipeline of modern_cost, the layout and the
+// saved files ask of it. The selection, penalty and dense backward that go with a row live in
+// src/modern.cpp (its ArchOps row), the reference in src/reference/reference_modern.cpp.
+struct ArchInfo {
+    Arch arch;
+    const char* name;
+    bool uses_k;              // keeps k latents per sample (exactly, or on average over a batch)
+    bool aux_k;               // AuxK on dead latents applies (when k_aux > 0)
+    bool lists;               // has the sparse path (active latents as row lists)
+    ThresholdKind threshold;  // learnt or batch threshold, saved as `threshold`
+    bool gate;                // gated: pre is the gate; a magnitude path shares W_enc (below)
+    bool nested;              // rec sums the errors of nested prefixes of groups (group_ends)
+    const char* enc_bias;     // the encoder product's bias tensor
+    std::vector<const char*> extra;  // further [d_sae] parameters, in layout order
+    const char* summary;      // one line for docs and errors
+};
+// Every architecture, in enum order; tests iterate over it.
+const std::vector<ArchInfo>& arch_table();
+const ArchInfo& arch_info(Arch a);
+Arch arch_parse(const std::string& name);  // a row's name, or "l1" for standard
 std::string arch_name(Arch a);
 
 struct ModernSpec {
@@ -53,11 +93,18 @@ struct ModernSpec {
     double initial_threshold = 1e-3;  // jumprelu θ at init
     int64_t k_aux = 0;                // AuxK latents per sample (0 = off)
     double aux_coefficient = 1.0 / 32;
+    std::vector<int64_t> group_ends;   // matryoshka: end of each nested group, ascending, last = d_sae
+    std::vector<double> group_weights; // matryoshka: weight of each prefix's reconstruction error
 };
+// Group ends from fractions of d_sae ("0.25,0.25,0.5": sizes, summing to 1; each group at least
+// one latent) and the prefixes' weights ("" = 1 each, else one number per group). Errors name
+// the settings matryoshka_groups and matryoshka_weights.
+std::vector<int64_t> matryoshka_group_ends(const std::string& fractions, int64_t d_sae);
+std::vector<double> matryoshka_group_weights(const std::string& weights, size_t groups);
 void validate(const ModernSpec& spec);  // throws sae::Error naming the setting
 
-// W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in],
-// and for jumprelu log_threshold [d_sae].
+// W_enc [d_in, d_sae], b_enc [d_sae] (gated: b_gate), W_dec [d_sae, d_in], b_dec [d_in],
+// then the row's extra [d_sae] tensors: jumprelu log_threshold; gated r_mag, b_mag.
 ParamLayout modern_layout(const ModernSpec& spec);
 
 // Decoder rows: random Gaussian directions scaled to norm 0.1; W_enc = W_decᵀ; biases 0;
@@ -108,7 +155,13 @@ struct ModernWorkspace {
     Matrix<T> Xhat;   // [m, d_in]
     Matrix<T> dXhat;  // [m, d_in]
     Matrix<T> dH;     // [m, d_sae]; dense path only (empty when the sparse path serves the arch)
-    Matrix<T> Haux, Eaux, dEaux;  // AuxK: h_aux [m, d_sae], ê [m, d_in], ∂aux/∂ê [m, d_in]
+    Matrix<T> Haux, Eaux, dEaux;  // AuxK: h_aux [m, d_sae], ê [m, d_in], ∂aux/∂ê [m, d_in];
+                                  // gated: relu(gate), x̃, ∂aux/∂x̃
+    Matrix<T> mag;                // gated: magnitude pre-activations [m, d_sae]
+    Matrix<T> dXg;                // matryoshka: ∂J/∂x̂ for the latents of each group [G·m, d_in]
+                                  // (group g: Σ_{g' ≥ g} w_g'·(x̂⁽ᵍ'⁾ − x)/m, rows g·m ...)
+    std::vector<T> bias_sum;      // gated: Σᵢ ∂J/∂(x'·W_enc) [d_sae] (b_dec's gradient through x')
+    std::vector<double> mag_scale;  // gated: exp(r_mag) [d_sae]
     SparseRows<T> act;            // active latents (jumprelu: also those in the kernel window)
     SparseRows<T> aux;            // AuxK's selected dead latents
     std::vector<uint16_t> w_bf16; // bf16 lists-only TopK: W_enc rounded to bf16 [d_in · d_sae]

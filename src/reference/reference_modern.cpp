@@ -26,12 +26,105 @@ std::vector<int64_t> largest(const double* pre, int64_t n, int64_t count,
     return out;
 }
 
+// Gated (Rajamanoharan et al. 2024), per sample from the formulas:
+//   gate = x'·W_enc + b_gate, mag = x'·(W_enc ⊙ exp(r_mag)) + b_mag, h = 1[gate > 0]·relu(mag),
+//   rec = ½‖h·W_dec + b_dec − x‖², sparsity = λ₁·Σⱼ relu(gateⱼ)·‖W_dec[j]‖,
+//   aux = ½‖relu(gate)·W_dec + b_dec − x‖² with W_dec, b_dec held constant; all over m.
+ModernResult gated_cost(const ModernSpec& spec, const std::vector<double>& params, const std::vector<double>& X,
+                        int64_t m, bool with_grad, double sparsity_scale) {
+    const int64_t n = spec.d_in, h = spec.d_sae;
+    const ParamLayout L = modern_layout(spec);
+    auto at = [&](const char* name) { return params.data() + L.get(name).offset; };
+    const double *We = at("W_enc"), *bg = at("b_gate"), *rm = at("r_mag"), *bm = at("b_mag"), *Wd = at("W_dec"),
+                 *bd = at("b_dec");
+    ModernResult r;
+    r.pre.assign(size_t(m * h), 0.0);
+    r.H.assign(size_t(m * h), 0.0);
+    r.Xhat.assign(size_t(m * n), 0.0);
+    r.Haux.assign(size_t(m * h), 0.0);
+    r.Ehat.assign(size_t(m * n), 0.0);
+    if (with_grad) r.grad.assign(size_t(L.total), 0.0);
+    auto gat = [&](const char* name) { return r.grad.data() + L.get(name).offset; };
+    const double md = double(m), lam = spec.l1_coefficient * sparsity_scale;
+    std::vector<double> norm(static_cast<size_t>(h), 1.0);
+    if (spec.l1_decoder_norm)
+        for (int64_t j = 0; j < h; ++j) {
+            double q = 0;
+            for (int64_t k = 0; k < n; ++k) q += Wd[j * n + k] * Wd[j * n + k];
+            norm[size_t(j)] = std::sqrt(q);
+        }
+    for (int64_t i = 0; i < m; ++i) {
+        const double* x = &X[size_t(i * n)];
+        std::vector<double> xin(static_cast<size_t>(n)), gate(static_cast<size_t>(h)), mag(static_cast<size_t>(h)),
+            a(static_cast<size_t>(h)), ag(static_cast<size_t>(h));
+        for (int64_t k = 0; k < n; ++k) xin[size_t(k)] = x[k] - (spec.apply_b_dec_to_input ? bd[k] : 0.0);
+        for (int64_t j = 0; j < h; ++j) {
+            double zg = bg[j], zm = bm[j];
+            for (int64_t k = 0; k < n; ++k) {
+                zg += xin[size_t(k)] * We[k * h + j];
+                zm += xin[size_t(k)] * We[k * h + j] * std::exp(rm[j]);
+            }
+            gate[size_t(j)] = zg;
+            mag[size_t(j)] = zm;
+            a[size_t(j)] = zg > 0 && zm > 0 ? zm : 0.0;
+            ag[size_t(j)] = zg > 0 ? zg : 0.0;
+            r.pre[size_t(i * h + j)] = zg;
+            r.H[size_t(i * h + j)] = a[size_t(j)];
+            r.Haux[size_t(i * h + j)] = ag[size_t(j)];
+            r.J.sparsity += lam * ag[size_t(j)] * norm[size_t(j)] / md;
+        }
+        std::vector<double> g_xh(static_cast<size_t>(n)), g_xt(static_cast<size_t>(n));
+        for (int64_t k = 0; k < n; ++k) {
+            double z = bd[k], zt = bd[k];
+            for (int64_t j = 0; j < h; ++j) {
+                z += a[size_t(j)] * Wd[j * n + k];
+                zt += ag[size_t(j)] * Wd[j * n + k];
+            }
+            r.Xhat[size_t(i * n + k)] = z;
+            r.Ehat[size_t(i * n + k)] = zt;
+            r.J.rec += 0.5 * (z - x[k]) * (z - x[k]) / md;
+            r.J.aux += 0.5 * (zt - x[k]) * (zt - x[k]) / md;
+            g_xh[size_t(k)] = (z - x[k]) / md;
+            g_xt[size_t(k)] = (zt - x[k]) / md;
+        }
+        if (!with_grad) continue;
+        double *gWe = gat("W_enc"), *gbg = gat("b_gate"), *grm = gat("r_mag"), *gbm = gat("b_mag"), *gWd = gat("W_dec"),
+               *gbd = gat("b_dec");
+        for (int64_t k = 0; k < n; ++k) gbd[k] += g_xh[size_t(k)];
+        for (int64_t j = 0; j < h; ++j) {
+            double gh = 0, gt = 0;
+            for (int64_t k = 0; k < n; ++k) {
+                gWd[j * n + k] += a[size_t(j)] * g_xh[size_t(k)];
+                gh += g_xh[size_t(k)] * Wd[j * n + k];
+                gt += g_xt[size_t(k)] * Wd[j * n + k];  // through the frozen decoder: no W_dec gradient
+            }
+            if (spec.l1_decoder_norm && norm[size_t(j)] > 0)
+                for (int64_t k = 0; k < n; ++k) gWd[j * n + k] += lam * ag[size_t(j)] * Wd[j * n + k] / norm[size_t(j)] / md;
+            const bool open = gate[size_t(j)] > 0;
+            const double dmag = open && mag[size_t(j)] > 0 ? gh : 0.0;
+            const double dgate = open ? lam * norm[size_t(j)] / md + gt : 0.0;
+            const double e = std::exp(rm[j]);
+            double zw = 0;  // x'·W_enc[:, j]
+            for (int64_t k = 0; k < n; ++k) zw += xin[size_t(k)] * We[k * h + j];
+            gbg[j] += dgate;
+            gbm[j] += dmag;
+            grm[j] += dmag * zw * e;
+            for (int64_t k = 0; k < n; ++k) {
+                gWe[k * h + j] += xin[size_t(k)] * (dgate + dmag * e);
+                if (spec.apply_b_dec_to_input) gbd[k] -= We[k * h + j] * (dgate + dmag * e);
+            }
+        }
+    }
+    return r;
+}
+
 }  // namespace
 
 ModernResult modern_cost(const ModernSpec& spec, const std::vector<double>& params,
                          const std::vector<double>& X, int64_t m, bool with_grad,
                          const std::vector<uint8_t>& dead, double batchtopk_threshold,
                          double sparsity_scale) {
+    if (spec.arch == Arch::gated) return gated_cost(spec, params, X, m, with_grad, sparsity_scale);
     const int64_t n = spec.d_in, h = spec.d_sae;
     const ParamLayout L = modern_layout(spec);
     const double* We = params.data() + L.get("W_enc").offset;  // We[k*h + j]: input k → latent j
@@ -80,6 +173,7 @@ ModernResult modern_cost(const ModernSpec& spec, const std::vector<double>& para
             break;
         }
         case Arch::batchtopk:
+        case Arch::matryoshka_batchtopk:
             if (batchtopk_threshold < 0) {
                 std::vector<int64_t> order(size_t(m * h));
                 std::iota(order.begin(), order.end(), int64_t(0));
@@ -98,11 +192,13 @@ ModernResult modern_cost(const ModernSpec& spec, const std::vector<double>& para
                 for (int64_t j = 0; j < h; ++j)
                     keep[size_t(i * h + j)] = r.pre[size_t(i * h + j)] > theta[size_t(j)];
             break;
+        case Arch::gated:
+            break;  // gated_cost
     }
     for (int64_t t = 0; t < m * h; ++t)
         r.H[size_t(t)] = keep[size_t(t)] && r.pre[size_t(t)] > 0 ? r.pre[size_t(t)] : 0.0;
 
-    std::vector<double> norm(size_t(h), 1.0);
+    std::vector<double> norm(static_cast<size_t>(h), 1.0);
     if (spec.arch == Arch::standard && spec.l1_decoder_norm)
         for (int64_t j = 0; j < h; ++j) {
             double s = 0;
@@ -117,7 +213,8 @@ ModernResult modern_cost(const ModernSpec& spec, const std::vector<double>& para
             is_dead[size_t(j)] = dead[size_t(j)] != 0;
             n_dead += dead[size_t(j)] != 0;
         }
-    const bool aux_on = (spec.arch == Arch::topk || spec.arch == Arch::batchtopk) &&
+    const bool nested = spec.arch == Arch::matryoshka_batchtopk;
+    const bool aux_on = (spec.arch == Arch::topk || spec.arch == Arch::batchtopk || nested) &&
                         spec.k_aux > 0 && n_dead > 0;
 
     const double md = double(m);
@@ -135,13 +232,20 @@ ModernResult modern_cost(const ModernSpec& spec, const std::vector<double>& para
         const double* a = &r.H[size_t(i * h)];
         double* xh = &r.Xhat[size_t(i * n)];
 
-        // Decoder and reconstruction error.
-        for (int64_t k = 0; k < n; ++k) {
-            double z = bd[k];
-            for (int64_t j = 0; j < h; ++j) z += a[j] * Wd[j * n + k];
-            xh[k] = z;
-            r.J.rec += 0.5 * (z - x[k]) * (z - x[k]) / md;
-        }
+        // Decoder and reconstruction error. Matryoshka: every prefix of groups g reconstructs
+        // with the latents j < group_ends[g]; g_prefix[g] = w_g·(x̂⁽ᵍ⁾ − x)/m. One group (the
+        // others): the whole decoder, weight 1.
+        const std::vector<int64_t> ends = nested ? spec.group_ends : std::vector<int64_t>{h};
+        const std::vector<double> weights = nested ? spec.group_weights : std::vector<double>{1.0};
+        std::vector<std::vector<double>> g_prefix(ends.size(), std::vector<double>(size_t(n)));
+        for (size_t g = 0; g < ends.size(); ++g)
+            for (int64_t k = 0; k < n; ++k) {
+                double z = bd[k];
+                for (int64_t j = 0; j < ends[g]; ++j) z += a[j] * Wd[j * n + k];
+                if (g + 1 == ends.size()) xh[k] = z;
+                r.J.rec += weights[g] * 0.5 * (z - x[k]) * (z - x[k]) / md;
+                g_prefix[g][size_t(k)] = weights[g] * (z - x[k]) / md;
+            }
 
         // Sparsity.
         for (int64_t j = 0; j < h; ++j) {
@@ -168,17 +272,17 @@ ModernResult modern_cost(const ModernSpec& spec, const std::vector<double>& para
 
         if (!with_grad) continue;
 
-        // ∂J/∂x̂ and the decoder.
-        std::vector<double> g_xh(static_cast<size_t>(n)), g_h(static_cast<size_t>(h), 0.0),
-            g_pre(static_cast<size_t>(h), 0.0);
-        for (int64_t k = 0; k < n; ++k) {
-            g_xh[size_t(k)] = (xh[k] - x[k]) / md;
-            gbd[k] += g_xh[size_t(k)];
-        }
+        // ∂J/∂x̂ and the decoder: latent j is in every prefix g with group_ends[g] > j.
+        std::vector<double> g_h(static_cast<size_t>(h), 0.0), g_pre(static_cast<size_t>(h), 0.0);
+        for (size_t g = 0; g < ends.size(); ++g)
+            for (int64_t k = 0; k < n; ++k) gbd[k] += g_prefix[g][size_t(k)];
         for (int64_t j = 0; j < h; ++j)
-            for (int64_t k = 0; k < n; ++k) {
-                gWd[j * n + k] += a[j] * g_xh[size_t(k)];
-                g_h[size_t(j)] += g_xh[size_t(k)] * Wd[j * n + k];
+            for (size_t g = 0; g < ends.size(); ++g) {
+                if (j >= ends[g]) continue;
+                for (int64_t k = 0; k < n; ++k) {
+                    gWd[j * n + k] += a[j] * g_prefix[g][size_t(k)];
+                    g_h[size_t(j)] += g_prefix[g][size_t(k)] * Wd[j * n + k];
+                }
             }
 
         // L1 term: λ|h|·‖W_dec[j]‖.
