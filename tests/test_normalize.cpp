@@ -10,6 +10,7 @@
 
 #include "sae/data.hpp"
 #include "sae/io.hpp"
+#include "sae/modern.hpp"
 #include "sae/rng.hpp"
 #include "test_util.hpp"
 
@@ -97,7 +98,9 @@ TEST_P(SelfContained, SameRowsSameCodesInAnyFile) {
 
 std::vector<Case> cases() {
     std::vector<Case> v;
-    for (const char* a : {"classic", "standard", "topk", "batchtopk", "jumprelu"})
+    std::vector<std::string> archs = {"classic"};
+    for (const ArchInfo& a : arch_table()) archs.push_back(a.name);  // every modern row
+    for (const std::string& a : archs)
         for (const char* m : {"auto", "none", "unit_range", "ufldl"}) v.push_back({a, m});
     return v;
 }
