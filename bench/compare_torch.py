@@ -1,7 +1,11 @@
 #!/usr/bin/python3
 """Side-by-side: the same training step in PyTorch and in `sae bench`, alternating, same threads.
 
-Usage (system python3 with Debian's python3-torch; `apt-get install python3-torch`):
+Prerequisites: `scripts/setup.sh --bench` (as root) installs them: Debian's python3-torch and
+python3-numpy for the system python3, and libopenblas0-pthread, without which Debian's PyTorch
+runs the reference BLAS and the comparison means nothing. Build build/sae first (scripts/setup.sh).
+
+Usage:
     /usr/bin/python3 bench/compare_torch.py [--sae build/sae] [--rounds 3] [--threads 2]
                                             [--only classic,topk,topk_bf16] [--json out.json]
 
