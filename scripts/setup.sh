@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(g++ cmake ninja-build pkg-config libdnnl-dev ocl-icd-opencl-dev libcli11-dev libtomlplusplus-dev
           nlohmann-json3-dev libstb-dev zlib1g-dev libgtest-dev libgmock-dev
           clang libclang-rt-14-dev llvm-14 chromium)
-# Large (PyTorch alone is about 1 GB installed), so only with --bench:
+# Large (about 700 MB installed, with what they pull in), so only with --bench:
 #   python3-torch, python3-numpy: the PyTorch side of bench/compare_torch.py;
 #   libopenblas0-pthread: an optimised BLAS for PyTorch (without it Debian's torch runs the
 #     reference BLAS, many times slower, and the comparison means nothing);
