@@ -266,7 +266,10 @@ T_DEMO=skipped; T_TEST=skipped; failed=()
 step() {   # step NAME VAR
   local t0=$SECONDS
   log "running scripts/$1.sh in the fresh root"
-  if in_root "scripts/$1.sh"; then printf -v "$2" '%s' "$((SECONDS - t0))"
+  # In the background, so that a TERM sent to this script runs the clean-up at once (bash
+  # defers traps until a foreground child exits; `wait` is interrupted).
+  in_root "scripts/$1.sh" &
+  if wait $!; then printf -v "$2" '%s' "$((SECONDS - t0))"
   else printf -v "$2" '%s' "$((SECONDS - t0)) (FAILED)"; failed+=("$1.sh"); fi
   log "$1.sh: ${!2} s"
 }
