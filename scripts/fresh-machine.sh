@@ -209,10 +209,10 @@ else
   debootstrap --variant=minbase --cache-dir="$CACHE/debootstrap" "${include[@]}" bookworm "$DIR" "$MIRROR" \
     > "$DIR.debootstrap.log" 2>&1 ||
     { tail -n 30 "$DIR.debootstrap.log" >&2; echo "fresh-machine: debootstrap failed (log: $DIR.debootstrap.log)" >&2; exit 1; }
-  T_DEBOOTSTRAP=$((SECONDS - t0))
+  T_DEBOOTSTRAP="$((SECONDS - t0)) s"
   rm -f "$DIR.debootstrap.log"
   touch "$MARKER"
-  log "debootstrap: ${T_DEBOOTSTRAP} s"
+  log "debootstrap: ${T_DEBOOTSTRAP}"
 fi
 
 # apt inside the root: the same mirror URIs as the host, and the host's fetch settings.
@@ -265,19 +265,19 @@ in_root() {
 T_DEMO=skipped; T_TEST=skipped; failed=()
 step() {   # step NAME VAR
   local t0=$SECONDS
-  log "running scripts/$1.sh in the fresh root"
+  log "running scripts/$1.sh in the root"
   # In the background, so that a TERM sent to this script runs the clean-up at once (bash
   # defers traps until a foreground child exits; `wait` is interrupted).
   in_root "scripts/$1.sh" &
-  if wait $!; then printf -v "$2" '%s' "$((SECONDS - t0))"
-  else printf -v "$2" '%s' "$((SECONDS - t0)) (FAILED)"; failed+=("$1.sh"); fi
-  log "$1.sh: ${!2} s"
+  if wait $!; then printf -v "$2" '%s' "$((SECONDS - t0)) s"
+  else printf -v "$2" '%s' "$((SECONDS - t0)) s, FAILED"; failed+=("$1.sh"); fi
+  log "$1.sh: ${!2}"
 }
 if [ "$ONLY" != test ]; then step demo T_DEMO; fi
 if [ "$ONLY" != demo ] && [ ${#failed[@]} = 0 ]; then step test T_TEST; fi
 
 echo
-log "seconds: debootstrap ${T_DEBOOTSTRAP}, demo.sh ${T_DEMO}, test.sh ${T_TEST} (commit ${HEAD:0:12})"
+log "debootstrap ${T_DEBOOTSTRAP}; demo.sh ${T_DEMO}; test.sh ${T_TEST} (commit ${HEAD:0:12})"
 if [ ${#failed[@]} -gt 0 ]; then
   log "FAILED: ${failed[*]}"
   exit 1
