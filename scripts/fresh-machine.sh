@@ -75,7 +75,9 @@ CACHE=$(realpath -m "$CACHE")
 case "$DIR" in /|/bin|/boot|/dev|/etc|/home|/lib*|/opt|/proc|/root|/run|/sbin|/srv|/sys|/tmp|/usr|/var|/var/tmp)
   echo "fresh-machine: refusing --dir $DIR (choose a new directory of its own)" >&2; exit 2 ;;
 esac
-MARKER="$DIR/.sae-fresh-root"   # written once debootstrap succeeded: this script made DIR
+MARKER="$DIR/.sae-fresh-root"       # written before debootstrap: this script made DIR
+COMPLETE="$DIR/.sae-fresh-complete" # written once debootstrap succeeded: --reuse-root may use it
+OWNED=0                             # 1 once DIR is known to be ours to remove
 log() { echo "fresh-machine: $*"; }
 
 # ---- the mirror, from this machine's apt sources (never a host written here) ----
@@ -162,7 +164,7 @@ cleanup() {
   unmount_all
   if [ "$KEEP" = 1 ]; then
     [ -d "$DIR" ] && log "kept the root in $DIR (chroot $DIR /bin/bash; rerun with --reuse-root)"
-  elif [ -d "$DIR" ]; then
+  elif [ "$OWNED" = 1 ] && [ -d "$DIR" ]; then
     remove_root && log "removed $DIR" || rc=1
   fi
   exit "$rc"
@@ -178,23 +180,23 @@ mnt() {   # mnt TARGET mount-args...
 }
 
 # ---- the root ----
+if [ -e "$DIR" ] && [ ! -f "$MARKER" ] && [ -n "$(ls -A "$DIR")" ]; then
+  echo "fresh-machine: $DIR exists and is not a root made by this script; choose another --dir" >&2
+  exit 2
+fi
+OWNED=1   # absent, empty or made by this script
 if [ -e "$DIR" ] && [ -n "$(mounts_under)" ]; then
   log "unmounting what an earlier run left mounted under $DIR"
   unmount_all
 fi
-if [ "$REUSE" = 1 ] && [ -f "$MARKER" ]; then
+if [ "$REUSE" = 1 ] && [ -f "$COMPLETE" ]; then
   log "reusing the root in $DIR (--reuse-root: not a fresh machine, not the proof)"
   T_DEBOOTSTRAP=reused
 else
   [ "$REUSE" = 1 ] && log "--reuse-root: no root made by this script in $DIR, bootstrapping one"
-  if [ -e "$DIR" ]; then
-    if [ -f "$MARKER" ] || [ -d "$DIR/debootstrap" ]; then
-      log "removing the earlier root in $DIR"
-      remove_root || exit 1
-    elif [ -n "$(ls -A "$DIR")" ]; then
-      echo "fresh-machine: $DIR exists and is not a root made by this script; choose another --dir" >&2
-      exit 2
-    fi
+  if [ -f "$MARKER" ]; then
+    log "removing the earlier root in $DIR"
+    remove_root || exit 1
   fi
   if ! command -v debootstrap >/dev/null; then
     log "installing debootstrap"
@@ -202,6 +204,7 @@ else
       { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
   fi
   mkdir -p "$DIR" "$CACHE/debootstrap"
+  touch "$MARKER"
   include=()
   case "$MIRROR$UPDATES$SECURITY" in *https:*) include=(--include=ca-certificates) ;; esac
   log "debootstrap --variant=minbase bookworm $DIR (mirror from this machine's apt sources)"
@@ -211,7 +214,7 @@ else
     { tail -n 30 "$DIR.debootstrap.log" >&2; echo "fresh-machine: debootstrap failed (log: $DIR.debootstrap.log)" >&2; exit 1; }
   T_DEBOOTSTRAP="$((SECONDS - t0)) s"
   rm -f "$DIR.debootstrap.log"
-  touch "$MARKER"
+  touch "$COMPLETE"
   log "debootstrap: ${T_DEBOOTSTRAP}"
 fi
 
