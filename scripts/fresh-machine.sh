@@ -4,6 +4,9 @@
 # scripts/demo.sh and scripts/test.sh there, as root, with nothing else installed.
 # See --help, and docs/reliability.md ("Set-up on a fresh machine").
 set -euo pipefail
+# All of it in one { } block, which bash reads whole before running it: committing (or checking
+# out) a new version of this file while a run is under way must not change the running one.
+{
 
 usage() {
   cat <<'EOF'
@@ -286,3 +289,5 @@ if [ ${#failed[@]} -gt 0 ]; then
   exit 1
 fi
 log "the quick start works on a fresh Debian 12"
+exit 0
+}
