@@ -1,9 +1,12 @@
 #!/usr/bin/python3
 """Side-by-side: the same training step in PyTorch and in `sae bench`, alternating, same threads.
 
-Usage (Debian's python3-torch with OpenBLAS: `scripts/setup.sh --bench`, or apt-get install python3-torch
-python3-numpy libopenblas0-pthread). The script names the BLAS PyTorch loaded and refuses to report
-a ratio against the reference BLAS (what Debian's PyTorch runs when OpenBLAS is not installed):
+Prerequisites: `scripts/setup.sh --bench` (as root) installs them: Debian's python3-torch and
+python3-numpy for the system python3, and libopenblas0-pthread, without which Debian's PyTorch
+runs the reference BLAS and the comparison means nothing: the script names the BLAS PyTorch
+calls and refuses to report a ratio against the reference one. Build build/sae first (scripts/setup.sh).
+
+Usage:
     /usr/bin/python3 bench/compare_torch.py [--sae build/sae] [--rounds 3] [--threads 2]
                                             [--only classic,topk,topk_bf16] [--json out.json]
 

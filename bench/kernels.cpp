@@ -1,4 +1,5 @@
 // Google Benchmark microbenchmarks of the kernels behind a training step (docs/performance.md).
+// Needs libbenchmark-dev: scripts/setup.sh --bench installs it.
 // Build: cmake -S . -B build-bench -G Ninja -DSAE_BUILD_BENCH=ON && ninja -C build-bench sae_kernels
 // Run:   OMP_NUM_THREADS=2 build-bench/sae_kernels [--benchmark_filter=Gemm]
 //
