@@ -9,6 +9,7 @@
 #include "sae/io.hpp"
 #include "sae/metrics.hpp"
 #include "sae/model_file.hpp"
+#include "sae/synth.hpp"
 
 namespace sae {
 
@@ -198,6 +199,49 @@ void decode(Backend& be, const Objective& obj, const Config& cfg, const float* p
     check(W_dec && b_dec, "model: no W_dec or b_dec tensor");
     const Activation g = config_architecture(cfg) == "classic" ? activation_parse(cfg.decoder_activation) : Activation::linear;
     if (rows > 0) dense_forward<float>(be, Xhat, H, W_dec, Trans::no, b_dec, rows, obj.d_sae(), obj.d_in(), g);
+}
+
+std::string eval_json(const EvalResult& r, const MmcsResult* mm, int64_t G) {
+    nlohmann::ordered_json j;
+    j["J_total"] = r.J.total();
+    j["J_rec"] = r.J.rec;
+    j["J_weight_decay"] = r.J.weight_decay;
+    j["J_sparsity"] = r.J.sparsity;
+    j["J_denoise"] = r.J.denoise;  // 0: evaluation never corrupts
+    j["mse"] = r.mse;
+    j["fvu"] = r.fvu;
+    j["l0"] = r.l0;
+    j["mean_activation"] = r.mean_activation;
+    j["dead_fraction"] = r.dead_fraction;
+    j["dense_fraction"] = r.dense_fraction;
+    j["density_log10_hist"] = {{"edges", r.density.edges}, {"counts", r.density.counts}, {"never", r.density.never}};
+    j["rho_hat_min"] = r.rho_hat_min;
+    j["rho_hat_max"] = r.rho_hat_max;
+    j["samples"] = r.n;
+    if (mm) {
+        j["mmcs"] = mm->mmcs;
+        j["mmcs_min"] = mm->min;
+        j["mmcs_median"] = mm->median;
+        j["mmcs_frac_above_0.9"] = mm->frac_above_0_9;
+        j["ground_truth_features"] = G;
+    }
+    return j.dump();
+}
+
+GradcheckRun gradcheck_settings(const Config& cfg, int64_t d_in, int64_t d_sae, int64_t samples, double eps) {
+    GradcheckRun g;
+    g.spec = config_model_spec(cfg, d_in);
+    g.spec.d_sae = d_sae;
+    g.cost = config_cost_spec(cfg);
+    // Every term on: a zero coefficient would leave its gradient unchecked.
+    if (g.cost.weight_decay == 0) g.cost.weight_decay = 1e-3;
+    if (g.cost.sparsity == Sparsity::kl && g.cost.beta == 0) g.cost.beta = 3;
+    if (g.cost.sparsity == Sparsity::l1 && g.cost.l1_coefficient == 0) g.cost.l1_coefficient = 1e-3;
+    Rng rng(uint64_t(cfg.seed) + 12345);
+    std::vector<double> X(size_t(samples * d_in));
+    for (auto& x : X) x = rng.uniform(0.05, 0.95);
+    g.result = gradcheck(g.spec, g.cost, X, samples, uint64_t(cfg.seed), eps);
+    return g;
 }
 
 GradcheckResult gradcheck(const ModelSpec& spec, const CostSpec& cost,

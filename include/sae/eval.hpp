@@ -59,6 +59,13 @@ EvalResult evaluate(Backend& be, Objective& obj, const Config& cfg, const float*
 EvalResult evaluate(Backend& be, Objective& obj, const Config& cfg, const float* params,
                     const float* X, int64_t rows, int64_t cols, double threshold, int64_t chunk = 4096);
 
+// The JSON object `sae eval` prints (one line): J_total, J_rec, J_weight_decay, J_sparsity,
+// J_denoise, mse, fvu, l0, mean_activation, dead_fraction, dense_fraction, density_log10_hist,
+// rho_hat_min, rho_hat_max, samples; with mm (against G ground-truth features) also mmcs,
+// mmcs_min, mmcs_median, mmcs_frac_above_0.9, ground_truth_features.
+struct MmcsResult;
+std::string eval_json(const EvalResult& r, const MmcsResult* mm = nullptr, int64_t G = 0);
+
 // Hidden activations H [N, d_sae].
 Matrix<float> encode(Backend& be, Objective& obj, const float* params, const Matrix<float>& X,
                      int64_t chunk = 4096);
@@ -73,12 +80,23 @@ void reconstruct(Backend& be, Objective& obj, const float* params, const float* 
 void decode(Backend& be, const Objective& obj, const Config& cfg, const float* params, const float* H,
             int64_t rows, float* Xhat);
 
+// `sae gradcheck`: a small classic model of the settings' activations, tying, sparsity and
+// coefficients (a zero coefficient raised so every term is checked), X [samples, d_in] uniform
+// in [0.05, 0.95] from seed + 12345; the spec and cost used come back with the result.
+struct GradcheckRun;
+GradcheckRun gradcheck_settings(const Config& cfg, int64_t d_in, int64_t d_sae, int64_t samples, double eps = 3e-5);
+
 // Central differences in double: ‖num − ana‖ / ‖num + ana‖ per parameter tensor and overall.
 struct GradcheckResult {
     std::vector<std::pair<std::string, double>> per_tensor;
     double overall = 0;
 };
 // Classic model. X [m, spec.d_in] in double; parameters initialised from seed with non-zero biases.
+struct GradcheckRun {
+    ModelSpec spec;
+    CostSpec cost;
+    GradcheckResult result;
+};
 GradcheckResult gradcheck(const ModelSpec& spec, const CostSpec& cost,
                           const std::vector<double>& X, int64_t m, uint64_t seed,
                           double eps = 3e-5);
