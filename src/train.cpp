@@ -494,8 +494,9 @@ void Run::minibatch(bool resume) {
         ++rs_.step;
         const bool last = batches_->done(rs_.step) || stop_requested();
         log(last);
-        if (rs_.step % cfg_.checkpoint_every == 0 || last) save_();
-        if (stop_requested()) return finish("interrupted");
+        const bool stop = stop_requested();  // (a hook may have raised it while logging)
+        if (rs_.step % cfg_.checkpoint_every == 0 || last || stop) save_();
+        if (stop) return finish("interrupted");
     }
     finish("epochs");
 }
@@ -727,8 +728,9 @@ void Run::lbfgs(bool resume) {
             throw Error("iteration " + std::to_string(it) + ": J_total is not finite; training stopped. The last good checkpoint is " + ckpt_path_);
         const bool last = it >= cfg_.max_iterations || opt.status() != LbfgsStatus::running || stop_requested();
         if (it % cfg_.log_every == 0 || last) log_now(it);
-        if (it % cfg_.checkpoint_every == 0 || last) save_();
-        if (stop_requested()) return finish("interrupted");
+        const bool stop = stop_requested();
+        if (it % cfg_.checkpoint_every == 0 || last || stop) save_();
+        if (stop) return finish("interrupted");
     }
     for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(opt.x()[size_t(i)]);
     summary_.samples = (opt.evaluations() - evals0) * X_.rows;

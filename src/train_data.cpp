@@ -131,10 +131,11 @@ public:
     int64_t next(float* Xb) override {
         int64_t m = 0;
         while (m < B_) {
-            if (fill_ == 0) {  // this pass is over
-                if (epoch_ + 1 >= epochs_) break;
-                start_pass(epoch_ + 1);
-                check(fill_ > 0, name_ + ": pass " + std::to_string(epoch_ + 1) +
+            if (fill_ == 0) {  // this pass is over: on into the next (after the last one too, as
+                               // the shards' stream does, so a longer run extends this one)
+                if (epoch_ + 1 >= epochs_ && !src_.restart()) break;  // read once: a short last batch
+                start_pass(epoch_ + 1, epoch_ + 1 >= epochs_);
+                check(fill_ > 0, name_ + ": pass " + std::to_string(epoch_) +
                                      " over the data gave no samples; an iterable must give the same data each pass");
             }
             emit(Xb + m * d_);
@@ -145,7 +146,8 @@ public:
         done_emitted_ = emitted_;
         return m;
     }
-    bool done(int64_t) const override { return fill_ == 0 && epoch_ + 1 >= epochs_; }
+    // The run is ceil(epochs·N/B) batches, N known once the first pass is read.
+    bool done(int64_t steps_taken) const override { return N_ > 0 && steps_taken >= total(); }
     int64_t batch_size() const override { return B_; }
     int64_t total() const override { return N_ > 0 ? (epochs_ * N_ + B_ - 1) / B_ : -1; }
     double epoch(int64_t) const override {
@@ -182,7 +184,7 @@ public:
         check(v[0] == slots_ && uint64_t(v[1]) == seed_ && v[2] == d_,
               name_ + ": the checkpoint was made with another shuffle buffer, seed or d_in; resume with the same data and settings");
         const int64_t epoch = v[4], position = v[5];
-        check(epoch >= 0 && epoch < epochs_ && position >= 0, bad);
+        check(epoch >= 0 && epoch <= epochs_ && position >= 0, bad);
         if (epoch > 0) start_pass(epoch);
         if (v[3] > 0) N_ = v[3];
         std::vector<float> scratch(static_cast<size_t>(d_));
@@ -203,8 +205,9 @@ public:
     }
 
 private:
-    void start_pass(int64_t e) {
-        if (started_)
+    // restarted: the caller has restarted the source already.
+    void start_pass(int64_t e, bool restarted = false) {
+        if (started_ && !restarted)
             check(src_.restart(), name_ + ": the data can be read only once (a generator or an iterator), but epochs = " +
                                       std::to_string(epochs_) + "; pass epochs=1, or a re-iterable object (a list, or a "
                                       "class whose __iter__ starts again)");
@@ -228,6 +231,9 @@ private:
             if (cur_.rows == 0) {
                 exhausted_ = true;
                 if (epoch_ == 0 || N_ == 0) N_ = read_;
+                check(read_ == N_, name_ + ": pass " + std::to_string(epoch_) + " gave " + std::to_string(read_) +
+                                       " samples but the first gave " + std::to_string(N_) +
+                                       "; an iterable must give the same data each pass");
                 return false;
             }
             check(cur_.rows > 0 && cur_.cols > 0 && cur_.data != nullptr, name_ + ": a batch of shape [" +

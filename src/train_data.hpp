@@ -53,9 +53,11 @@ std::unique_ptr<Batches> batches_from_shards(const StreamOptions& so, int64_t ba
 
 // Fed by a BatchSource through a shuffle buffer of buffer_samples: the buffer is filled from the
 // source, then each sample emitted is a uniformly random slot (from (seed, pass)), refilled with
-// the next sample read; once the pass is read the buffer drains. Each pass is one epoch; a run
-// is `epochs` passes (the source restarted between them), batches of B straddle passes and the
-// last one may be short. The samples per pass are known once the first pass ends. Memory:
+// the next sample read; once the pass is read the buffer drains. Each pass is one epoch (the
+// source restarted between them); a run is ceil(epochs·N/B) batches of B, straddling passes
+// (the last one reads into one more pass, like the shards' stream, so a run with more epochs
+// extends it bit for bit), except that a source read only once ends with a short batch. N, the
+// samples per pass, is known once the first pass ends. Memory:
 // buffer_samples × d_in floats, grown as filled. head: the first min(10000, buffer) samples
 // read. Values are checked finite as they are read.
 std::unique_ptr<Batches> batches_fed(BatchSource& src, int64_t buffer_samples, int64_t batch_size, int64_t epochs,
