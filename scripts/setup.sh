@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 PACKAGES=(g++ cmake ninja-build pkg-config libdnnl-dev ocl-icd-opencl-dev libcli11-dev libtomlplusplus-dev
           nlohmann-json3-dev libstb-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
           clang libclang-rt-14-dev llvm-14 chromium)
+# The Python package (python/, docs/python.md) and its tests.
+PACKAGES+=(python3-dev pybind11-dev python3-numpy python3-torch python3-pytest python3-setuptools python3-pip
+           python3-venv python3-tqdm python3-matplotlib libopenblas0-pthread)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -287,8 +287,6 @@ def train(data, out=None, *, resume=False, progress=None, callback=None, **setti
     Same settings, seed and threads give the bits `sae train` gives on the same data. Ctrl-C
     saves a checkpoint, then raises KeyboardInterrupt; an exception in the callback or the
     iterable is raised after a checkpoint of the last finished step is saved."""
-    if "data" in settings:
-        raise DTypeError("data is given twice: as the first argument and as a setting")
     array = source = feeder = None
     name = "data"
     if isinstance(data, (str, os.PathLike)):
