@@ -37,3 +37,6 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-} >/dev/null
 fi
 cmake --build "$BUILD_DIR" -j "$(nproc)"
+if [ -f "$BUILD_DIR/python/sae/__init__.py" ]; then
+  echo "setup: Python: PYTHONPATH=$BUILD_DIR/python /usr/bin/python3 -c 'import sae'  (docs/python.md)"
+fi

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""The Python package against the CLI on the same data (docs/python.md, "Speed and memory").
+
+    PYTHONPATH=build/python /usr/bin/python3 bench/python_bench.py [--sae build/sae] [--threads 2]
+
+1. Model.encode on a [4096, 768] float32 array vs `sae encode` on the same .npy (TopK, d_sae 4096):
+   the CLI's time with its fixed cost (start-up, model load, writing the output) taken off (the
+   same command on a 1-row file), and whole.
+2. sae.train on an in-memory array vs `sae train` on the same .npy: samples/s of the training
+   loop (summary seconds; the CLI prints the same figure).
+3. Streaming: sae.train from a Python generator of 1024-row batches vs `sae train` on .npy shards
+   of the same rows, both through shuffle_buffer = 16384 samples.
+Each figure is the best of --repeat runs (a shared machine is noisy: the best is the least
+disturbed). Also checks that the array run and the CLI run wrote the same model bytes."""
+import argparse
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import sae
+
+
+def run_cli(binary, *args):
+    t = time.perf_counter()
+    r = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        sys.exit(f"sae {' '.join(map(str, args))}: {r.stderr}")
+    return wall, r.stdout
+
+
+def cli_train(binary, settings, data, out):
+    sets = sum((["--set", f"{k}={sae._setting_text(k, v)}"] for k, v in settings.items()), [])
+    _, out_text = run_cli(binary, "train", *sets, "--set", f"data={data}", "--out", out)
+    m = re.search(r"trained (\d+) steps in ([0-9.]+) s", out_text)
+    return m.group(0)
+
+
+def main():
+    here = pathlib.Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sae", default=str(here / "build" / "sae"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--train-samples", type=int, default=32768)
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="sae-pybench-"))
+    d_in, d_sae = 768, 4096
+    base = dict(architecture="topk", k=32, d_sae=d_sae, optimizer="adam", batch_size=1024, threads=a.threads,
+                log_every=1000, checkpoint_every=100000)
+    print(f"sae python bench: {os.cpu_count()} CPUs, threads = {a.threads}, best of {a.repeat}")
+
+    # ---- 1. encode
+    X = rng.standard_normal((a.train_samples, d_in)).astype(np.float32)
+    np.save(tmp / "train.npy", X)
+    model_dir = tmp / "model"
+    sae.train(X[:4096], model_dir, progress=False, **dict(base, epochs=1))
+    m = sae.load(model_dir)
+    x = X[:4096].copy()
+    np.save(tmp / "x.npy", x)
+    np.save(tmp / "x1.npy", x[:1])
+    m.encode(x)  # warm
+    py = min(_timed(lambda: m.encode(x)) for _ in range(a.repeat * 3))
+    cli_full = min(run_cli(a.sae, "encode", "--model", model_dir, "--data", tmp / "x.npy", "--out", tmp / "h.npy")[0]
+                   for _ in range(a.repeat))
+    cli_one = min(run_cli(a.sae, "encode", "--model", model_dir, "--data", tmp / "x1.npy", "--out", tmp / "h1.npy")[0]
+                  for _ in range(a.repeat))
+    same = np.array_equal(m.encode(x), np.load(tmp / "h.npy"))
+    print(f"1. encode [4096, {d_in}] -> [4096, {d_sae}] (topk k=32): Model.encode {py * 1e3:.1f} ms; "
+          f"sae encode {cli_full * 1e3:.1f} ms whole, {(cli_full - cli_one) * 1e3:.1f} ms without its fixed cost "
+          f"({cli_one * 1e3:.1f} ms for 1 row); same bits: {same}")
+
+    # ---- 2. train in memory
+    s = dict(base, epochs=1)
+    best_py = best_cli = 0.0
+    for i in range(a.repeat):
+        mp = sae.train(X, tmp / "py", progress=False, **s)
+        best_py = max(best_py, mp.summary["samples"] / mp.summary["seconds"])
+        text = cli_train(a.sae, s, tmp / "train.npy", tmp / "cli")
+        steps, secs = re.match(r"trained (\d+) steps in ([0-9.]+) s", text).groups()
+        best_cli = max(best_cli, int(steps) * 1024 / float(secs))
+    same = (tmp / "py/model.safetensors").read_bytes() == (tmp / "cli/model.safetensors").read_bytes()
+    print(f"2. train [{a.train_samples}, {d_in}] in memory, 1 epoch: sae.train {best_py:,.0f} samples/s, "
+          f"sae train {best_cli:,.0f} samples/s (ratio {best_py / best_cli:.3f}); same model bytes: {same}")
+
+    # ---- 3. streaming
+    shards = 8
+    rows = a.train_samples // shards
+    for i in range(shards):
+        np.save(tmp / f"shard-{i:02d}.npy", X[i * rows:(i + 1) * rows])
+    ss = dict(s, shuffle_buffer=16384)
+
+    def gen():
+        for i in range(0, a.train_samples, 1024):
+            yield X[i:i + 1024]
+
+    best_gen = best_shards = 0.0
+    for i in range(a.repeat):
+        mg = sae.train(gen(), tmp / "gen", progress=False, **ss)
+        best_gen = max(best_gen, mg.summary["samples"] / mg.summary["seconds"])
+        text = cli_train(a.sae, ss, tmp / "shard-*.npy", tmp / "shards")
+        steps, secs = re.match(r"trained (\d+) steps in ([0-9.]+) s", text).groups()
+        best_shards = max(best_shards, int(steps) * 1024 / float(secs))
+    print(f"3. streamed, shuffle_buffer 16384: from a Python generator {best_gen:,.0f} samples/s, "
+          f"from {shards} .npy shards {best_shards:,.0f} samples/s (ratio {best_gen / best_shards:.3f})")
+    for p in sorted(tmp.rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    tmp.rmdir()
+
+
+def _timed(f):
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    main()
