@@ -7,10 +7,11 @@ matplotlib grid of the 196 learnt filters.
 784-196-784 sigmoid autoencoder, KL sparsity rho = 0.1, beta = 3, weight decay 3e-3, 400
 iterations of full-batch L-BFGS, 2 threads: examples/mnist.toml, so the model is the bits of
 `sae train examples/mnist.toml --set threads=2` (the digits go in as a uint8 array, normalised
-÷ 255 exactly as the CLI reads the IDX file). Expected output (about 2.5 minutes on 2 cores):
+÷ 255 exactly as the CLI reads the IDX file). Expected output (3 minutes on 2 busy cores),
+and a grid of pen strokes (docs/img/python_mnist_filters.png):
 
     digits [10000, 28, 28] uint8
-    trained 400 iterations (max_iterations): J_total 12.109, mean rho_hat 0.1066
+    trained 400 iterations (max_iterations): J_total 12.114, mean rho_hat 0.1065
     eval: fvu 0.279, l0 15.9
     wrote runs/mnist_py/filters.png
 """

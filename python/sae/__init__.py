@@ -18,6 +18,8 @@ import numpy as np
 
 from . import _sae
 
+__version__ = "0.1.0"
+
 __all__ = ["Error", "DTypeError", "Model", "train", "load", "synth", "mmcs", "gradcheck", "report",
            "settings_help"]
 
