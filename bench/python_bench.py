@@ -49,6 +49,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--train-samples", type=int, default=32768)
+    ap.add_argument("--parts", default="1,2,3", help="which measurements, e.g. 3")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="sae-pybench-"))
@@ -57,9 +58,22 @@ def main():
                 log_every=1000, checkpoint_every=100000)
     print(f"sae python bench: {os.cpu_count()} CPUs, threads = {a.threads}, best of {a.repeat}")
 
-    # ---- 1. encode
+    parts = {int(p) for p in a.parts.split(",")}
     X = rng.standard_normal((a.train_samples, d_in)).astype(np.float32)
     np.save(tmp / "train.npy", X)
+    s = dict(base, epochs=1)
+    if 1 in parts:
+        encode_bench(a, tmp, X, base, d_in, d_sae)
+    if 2 in parts:
+        train_bench(a, tmp, X, s, d_in)
+    if 3 in parts:
+        stream_bench(a, tmp, X, s)
+    for p in sorted(tmp.rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    tmp.rmdir()
+
+
+def encode_bench(a, tmp, X, base, d_in, d_sae):
     model_dir = tmp / "model"
     sae.train(X[:4096], model_dir, progress=False, **dict(base, epochs=1))
     m = sae.load(model_dir)
@@ -77,8 +91,9 @@ def main():
           f"sae encode {cli_full * 1e3:.1f} ms whole, {(cli_full - cli_one) * 1e3:.1f} ms without its fixed cost "
           f"({cli_one * 1e3:.1f} ms for 1 row); same bits: {same}")
 
-    # ---- 2. train in memory
-    s = dict(base, epochs=1)
+
+
+def train_bench(a, tmp, X, s, d_in):
     best_py = best_cli = 0.0
     for i in range(a.repeat):
         mp = sae.train(X, tmp / "py", progress=False, **s)
@@ -90,7 +105,9 @@ def main():
     print(f"2. train [{a.train_samples}, {d_in}] in memory, 1 epoch: sae.train {best_py:,.0f} samples/s, "
           f"sae train {best_cli:,.0f} samples/s (ratio {best_py / best_cli:.3f}); same model bytes: {same}")
 
-    # ---- 3. streaming
+
+
+def stream_bench(a, tmp, X, s):
     shards = 8
     rows = a.train_samples // shards
     for i in range(shards):
@@ -110,9 +127,6 @@ def main():
         best_shards = max(best_shards, int(steps) * 1024 / float(secs))
     print(f"3. streamed, shuffle_buffer 16384: from a Python generator {best_gen:,.0f} samples/s, "
           f"from {shards} .npy shards {best_shards:,.0f} samples/s (ratio {best_gen / best_shards:.3f})")
-    for p in sorted(tmp.rglob("*"), reverse=True):
-        p.unlink() if p.is_file() else p.rmdir()
-    tmp.rmdir()
 
 
 def _timed(f):

@@ -96,8 +96,9 @@ public:
         for (int64_t i = 0; i < B_; ++i)
             for (int64_t k = 0; k < d; ++k) {
                 float& x = Xb[i * d + k];
-                check(std::isfinite(x), name_ + ": sample " + std::to_string(ids_[size_t(i)]) + ", feature " +
-                                            std::to_string(k) + " (counting from 0) is not finite; clean the data");
+                if (!std::isfinite(x))  // (not check(): its message would be built for every value)
+                    throw Error(name_ + ": sample " + std::to_string(ids_[size_t(i)]) + ", feature " +
+                                std::to_string(k) + " (counting from 0) is not finite; clean the data");
                 x = float(double(x) * scale_);
             }
         return B_;
@@ -189,8 +190,9 @@ public:
         if (v[3] > 0) N_ = v[3];
         std::vector<float> scratch(static_cast<size_t>(d_));
         for (int64_t i = 0; i < position; ++i) {
-            check(fill_ > 0, name_ + ": the data ended before the checkpoint's position (pass " + std::to_string(epoch) +
-                                 ", sample " + std::to_string(position) + "); resume with the same data");
+            if (fill_ == 0)
+                throw Error(name_ + ": the data ended before the checkpoint's position (pass " + std::to_string(epoch) +
+                            ", sample " + std::to_string(position) + "); resume with the same data");
             emit(scratch.data());
         }
         done_epoch_ = epoch_;
