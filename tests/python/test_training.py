@@ -183,3 +183,25 @@ def test_progress_bar_and_out_none(x, capsys):
     assert "step" in capsys.readouterr().err
     sae.train(x, progress=False, **ADAM)
     assert capsys.readouterr().err == ""
+
+
+def test_training_releases_the_gil(tmp_path, x):
+    import threading
+    import time
+    ticks, done = [], threading.Event()
+
+    def tick():
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=tick)
+    t.start()
+    t0 = time.perf_counter()
+    sae.train(np.tile(x, (20, 1)), tmp_path, progress=False, **dict(ADAM, d_sae=256, epochs=6))
+    t1 = time.perf_counter()
+    done.set()
+    t.join()
+    assert t1 - t0 > 0.05
+    inside = [s for s in ticks if t0 + 0.2 * (t1 - t0) < s < t1 - 0.2 * (t1 - t0)]
+    assert len(inside) >= 5, f"{len(inside)} ticks during {t1 - t0:.3f} s of training"
