@@ -36,17 +36,6 @@ sae::SavedModel load_model(const std::string& dir, const std::vector<std::string
     return m;
 }
 
-// The decoder rows W_dec [d_sae, d_in] of a loaded model, as it would be saved (tied weights
-// give W_encᵀ; any architecture).
-std::vector<float> decoder_rows(const sae::SavedModel& m) {
-    std::vector<std::vector<float>> scratch;
-    for (const auto& t : m.objective->export_tensors(m.params.data(), 1.0, scratch))
-        if (t.name == "W_dec") {
-            const float* p = static_cast<const float*>(t.data);
-            return std::vector<float>(p, p + m.objective->d_sae() * m.objective->d_in());
-        }
-    throw sae::Error("model: no W_dec tensor");
-}
 }  // namespace
 
 void add_eval(CLI::App& app) {
@@ -84,36 +73,13 @@ void add_eval(CLI::App& app) {
         auto be = sae::backend_create(m.cfg.backend);
         const auto r = sae::evaluate(*be, *m.objective, m.cfg, m.params.data(), X,
                                      sae::config_active_threshold(m.cfg));
-        nlohmann::ordered_json j;
-        j["J_total"] = r.J.total();
-        j["J_rec"] = r.J.rec;
-        j["J_weight_decay"] = r.J.weight_decay;
-        j["J_sparsity"] = r.J.sparsity;
-        j["J_denoise"] = r.J.denoise;  // 0: evaluation never corrupts
-        j["mse"] = r.mse;
-        j["fvu"] = r.fvu;
-        j["explained_variance"] = r.explained_variance;
-        j["cossim"] = r.cossim;
-        j["l2_ratio"] = r.l2_ratio;
-        j["relative_reconstruction_bias"] = r.relative_reconstruction_bias;
-        j["l0"] = r.l0;
-        j["mean_activation"] = r.mean_activation;
-        j["dead_fraction"] = r.dead_fraction;
-        j["dense_fraction"] = r.dense_fraction;
-        j["density_log10_hist"] = {{"edges", r.density.edges}, {"counts", r.density.counts}, {"never", r.density.never}};
-        j["rho_hat_min"] = r.rho_hat_min;
-        j["rho_hat_max"] = r.rho_hat_max;
-        j["samples"] = r.n;
+        sae::MmcsResult mm;
         if (!args->ground_truth.empty()) {
-            const std::vector<float> W = decoder_rows(m);
-            const auto mm = sae::mmcs(*be, truth.values.data(), truth.shape[0], W.data(), m.objective->d_sae(), m.objective->d_in());
-            j["mmcs"] = mm.mmcs;
-            j["mmcs_min"] = mm.min;
-            j["mmcs_median"] = mm.median;
-            j["mmcs_frac_above_0.9"] = mm.frac_above_0_9;
-            j["ground_truth_features"] = truth.shape[0];
+            const std::vector<float> W = sae::model_decoder_rows(m);
+            mm = sae::mmcs(*be, truth.values.data(), truth.shape[0], W.data(), m.objective->d_sae(), m.objective->d_in());
         }
-        std::printf("%s\n", j.dump().c_str());
+        const auto j = sae::eval_json(r, args->ground_truth.empty() ? nullptr : &mm, truth.shape.empty() ? 0 : truth.shape[0]);
+        std::printf("%s\n", j.c_str());
     });
 }
 

@@ -26,17 +26,10 @@ void add_gradcheck(CLI::App& app) {
     cmd->add_option("--tolerance", args->tolerance, "largest accepted ||num-ana||/||num+ana||")->capture_default_str();
     cmd->callback([args]() {
         sae::Config cfg = load_config(args->config, args->sets);
-        sae::ModelSpec spec = sae::config_model_spec(cfg, args->d_in);
-        spec.d_sae = args->d_sae;
-        sae::CostSpec cost = sae::config_cost_spec(cfg);
-        // Every term on: a zero coefficient would leave its gradient unchecked.
-        if (cost.weight_decay == 0) cost.weight_decay = 1e-3;
-        if (cost.sparsity == sae::Sparsity::kl && cost.beta == 0) cost.beta = 3;
-        if (cost.sparsity == sae::Sparsity::l1 && cost.l1_coefficient == 0) cost.l1_coefficient = 1e-3;
-        sae::Rng rng(uint64_t(cfg.seed) + 12345);
-        std::vector<double> X(size_t(args->samples * args->d_in));
-        for (auto& x : X) x = rng.uniform(0.05, 0.95);
-        const auto r = sae::gradcheck(spec, cost, X, args->samples, uint64_t(cfg.seed), args->eps);
+        const sae::GradcheckRun g = sae::gradcheck_settings(cfg, args->d_in, args->d_sae, args->samples, args->eps);
+        const sae::ModelSpec& spec = g.spec;
+        const sae::CostSpec& cost = g.cost;
+        const sae::GradcheckResult& r = g.result;
         std::printf("gradient check: d_in=%lld d_sae=%lld m=%lld encoder=%s decoder=%s tied=%s sparsity=%s "
                     "beta=%g rho=%g weight_decay=%g l1_coefficient=%g eps=%g\n",
                     (long long)spec.d_in, (long long)spec.d_sae, (long long)args->samples,

@@ -1,6 +1,7 @@
 #include <cstdio>
 
 #include "commands.hpp"
+#include "sae/error.hpp"
 #include "sae/train.hpp"
 
 namespace sae_cli {
@@ -22,6 +23,7 @@ void add_train(CLI::App& app) {
     cmd->callback([args]() {
         const sae::Config cfg = load_config(args->config, args->sets);
         const sae::TrainSummary s = sae::train_run(cfg, args->out, args->resume);
+        if (s.stop_reason == "interrupted") throw sae::Error(sae::train_interrupted_message(cfg, s));
         std::printf("trained %lld %s in %.1f s (%s): J_total %.6g (rec %.6g, weight decay %.6g, sparsity %.6g), mean rho_hat %.4f\n",
                     (long long)s.steps, cfg.optimizer == "lbfgs" ? "iterations" : "steps", s.seconds,
                     s.stop_reason.c_str(), s.J.total(), s.J.rec, s.J.weight_decay, s.J.sparsity, s.mean_rho_hat);

@@ -15,12 +15,14 @@ cd "$(dirname "$0")/.."
 PACKAGES=(g++ cmake ninja-build pkg-config libdnnl-dev ocl-icd-opencl-dev libcli11-dev libtomlplusplus-dev
           nlohmann-json3-dev libstb-dev zlib1g-dev libpng-dev libjpeg62-turbo-dev libgtest-dev libgmock-dev
           clang libclang-rt-14-dev llvm-14 chromium)
-# Large (about 700 MB installed, with what they pull in), so only with --bench:
-#   python3-torch, python3-numpy: the PyTorch side of bench/compare_torch.py;
+# The Python package (python/, docs/python.md) and its tests (PyTorch: Model.to_torch is tested).
+PACKAGES+=(python3-dev pybind11-dev python3-numpy python3-torch python3-pytest python3-setuptools python3-pip
+           python3-venv python3-tqdm python3-matplotlib)
+# Only with --bench:
 #   libopenblas0-pthread: an optimised BLAS for PyTorch (without it Debian's torch runs the
 #     reference BLAS, many times slower, and the comparison means nothing);
 #   libbenchmark-dev: Google Benchmark, for bench/kernels.cpp (-DSAE_BUILD_BENCH=ON).
-BENCH_PACKAGES=(python3 python3-torch python3-numpy libopenblas0-pthread libbenchmark-dev)
+BENCH_PACKAGES=(libopenblas0-pthread libbenchmark-dev)
 
 mode=${1:-}
 case "$mode" in
@@ -75,3 +77,6 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-} >/dev/null
 fi
 cmake --build "$BUILD_DIR" -j "$(nproc)"
+if [ -f "$BUILD_DIR/python/sae/__init__.py" ]; then
+  echo "setup: Python: PYTHONPATH=$BUILD_DIR/python /usr/bin/python3 -c 'import sae'  (docs/python.md)"
+fi

@@ -590,9 +590,13 @@ void normalize_samples(Matrix<float>& X, Normalize mode, SourceType source) {
 }
 
 void check_finite(const Matrix<float>& X, const std::string& what) {
-    for (int64_t i = 0; i < X.rows; ++i)
-        for (int64_t j = 0; j < X.cols; ++j) {
-            const float x = X(i, j);
+    check_finite(X.data.data(), X.rows, X.cols, what);
+}
+
+void check_finite(const float* X, int64_t rows, int64_t cols, const std::string& what) {
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) {
+            const float x = X[i * cols + j];
             if (!std::isfinite(x))
                 throw Error(what + ": sample " + std::to_string(i) + ", feature " + std::to_string(j) +
                             " (counting from 0) is " + (std::isnan(x) ? "NaN" : "inf") +

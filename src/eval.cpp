@@ -9,6 +9,7 @@
 #include "sae/io.hpp"
 #include "sae/metrics.hpp"
 #include "sae/model_file.hpp"
+#include "sae/synth.hpp"
 
 namespace sae {
 
@@ -22,13 +23,48 @@ Matrix<float> dataset_read(const std::string& path, int64_t max_samples, SourceT
     return X;
 }
 
+namespace {
+// Raw samples X (finite) → normalised in place, checked again (a rescale can overflow).
+Normalizer fit_apply(Matrix<float>& X, SourceType source, const std::string& normalize, const std::string& name) {
+    const Normalizer n = normalizer_fit(X, normalize_parse(normalize), source);
+    normalizer_apply(n, X, source);
+    check_finite(X, name + " (after normalize = " + normalize + ")");
+    return n;
+}
+void apply(const Normalizer& norm, Matrix<float>& X, SourceType source, const std::string& name) {
+    normalizer_apply(norm, X, source);
+    check_finite(X, name + " (after normalize = " + normalize_name(norm.mode) + ")");
+}
+Matrix<float> copy_of(const float* X, int64_t rows, int64_t cols) {
+    Matrix<float> M(rows, cols);
+    std::copy(X, X + rows * cols, M.data.begin());
+    return M;
+}
+void check_width(const Objective& obj, int64_t cols) {
+    check(cols == obj.d_in(), "the data has " + std::to_string(cols) + " features per sample but the model expects d_in = " +
+                                  std::to_string(obj.d_in()) + "; use data of the model's shape");
+}
+// The model's forward pass over X in chunks of c rows: each() sees a chunk's first row and size.
+template <class F>
+void forward_chunks(Backend& be, Objective& obj, const float* params, const float* X, int64_t rows, int64_t cols,
+                    int64_t chunk, F&& each) {
+    check_width(obj, cols);
+    obj.set_training(false);
+    obj.set_dead_mask(nullptr);
+    const int64_t c = std::max<int64_t>(1, std::min(chunk, rows));
+    obj.reserve(c);
+    for (int64_t r = 0; r < rows; r += c) {
+        const int64_t m = std::min(c, rows - r);
+        each(r, m, obj.cost(be, params, X + r * cols, m, nullptr));
+    }
+}
+}  // namespace
+
 Matrix<float> dataset_load_fit(const std::string& path, const std::string& normalize,
                                int64_t max_samples, Normalizer* fitted) {
     SourceType source;
     Matrix<float> X = dataset_read(path, max_samples, &source);
-    const Normalizer n = normalizer_fit(X, normalize_parse(normalize), source);
-    normalizer_apply(n, X, source);
-    check_finite(X, path + " (after normalize = " + normalize + ")");
+    const Normalizer n = fit_apply(X, source, normalize, path);
     if (fitted) *fitted = n;
     return X;
 }
@@ -36,9 +72,34 @@ Matrix<float> dataset_load_fit(const std::string& path, const std::string& norma
 Matrix<float> dataset_load(const std::string& path, const Normalizer& norm, int64_t max_samples) {
     SourceType source;
     Matrix<float> X = dataset_read(path, max_samples, &source);
-    normalizer_apply(norm, X, source);
-    check_finite(X, path + " (after normalize = " + normalize_name(norm.mode) + ")");
+    apply(norm, X, source, path);
     return X;
+}
+
+int64_t samples_fit(const float* X, int64_t rows, int64_t cols, SourceType source, const std::string& normalize,
+                    int64_t max_samples, const std::string& name, Normalizer* fitted, Matrix<float>* normalised) {
+    check(rows > 0 && cols > 0, name + ": the data set has no samples");
+    if (max_samples > 0 && max_samples < rows) rows = max_samples;
+    check_finite(X, rows, cols, name);  // before normalising: a rescale could hide a NaN
+    *normalised = {};
+    if (normalize_parse(normalize) == Normalize::none) {
+        if (fitted) *fitted = normalizer_fit(Matrix<float>{}, Normalize::none, source);
+        return rows;
+    }
+    *normalised = copy_of(X, rows, cols);
+    const Normalizer n = fit_apply(*normalised, source, normalize, name);
+    if (fitted) *fitted = n;
+    return rows;
+}
+
+void samples_apply(const float* X, int64_t rows, int64_t cols, SourceType source, const Normalizer& norm,
+                   const std::string& name, Matrix<float>* normalised) {
+    check(rows > 0 && cols > 0, name + ": the data set has no samples");
+    check_finite(X, rows, cols, name);
+    *normalised = {};
+    if (norm.mode == Normalize::none) return;
+    *normalised = copy_of(X, rows, cols);
+    apply(norm, *normalised, source, name);
 }
 
 Normalizer model_fit_normalization(const std::string& dir, const std::string& data, bool* changed) {
@@ -62,25 +123,20 @@ Normalizer model_fit_normalization(const std::string& dir, const std::string& da
 
 EvalResult evaluate(Backend& be, Objective& obj, const Config& cfg, const float* params,
                     const Matrix<float>& X, double threshold, int64_t chunk) {
-    const int64_t d_in = obj.d_in(), d_sae = obj.d_sae();
-    check(X.cols == d_in, "the data has " + std::to_string(X.cols) +
-                              " features per sample but the model expects d_in = " +
-                              std::to_string(d_in) + "; use data of the model's shape");
-    obj.set_training(false);
-    obj.set_dead_mask(nullptr);
-    const int64_t c = std::max<int64_t>(1, std::min(chunk, X.rows));
-    obj.reserve(c);
+    return evaluate(be, obj, cfg, params, X.data.data(), X.rows, X.cols, threshold, chunk);
+}
+
+EvalResult evaluate(Backend& be, Objective& obj, const Config& cfg, const float* params,
+                    const float* X, int64_t rows, int64_t cols, double threshold, int64_t chunk) {
     Stats st;
-    st.reset(d_in, d_sae);
+    st.reset(obj.d_in(), obj.d_sae());
     EvalResult out;
     double sparsity_sum = 0;
-    for (int64_t r = 0; r < X.rows; r += c) {
-        const int64_t m = std::min(c, X.rows - r);
-        const CostTerms J = obj.cost(be, params, X.row(r), m, nullptr);
+    forward_chunks(be, obj, params, X, rows, cols, chunk, [&](int64_t r, int64_t m, const CostTerms& J) {
         out.J.weight_decay = J.weight_decay;     // depends on the weights only
         sparsity_sum += J.sparsity * double(m);  // every per-sample term is a batch mean
-        st.add(X.row(r), obj.reconstruction(), obj.hidden(), m, threshold);
-    }
+        st.add(X + r * cols, obj.reconstruction(), obj.hidden(), m, threshold);
+    });
     out.n = st.n;
     out.J.rec = 0.5 * st.sq_err / double(st.n);
     out.J.sparsity = sparsity_sum / double(st.n);
@@ -114,21 +170,86 @@ EvalResult evaluate(Backend& be, Objective& obj, const Config& cfg, const float*
 
 Matrix<float> encode(Backend& be, Objective& obj, const float* params, const Matrix<float>& X,
                      int64_t chunk) {
-    const int64_t d_in = obj.d_in(), d_sae = obj.d_sae();
-    check(X.cols == d_in, "the data has " + std::to_string(X.cols) +
-                              " features per sample but the model expects d_in = " +
-                              std::to_string(d_in) + "; use data of the model's shape");
-    obj.set_training(false);
-    obj.set_dead_mask(nullptr);
-    const int64_t c = std::max<int64_t>(1, std::min(chunk, X.rows));
-    obj.reserve(c);
-    Matrix<float> H(X.rows, d_sae);
-    for (int64_t r = 0; r < X.rows; r += c) {
-        const int64_t m = std::min(c, X.rows - r);
-        obj.cost(be, params, X.row(r), m, nullptr);
-        std::copy(obj.hidden(), obj.hidden() + m * d_sae, H.row(r));
-    }
+    check_width(obj, X.cols);
+    Matrix<float> H(X.rows, obj.d_sae());
+    encode(be, obj, params, X.data.data(), X.rows, X.cols, H.data.data(), chunk);
     return H;
+}
+
+void encode(Backend& be, Objective& obj, const float* params, const float* X, int64_t rows, int64_t cols,
+            float* H, int64_t chunk) {
+    const int64_t d_sae = obj.d_sae();
+    forward_chunks(be, obj, params, X, rows, cols, chunk, [&](int64_t r, int64_t m, const CostTerms&) {
+        std::copy(obj.hidden(), obj.hidden() + m * d_sae, H + r * d_sae);
+    });
+}
+
+void reconstruct(Backend& be, Objective& obj, const float* params, const float* X, int64_t rows, int64_t cols,
+                 float* Xhat, int64_t chunk) {
+    const int64_t d_in = obj.d_in();
+    forward_chunks(be, obj, params, X, rows, cols, chunk, [&](int64_t r, int64_t m, const CostTerms&) {
+        std::copy(obj.reconstruction(), obj.reconstruction() + m * d_in, Xhat + r * d_in);
+    });
+}
+
+void decode(Backend& be, const Objective& obj, const Config& cfg, const float* params, const float* H,
+            int64_t rows, float* Xhat) {
+    std::vector<std::vector<float>> scratch;
+    const float *W_dec = nullptr, *b_dec = nullptr;
+    for (const auto& t : obj.export_tensors(params, 1.0, scratch)) {
+        if (t.name == "W_dec") W_dec = static_cast<const float*>(t.data);
+        if (t.name == "b_dec") b_dec = static_cast<const float*>(t.data);
+    }
+    check(W_dec && b_dec, "model: no W_dec or b_dec tensor");
+    const Activation g = config_architecture(cfg) == "classic" ? activation_parse(cfg.decoder_activation) : Activation::linear;
+    if (rows > 0) dense_forward<float>(be, Xhat, H, W_dec, Trans::no, b_dec, rows, obj.d_sae(), obj.d_in(), g);
+}
+
+std::string eval_json(const EvalResult& r, const MmcsResult* mm, int64_t G) {
+    nlohmann::ordered_json j;
+    j["J_total"] = r.J.total();
+    j["J_rec"] = r.J.rec;
+    j["J_weight_decay"] = r.J.weight_decay;
+    j["J_sparsity"] = r.J.sparsity;
+    j["J_denoise"] = r.J.denoise;  // 0: evaluation never corrupts
+    j["mse"] = r.mse;
+    j["fvu"] = r.fvu;
+    j["explained_variance"] = r.explained_variance;
+    j["cossim"] = r.cossim;
+    j["l2_ratio"] = r.l2_ratio;
+    j["relative_reconstruction_bias"] = r.relative_reconstruction_bias;
+    j["l0"] = r.l0;
+    j["mean_activation"] = r.mean_activation;
+    j["dead_fraction"] = r.dead_fraction;
+    j["dense_fraction"] = r.dense_fraction;
+    j["density_log10_hist"] = {{"edges", r.density.edges}, {"counts", r.density.counts}, {"never", r.density.never}};
+    j["rho_hat_min"] = r.rho_hat_min;
+    j["rho_hat_max"] = r.rho_hat_max;
+    j["samples"] = r.n;
+    if (mm) {
+        j["mmcs"] = mm->mmcs;
+        j["mmcs_min"] = mm->min;
+        j["mmcs_median"] = mm->median;
+        j["mmcs_frac_above_0.9"] = mm->frac_above_0_9;
+        j["ground_truth_features"] = G;
+    }
+    return j.dump();
+}
+
+GradcheckRun gradcheck_settings(const Config& cfg, int64_t d_in, int64_t d_sae, int64_t samples, double eps) {
+    GradcheckRun g;
+    g.spec = config_model_spec(cfg, d_in);
+    g.spec.d_sae = d_sae;
+    g.cost = config_cost_spec(cfg);
+    // Every term on: a zero coefficient would leave its gradient unchecked.
+    if (g.cost.weight_decay == 0) g.cost.weight_decay = 1e-3;
+    if (g.cost.sparsity == Sparsity::kl && g.cost.beta == 0) g.cost.beta = 3;
+    if (g.cost.sparsity == Sparsity::l1 && g.cost.l1_coefficient == 0) g.cost.l1_coefficient = 1e-3;
+    Rng rng(uint64_t(cfg.seed) + 12345);
+    std::vector<double> X(size_t(samples * d_in));
+    for (auto& x : X) x = rng.uniform(0.05, 0.95);
+    g.result = gradcheck(g.spec, g.cost, X, samples, uint64_t(cfg.seed), eps);
+    return g;
 }
 
 GradcheckResult gradcheck(const ModelSpec& spec, const CostSpec& cost,

@@ -67,6 +67,23 @@ void model_save(const std::string& dir, const Config& cfg, const Objective& obj,
     write_file_atomic(dir + "/cfg.json", model_cfg_json(cfg, obj, input_scale, norm));
 }
 
+void model_save(const std::string& dir, const SavedModel& m) {
+    std::vector<std::vector<float>> scratch;
+    const auto tensors = m.objective->export_tensors(m.params.data(), 1.0, scratch);
+    safetensors_write(dir + "/model.safetensors", tensors, {{"format", "sae"}});
+    write_file_atomic(dir + "/cfg.json", model_cfg_json(m.cfg, *m.objective, m.input_scale, m.norm));
+}
+
+std::vector<float> model_decoder_rows(const SavedModel& m) {
+    std::vector<std::vector<float>> scratch;
+    for (const auto& t : m.objective->export_tensors(m.params.data(), 1.0, scratch))
+        if (t.name == "W_dec") {
+            const float* p = static_cast<const float*>(t.data);
+            return std::vector<float>(p, p + m.objective->d_sae() * m.objective->d_in());
+        }
+    throw Error("model: no W_dec tensor");
+}
+
 SavedModel model_load(const std::string& dir) {
     const std::string cfg_path = dir + "/cfg.json";
     const std::string st_path = dir + "/model.safetensors";
@@ -111,6 +128,7 @@ SavedModel model_load(const std::string& dir) {
         const std::string w = e.what();
         throw Error(w.rfind(cfg_path, 0) == 0 ? w : cfg_path + ": " + w);
     }
+    if (j.contains("input_scale") && j["input_scale"].is_number()) m.input_scale = j["input_scale"].get<double>();
     check(get_int("d_sae") == m.objective->d_sae(), cfg_path + ": d_sae disagrees with the settings; the model directory is damaged");
     const SafeTensors st = safetensors_read(st_path);
     m.params.assign(size_t(m.objective->layout().total), 0.0f);

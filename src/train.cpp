@@ -22,6 +22,7 @@
 #include "sae/objective.hpp"
 #include "sae/optim.hpp"
 #include "sae/stream.hpp"
+#include "train_data.hpp"
 
 namespace sae {
 namespace {
@@ -29,6 +30,30 @@ namespace {
 using Clock = std::chrono::steady_clock;
 std::atomic<bool> g_interrupted{false};
 extern "C" void on_interrupt(int) { g_interrupted = true; }
+
+// While alive, SIGINT and SIGTERM set g_interrupted; the handlers found are put back after (a
+// host such as Python keeps its own).
+class InterruptGuard {
+public:
+    InterruptGuard() {
+        g_interrupted = false;
+        struct sigaction sa {};
+        sa.sa_handler = on_interrupt;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = SA_RESTART;
+        sigaction(SIGINT, &sa, &old_int_);
+        sigaction(SIGTERM, &sa, &old_term_);
+    }
+    ~InterruptGuard() {
+        sigaction(SIGINT, &old_int_, nullptr);
+        sigaction(SIGTERM, &old_term_, nullptr);
+    }
+    InterruptGuard(const InterruptGuard&) = delete;
+    InterruptGuard& operator=(const InterruptGuard&) = delete;
+
+private:
+    struct sigaction old_int_ {}, old_term_ {};
+};
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -44,22 +69,25 @@ std::string fmt_duration(double s) {
 // A bar redrawn in place on a terminal; plain lines otherwise (logs, CI, pipes).
 class Progress {
 public:
-    explicit Progress(int64_t total) : total_(total), tty_(::isatty(STDERR_FILENO)), start_(Clock::now()) {}
-    void update(int64_t step, int64_t first_step, const CostTerms& J, double samples_per_s, bool log_line) {
+    Progress() : tty_(::isatty(STDERR_FILENO)), start_(Clock::now()) {}
+    void update(const TrainProgress& p) {
         const double elapsed = seconds_since(start_);
-        const double eta = step > first_step ? elapsed / double(step - first_step) * double(total_ - step) : NAN;
+        const double eta = p.step > p.first_step && p.total >= 0
+                               ? elapsed / double(p.step - p.first_step) * double(p.total - p.step) : NAN;
+        const CostTerms& J = p.J;
+        const std::string of = p.total >= 0 ? "/" + std::to_string(p.total) : "";
         char text[256];
-        std::snprintf(text, sizeof text, "step %lld/%lld  J=%.5g (rec %.4g, decay %.3g, sparsity %.4g%s)  %.0f samples/s  ETA %s",
-                      (long long)step, (long long)total_, J.total(), J.rec, J.weight_decay, J.sparsity,
-                      J.aux != 0 ? (", aux " + std::to_string(J.aux)).c_str() : "", samples_per_s,
+        std::snprintf(text, sizeof text, "step %lld%s  J=%.5g (rec %.4g, decay %.3g, sparsity %.4g%s)  %.0f samples/s  ETA %s",
+                      (long long)p.step, of.c_str(), J.total(), J.rec, J.weight_decay, J.sparsity,
+                      J.aux != 0 ? (", aux " + std::to_string(J.aux)).c_str() : "", p.samples_per_s,
                       fmt_duration(eta).c_str());
         if (tty_) {
             const int width = 24;
-            const int filled = total_ > 0 ? int(double(width) * double(step) / double(total_)) : width;
+            const int filled = p.total > 0 ? int(double(width) * double(p.step) / double(p.total)) : width;
             std::fprintf(stderr, "\r\033[K[%s%s] %s", std::string(size_t(filled), '#').c_str(),
                          std::string(size_t(width - filled), ' ').c_str(), text);
             std::fflush(stderr);
-        } else if (log_line) {
+        } else if (p.log_step) {
             std::fprintf(stderr, "%s\n", text);
         }
     }
@@ -68,7 +96,6 @@ public:
     }
 
 private:
-    int64_t total_;
     bool tty_;
     Clock::time_point start_;
 };
@@ -102,20 +129,13 @@ const char* nonfinite_term(const CostTerms& J, const float* grad, int64_t n) {
     return nullptr;
 }
 
-// Epoch e's sample order: a Fisher–Yates shuffle driven by (seed, e) alone.
-void epoch_order(std::vector<int64_t>& perm, uint64_t seed, int64_t epoch) {
-    for (size_t i = 0; i < perm.size(); ++i) perm[i] = int64_t(i);
-    Rng rng(seed * 0x9e3779b97f4a7c15ULL + uint64_t(epoch) + 1);
-    for (size_t i = perm.size(); i > 1; --i) std::swap(perm[i - 1], perm[rng.below(i)]);
-}
-
 // √d_in / mean ‖x‖ over (up to) the first 10,000 samples.
-double expected_norm_scale(const Matrix<float>& X) {
+double expected_norm_scale(const train_data::Samples& X) {
     const int64_t n = std::min<int64_t>(X.rows, 10000);
     double sum = 0;
     for (int64_t i = 0; i < n; ++i) {
         double s = 0;
-        for (int64_t k = 0; k < X.cols; ++k) s += double(X(i, k)) * double(X(i, k));
+        for (int64_t k = 0; k < X.cols; ++k) s += double(X.row(i)[k]) * double(X.row(i)[k]);
         sum += std::sqrt(s);
     }
     check(sum > 0, "normalize_activations = \"expected_norm\": the data's first samples are all zero");
@@ -280,6 +300,496 @@ int64_t resample_latents(const ParamLayout& L, float* params, Optimizer& opt, co
     return count;
 }
 
+// One training run. The constructor sets everything up (settings, output directory, data,
+// model); train() restores or initialises the parameters and runs the optimiser's loop.
+class Run {
+public:
+    Run(const Config& settings, const std::string& out_dir, const TrainData& data, const TrainHooks& hooks);
+    ~Run() {
+        if (metrics_) std::fclose(metrics_);
+    }
+    TrainSummary train(bool resume);
+
+private:
+    // set-up
+    void load_data(const TrainData& data);
+    void start(bool resume);
+    // the two optimiser families
+    void lbfgs(bool resume);
+    void minibatch(bool resume);
+    void minibatch_setup(bool resume);
+    // the minibatch step, in order
+    int64_t next_batch();
+    CostTerms batch_cost(int64_t m);
+    void skip_batch(const char* bad);
+    void update(const CostTerms& J, int64_t m);
+    void log(bool last);
+    void resample(int64_t m);
+    // helpers
+    bool stop_requested() const { return g_interrupted || (hooks_.stop && hooks_.stop->load()); }
+    template <class F>
+    auto external(F&& f) -> decltype(f());
+    void show(const TrainProgress& p);
+    void write_metrics(const std::string& line);
+    void save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta);
+    void finish(const std::string& reason);
+
+    Config cfg_;
+    const TrainHooks& hooks_;
+    std::string out_dir_, name_, ckpt_path_, metrics_path_, cfg_json_;
+    std::unique_ptr<Backend> be_;
+    bool streaming_ = false;
+    train_data::Samples X_;  // the data (in memory), or a sample of it (streamed)
+    Normalizer norm_;        // fitted on the training data, saved with the model
+    std::unique_ptr<train_data::Batches> batches_;
+    std::unique_ptr<Objective> obj_;
+    int64_t n_ = 0, d_sae_ = 0, d_in_ = 0;
+    double threshold_ = 0;
+    RunState rs_;
+    std::vector<float> params_, grad_;
+    Checkpoint ckpt_;
+    std::FILE* metrics_ = nullptr;
+    std::function<void()> save_;  // the optimiser family's checkpoint
+    Progress bar_;
+    TrainSummary summary_;
+    Clock::time_point t0_;
+    Stats win_;  // statistics since the last metrics line
+    // minibatch optimisers
+    std::unique_ptr<Optimizer> opt_;
+    LrSchedule sched_;
+    Matrix<float> Xb_;
+    std::vector<uint8_t> dead_, fired_;
+    int64_t first_step_ = 0, win_steps_ = 0;
+    CostTerms J_sum_;
+    Clock::time_point win_start_;
+    double lr_ = 0;
+    int64_t last_m_ = 0;  // rows of the last batch used (resampling draws from it)
+};
+
+Run::Run(const Config& settings, const std::string& out_dir, const TrainData& data, const TrainHooks& hooks)
+    : cfg_(settings), hooks_(hooks), out_dir_(out_dir) {
+    config_validate(settings);
+    cfg_.normalize = config_normalize(cfg_);  // auto resolved: cfg.json names what was applied
+    set_num_threads(int(cfg_.threads));
+    ensure_writable_dir(out_dir_);  // before any long work
+    // A run killed mid-write leaves "<output>.tmp-<pid>" behind; sweep those of our own outputs.
+    for (const auto& e : std::filesystem::directory_iterator(out_dir_)) {
+        const std::string name = e.path().filename().string();
+        for (const char* out : {"model.safetensors", "cfg.json", "metrics.jsonl", "checkpoint.safetensors"})
+            if (name.rfind(std::string(out) + ".tmp-", 0) == 0) std::filesystem::remove(e.path());
+    }
+    be_ = backend_create(cfg_.backend);
+    name_ = data.name.empty() ? cfg_.data : data.name;
+    load_data(data);
+    obj_ = objective_create(cfg_, X_.cols);
+    n_ = obj_->layout().total;
+    d_sae_ = obj_->d_sae();
+    d_in_ = obj_->d_in();
+    threshold_ = config_active_threshold(cfg_);
+    ckpt_path_ = out_dir_ + "/checkpoint.safetensors";
+    metrics_path_ = out_dir_ + "/metrics.jsonl";
+    cfg_json_ = config_to_json(cfg_);
+    rs_.since_fired.assign(size_t(d_sae_), 0);
+    rs_.input_scale = cfg_.normalize_activations == "expected_norm" ? expected_norm_scale(X_) : 1.0;
+    if (rs_.input_scale != 1.0) X_.scale(rs_.input_scale);
+    if (batches_) batches_->set_input_scale(rs_.input_scale);
+}
+
+// The data: in memory (a file, or the caller's samples), or streamed through a shuffle buffer
+// (shuffle_buffer > 0: .npy shards, or the caller's batch source). Streamed, X_ is a sample of
+// the data's first samples, for initialisation and scaling.
+void Run::load_data(const TrainData& data) {
+    streaming_ = cfg_.shuffle_buffer > 0;
+    check(!streaming_ || cfg_.optimizer != "lbfgs",
+          "shuffle_buffer > 0 streams minibatches, but optimizer = \"lbfgs\" needs the whole data set in memory; use adam, sgd or rmsprop");
+    check(!streaming_ || cfg_.normalize == "none",
+          "shuffle_buffer > 0: streamed data cannot be normalised with normalize = \"" + cfg_.normalize +
+              "\" (it needs the whole set); use normalize = \"none\" (and normalize_activations if wanted)");
+    check(!streaming_ || cfg_.max_samples == 0, "shuffle_buffer > 0: max_samples is not supported when streaming; pick shards instead");
+    if (data.batches) {
+        check(streaming_, name_ + ": batches are streamed through a shuffle buffer; set shuffle_buffer > 0 (e.g. 65536 samples)");
+        const ScheduleKind k = schedule_parse(cfg_.lr_schedule);
+        check(k != ScheduleKind::cosine && k != ScheduleKind::linear,
+              "lr_schedule = \"" + cfg_.lr_schedule + "\" needs the run's length, which a batch source does not know in advance; "
+              "use constant or step, or give the data as an array");
+        Matrix<float> head;
+        batches_ = train_data::batches_fed(*data.batches, cfg_.shuffle_buffer, cfg_.batch_size, cfg_.epochs,
+                                           uint64_t(cfg_.seed), name_, &head);
+        X_.own(std::move(head));
+    } else if (data.samples) {
+        check(!streaming_, name_ + ": shuffle_buffer > 0 streams .npy shards or batches, but these samples are in memory "
+                                   "already; leave shuffle_buffer at 0");
+        Matrix<float> normalised;
+        const int64_t rows = samples_fit(data.samples, data.rows, data.cols, data.source, cfg_.normalize,
+                                         cfg_.max_samples, name_, &norm_, &normalised);
+        if (normalised.data.empty()) X_.borrow(data.samples, rows, data.cols);  // used as given
+        else X_.own(std::move(normalised));
+    } else if (streaming_) {
+        StreamOptions so;
+        so.pattern = cfg_.data;
+        so.buffer_samples = cfg_.shuffle_buffer;
+        so.seed = uint64_t(cfg_.seed);
+        so.dtype_hint = cfg_.data_dtype == "auto" ? "" : cfg_.data_dtype;
+        Matrix<float> head;
+        batches_ = train_data::batches_from_shards(so, cfg_.batch_size, cfg_.epochs, name_, &head);
+        X_.own(std::move(head));
+    } else {
+        X_.own(dataset_load_fit(cfg_.data, cfg_.normalize, cfg_.max_samples, &norm_));
+    }
+}
+
+// Parameters initialised (or restored from the checkpoint), cfg.json, metrics.jsonl opened.
+void Run::start(bool resume) {
+    params_.resize(size_t(n_));
+    grad_.resize(size_t(n_));
+    if (resume) {
+        ckpt_ = checkpoint_load(ckpt_path_, cfg_);
+        const auto& p = ckpt_.tensor("params", n_).f32;
+        std::copy(p.begin(), p.end(), params_.begin());
+        rs_.step = ckpt_.get_int("step");
+        rs_.skipped = ckpt_.get_int("skipped_batches");
+        rs_.resampled = ckpt_.get_int("resampled_latents");
+        const auto& sf = ckpt_.tensor("since_fired", d_sae_).i64;
+        check(int64_t(sf.size()) == d_sae_, ckpt_path_ + ": 'since_fired' must be I64; the checkpoint is damaged");
+        std::copy(sf.begin(), sf.end(), rs_.since_fired.begin());
+        std::map<std::string, double> extra;
+        for (const auto& [key, value] : obj_->extra_state()) extra[key] = ckpt_.get_double("extra." + key);
+        obj_->set_extra_state(extra);
+    } else {
+        Rng rng(uint64_t(cfg_.seed));
+        obj_->init(params_.data(), rng, X_.head(4096));
+        write_file_atomic(metrics_path_, "");
+    }
+    write_file_atomic(out_dir_ + "/cfg.json", model_cfg_json(cfg_, *obj_, rs_.input_scale, norm_));
+    if (resume) metrics_truncate(metrics_path_, rs_.step);
+    metrics_ = std::fopen(metrics_path_.c_str(), "a");
+    check(metrics_ != nullptr, metrics_path_ + ": cannot open for appending (" + std::strerror(errno) + ")");
+    win_.reset(d_in_, d_sae_);
+    obj_->set_training(true);
+}
+
+TrainSummary Run::train(bool resume) {
+    start(resume);
+    const InterruptGuard interrupts;
+    t0_ = Clock::now();
+    bar_ = Progress();
+    if (cfg_.optimizer == "lbfgs") lbfgs(resume);
+    else minibatch(resume);
+    summary_.skipped_batches = rs_.skipped;
+    if (summary_.stop_reason != "interrupted")
+        model_save(out_dir_, cfg_, *obj_, params_.data(), rs_.input_scale, norm_);
+    summary_.seconds = seconds_since(t0_);
+    return summary_;
+}
+
+// ---- minibatch optimisers: for each step, batch → cost → update → log → checkpoint ----
+void Run::minibatch(bool resume) {
+    minibatch_setup(resume);
+    while (!batches_->done(rs_.step)) {
+        lr_ = sched_.at(rs_.step);
+        const int64_t m = next_batch();
+        const CostTerms J = batch_cost(m);
+        if (const char* bad = nonfinite_term(J, grad_.data(), n_)) skip_batch(bad);
+        else update(J, m);
+        ++rs_.step;
+        const bool last = batches_->done(rs_.step) || stop_requested();
+        log(last);
+        const bool stop = stop_requested();  // (a hook may have raised it while logging)
+        if (rs_.step % cfg_.checkpoint_every == 0 || last || stop) save_();
+        if (stop) return finish("interrupted");
+    }
+    finish("epochs");
+}
+
+// In memory: each epoch is ceil(N/B) batches, the last one possibly short. Streamed: batches of
+// B straddle epochs.
+void Run::minibatch_setup(bool resume) {
+    if (!batches_) batches_ = train_data::batches_in_memory(X_, cfg_.batch_size, cfg_.epochs, uint64_t(cfg_.seed));
+    const int64_t B = batches_->batch_size();
+    // Per-step statistics read the sparse models' row lists, not a dense [B, d_sae].
+    if (threshold_ >= 0) obj_->set_dense_hidden(false);
+    opt_ = optimizer_create(cfg_.optimizer, n_, config_optimizer_hyper(cfg_));
+    sched_.kind = schedule_parse(cfg_.lr_schedule);
+    sched_.base_lr = cfg_.lr;
+    sched_.warmup_steps = cfg_.warmup_steps;
+    sched_.total_steps = batches_->total();
+    sched_.step_size = cfg_.lr_step_size;
+    sched_.gamma = cfg_.lr_gamma;
+    sched_.min_lr = cfg_.min_lr;
+    if (resume) {
+        if (batches_->streamed()) {
+            auto it = ckpt_.st.metadata.find("stream_state");
+            check(it != ckpt_.st.metadata.end(), ckpt_path_ + ": checkpoint lacks the stream position; it was not made by a streamed run");
+            batches_->set_state(it->second);
+        } else {
+            batches_->set_state(std::to_string(rs_.step));
+        }
+        opt_->set_step(ckpt_.get_int("optimizer_step"));
+        for (auto& [name, buf] : opt_->state()) {
+            const auto& t = ckpt_.tensor("opt." + name, n_).f32;
+            std::copy(t.begin(), t.end(), buf->begin());
+        }
+    }
+    save_ = [this]() {
+        std::vector<TensorOut> t;
+        for (auto& [name, buf] : opt_->state()) t.push_back({"opt." + name, {n_}, DType::f32, buf->data()});
+        std::map<std::string, std::string> meta = {{"optimizer_step", std::to_string(opt_->step())}};
+        if (batches_->streamed()) meta["stream_state"] = batches_->state();
+        save_checkpoint(std::move(t), std::move(meta));
+    };
+    obj_->reserve(B);
+    Xb_.resize(B, d_in_);
+    dead_.assign(size_t(d_sae_), 0);
+    fired_.assign(size_t(d_sae_), 0);
+    first_step_ = rs_.step;
+    win_start_ = Clock::now();
+}
+
+int64_t Run::next_batch() {
+    last_m_ = batches_->external() ? external([&] { return batches_->next(Xb_.data.data()); })
+                                   : batches_->next(Xb_.data.data());
+    return last_m_;
+}
+
+CostTerms Run::batch_cost(int64_t m) {
+    bool any_dead = false;
+    for (int64_t j = 0; j < d_sae_; ++j) {
+        dead_[size_t(j)] = rs_.since_fired[size_t(j)] >= cfg_.dead_threshold_samples;
+        any_dead |= dead_[size_t(j)] != 0;
+    }
+    obj_->set_dead_mask(any_dead ? dead_.data() : nullptr);
+    obj_->set_sparsity_scale(cfg_.sparsity_warmup_steps > 0
+                                 ? std::min(1.0, double(rs_.step + 1) / double(cfg_.sparsity_warmup_steps))
+                                 : 1.0);
+    obj_->set_step(rs_.step);  // denoising masks drawn from (seed, step)
+    return obj_->cost(*be_, params_.data(), Xb_.data.data(), m, grad_.data());
+}
+
+void Run::skip_batch(const char* bad) {
+    if (cfg_.on_nonfinite == "stop")
+        throw Error("step " + std::to_string(rs_.step) + ": " + bad + " is not finite; training stopped. The last good checkpoint is " +
+                    ckpt_path_ + "; lower lr, check the data, or set on_nonfinite = \"skip\"");
+    ++rs_.skipped;  // the batch is dropped: no update, no statistics
+}
+
+// The optimiser's step, then the batch's statistics (firing, the log window's sums).
+void Run::update(const CostTerms& J, int64_t m) {
+    if (cfg_.grad_clip_norm > 0) {
+        double sq = 0;
+        for (int64_t i = 0; i < n_; ++i) sq += double(grad_[size_t(i)]) * grad_[size_t(i)];
+        const double norm = std::sqrt(sq);
+        if (norm > cfg_.grad_clip_norm) {
+            const float s = float(cfg_.grad_clip_norm / norm);
+            for (auto& g : grad_) g *= s;
+        }
+    }
+    obj_->before_update(params_.data(), grad_.data());
+    opt_->update(params_.data(), grad_.data(), lr_);
+    obj_->after_update(params_.data());
+    // A finite gradient can still overflow the parameters (lr far too large): never let such
+    // parameters reach a checkpoint. They cannot be skipped (no copy is kept).
+    for (int64_t i = 0; i < n_; ++i)
+        if (!std::isfinite(params_[size_t(i)]))
+            throw Error("step " + std::to_string(rs_.step) + ": the update made the parameters non-finite (lr = " +
+                        std::to_string(lr_) + " is too large?); training stopped. The last good checkpoint is " +
+                        ckpt_path_ + "; lower lr or set grad_clip_norm");
+
+    std::fill(fired_.begin(), fired_.end(), 0);
+    if (const ActiveRows* A = obj_->active_rows()) {  // sparse model: its row lists
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t e = A->beg[i]; e < A->end[i]; ++e) fired_[size_t(A->col[e])] |= double(A->val[e]) > threshold_;
+        win_.add(Xb_.data.data(), obj_->reconstruction(), *A, m, threshold_);
+    } else {
+        const float* H = obj_->hidden();
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < d_sae_; ++j) fired_[size_t(j)] |= double(H[i * d_sae_ + j]) > threshold_;
+        win_.add(Xb_.data.data(), obj_->reconstruction(), H, m, threshold_);
+    }
+    for (int64_t j = 0; j < d_sae_; ++j)
+        rs_.since_fired[size_t(j)] = fired_[size_t(j)] ? 0 : rs_.since_fired[size_t(j)] + m;
+    J_sum_.rec += J.rec;
+    J_sum_.weight_decay += J.weight_decay;
+    J_sum_.sparsity += J.sparsity;
+    J_sum_.aux += J.aux;
+    J_sum_.denoise += J.denoise;
+    ++win_steps_;
+    summary_.samples += m;
+}
+
+// Every 8 steps and at each log step: resampling (at multiples of log_every), the metrics line
+// (at log steps and the last), the progress display and the hooks.
+void Run::log(bool last) {
+    const bool log_line = rs_.step % cfg_.log_every == 0 || last;
+    if (!(log_line || rs_.step % 8 == 0) || win_steps_ == 0) return;
+    const double w = 1.0 / double(win_steps_);
+    const CostTerms Jm{J_sum_.rec * w, J_sum_.weight_decay * w, J_sum_.sparsity * w, J_sum_.aux * w, J_sum_.denoise * w};
+    const double secs = seconds_since(win_start_);
+    const double sps = secs > 0 ? double(win_.n) / secs : 0;
+    // At multiples of log_every only: not at a run's last or interrupted step, which a longer or
+    // uninterrupted run does not resample at (resume stays bit-identical).
+    if (rs_.step % cfg_.log_every == 0 && (cfg_.resample_dead || cfg_.resample_duplicates > 0) && config_is_modern(cfg_))
+        resample(last_m_);
+    std::string line;
+    if (log_line) {
+        line = metrics_line(rs_.step, batches_->epoch(rs_.step), Jm, win_, lr_, sps, rs_, cfg_.dead_threshold_samples);
+        write_metrics(line);
+        summary_.J = Jm;
+        summary_.mean_rho_hat = 0;
+        for (double r : win_.rho_hat()) summary_.mean_rho_hat += r / double(d_sae_);
+        win_.reset(d_in_, d_sae_);
+        J_sum_ = {};
+        win_steps_ = 0;
+        win_start_ = Clock::now();
+    }
+    show({rs_.step, first_step_, batches_->total(), Jm, sps, log_line});
+    if (log_line && hooks_.on_log) external([&] { hooks_.on_log(rs_.step, line.substr(0, line.size() - 1)); });
+}
+
+// Dead latents (resample_dead) and near-duplicates (resample_duplicates) re-initialised from
+// the last batch.
+void Run::resample(int64_t m) {
+    std::vector<uint8_t> redo(size_t(d_sae_), 0);
+    if (cfg_.resample_duplicates > 0) {
+        // Of two near-copies the one that fired longer ago goes (a function of the checkpointed
+        // state, so a resumed run chooses the same).
+        std::vector<int64_t> recent(static_cast<size_t>(d_sae_));
+        for (int64_t j = 0; j < d_sae_; ++j) recent[size_t(j)] = -rs_.since_fired[size_t(j)];
+        redo = duplicate_latents(*be_, params_.data() + obj_->layout().get("W_dec").offset, d_sae_, d_in_,
+                                 cfg_.resample_duplicates, recent);
+    }
+    if (cfg_.resample_dead)
+        for (int64_t j = 0; j < d_sae_; ++j)
+            if (rs_.since_fired[size_t(j)] >= cfg_.dead_threshold_samples) redo[size_t(j)] = 1;
+    // Deterministic: the draw depends on (seed, step) only.
+    Rng rrng(uint64_t(cfg_.seed) * 0x2545f4914f6cdd1dULL + uint64_t(rs_.step));
+    rs_.resampled += resample_latents(obj_->layout(), params_.data(), *opt_, Xb_.data.data(), obj_->reconstruction(), m,
+                                      redo, rs_, rrng);
+}
+
+// ---- full-batch L-BFGS: for each iteration, iterate (cost and line search) → log → checkpoint ----
+void Run::lbfgs(bool resume) {
+    obj_->reserve(X_.rows);
+    LbfgsOptions lbfgs_options;
+    lbfgs_options.history = int(cfg_.lbfgs_history);
+    Lbfgs opt(n_, lbfgs_options);
+    auto objective = [&](const double* x, double* g) {
+        for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(x[i]);
+        obj_->set_step(0);  // denoising: one corruption for the whole run, a fixed function for L-BFGS
+        const CostTerms J = obj_->cost(*be_, params_.data(), X_.data, X_.rows, grad_.data());
+        for (int64_t i = 0; i < n_; ++i) g[i] = grad_[size_t(i)];
+        return J.total();
+    };
+    if (resume) {
+        std::map<std::string, std::vector<double>> bufs;
+        std::map<std::string, int64_t> scalars;
+        for (auto& [name, t] : ckpt_.st.tensors)
+            if (name.rfind("lbfgs.", 0) == 0) bufs[name.substr(6)] = t.f64;
+        for (auto& [key, v] : ckpt_.st.metadata)
+            if (key.rfind("lbfgs.", 0) == 0) scalars[key.substr(6)] = ckpt_.get_int(key);
+        opt.restore(bufs, scalars);
+    } else {
+        std::vector<double> x0(params_.begin(), params_.end());
+        opt.init(x0.data(), objective);
+    }
+    const int64_t first = opt.iteration();
+    save_ = [&]() {
+        for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(opt.x()[size_t(i)]);
+        rs_.step = opt.iteration();
+        const auto bufs = opt.save_buffers();
+        std::vector<TensorOut> t;
+        for (auto& [name, b] : bufs) t.push_back({"lbfgs." + name, {int64_t(b.size())}, DType::f64, b.data()});
+        std::map<std::string, std::string> meta;
+        for (auto& [k, v] : opt.save_scalars()) meta["lbfgs." + k] = std::to_string(v);
+        save_checkpoint(std::move(t), std::move(meta));
+    };
+    const int64_t evals0 = opt.evaluations();
+    // Metrics at the current point: one extra forward pass, only on logging steps.
+    auto log_now = [&](int64_t it) {
+        for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(opt.x()[size_t(i)]);
+        const CostTerms J = obj_->cost(*be_, params_.data(), X_.data, X_.rows, nullptr);
+        win_.reset(d_in_, d_sae_);
+        win_.add(X_.data, obj_->reconstruction(), obj_->hidden(), X_.rows, threshold_);
+        for (int64_t j = 0; j < d_sae_; ++j) rs_.since_fired[size_t(j)] = win_.fires[size_t(j)] ? 0 : X_.rows;
+        const double secs = seconds_since(t0_);
+        const double sps = secs > 0 ? double((opt.evaluations() - evals0) * X_.rows) / secs : 0;
+        const std::string line = metrics_line(it, double(it), J, win_, 0.0, sps, rs_, cfg_.dead_threshold_samples);
+        write_metrics(line);
+        summary_.J = J;
+        summary_.mean_rho_hat = 0;
+        for (double r : win_.rho_hat()) summary_.mean_rho_hat += r / double(d_sae_);
+        show({it, first, cfg_.max_iterations, J, sps, true});
+        if (hooks_.on_log) external([&] { hooks_.on_log(it, line.substr(0, line.size() - 1)); });
+    };
+    if (!resume) log_now(0);
+    while (opt.iteration() < cfg_.max_iterations && opt.status() == LbfgsStatus::running) {
+        opt.iterate(objective);
+        const int64_t it = opt.iteration();
+        if (!std::isfinite(opt.f()))
+            throw Error("iteration " + std::to_string(it) + ": J_total is not finite; training stopped. The last good checkpoint is " + ckpt_path_);
+        const bool last = it >= cfg_.max_iterations || opt.status() != LbfgsStatus::running || stop_requested();
+        if (it % cfg_.log_every == 0 || last) log_now(it);
+        const bool stop = stop_requested();
+        if (it % cfg_.checkpoint_every == 0 || last || stop) save_();
+        if (stop) return finish("interrupted");
+    }
+    for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(opt.x()[size_t(i)]);
+    summary_.samples = (opt.evaluations() - evals0) * X_.rows;
+    rs_.step = opt.iteration();
+    finish(opt.status() == LbfgsStatus::running ? "max_iterations" : lbfgs_status_name(opt.status()));
+}
+
+// User code (a hook, a batch source): if it throws, the last finished step is checkpointed
+// before the exception goes on (a failure to save then is not allowed to hide it).
+template <class F>
+auto Run::external(F&& f) -> decltype(f()) {
+    try {
+        return f();
+    } catch (...) {
+        if (save_) {
+            try {
+                save_();
+            } catch (...) {
+            }
+        }
+        throw;
+    }
+}
+
+void Run::show(const TrainProgress& p) {
+    if (hooks_.progress) external([&] { hooks_.progress(p); });
+    else if (!hooks_.quiet) bar_.update(p);
+}
+
+void Run::write_metrics(const std::string& line) {
+    check(std::fputs(line.c_str(), metrics_) >= 0 && std::fflush(metrics_) == 0, metrics_path_ + ": write failed (disk full?)");
+}
+
+// Checkpoint = parameters + optimiser state (given as named buffers) + run state.
+void Run::save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta) {
+    std::vector<TensorOut> t = {{"params", {n_}, DType::f32, params_.data()},
+                                {"since_fired", {d_sae_}, DType::i64, rs_.since_fired.data()}};
+    for (auto& o : opt_tensors) t.push_back(std::move(o));
+    meta["format"] = "sae-checkpoint";
+    meta["config"] = cfg_json_;
+    meta["step"] = std::to_string(rs_.step);
+    meta["skipped_batches"] = std::to_string(rs_.skipped);
+    meta["resampled_latents"] = std::to_string(rs_.resampled);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.17g", rs_.input_scale);
+    meta["input_scale"] = buf;
+    for (const auto& [key, value] : obj_->extra_state()) {
+        std::snprintf(buf, sizeof buf, "%.17g", value);
+        meta["extra." + key] = buf;
+    }
+    safetensors_write(ckpt_path_, t, meta);
+}
+
+void Run::finish(const std::string& reason) {
+    if (!hooks_.progress && !hooks_.quiet) bar_.finish();
+    summary_.steps = rs_.step;
+    summary_.stop_reason = reason;
+}
+
 }  // namespace
 
 bool config_key_may_change_on_resume(const std::string& key) {
@@ -287,390 +797,19 @@ bool config_key_may_change_on_resume(const std::string& key) {
            key == "checkpoint_every" || key == "threads";
 }
 
-TrainSummary train_run(const Config& settings, const std::string& out_dir, bool resume) {
-    config_validate(settings);
-    Config cfg = settings;
-    cfg.normalize = config_normalize(cfg);  // auto resolved: cfg.json names what was applied
-    set_num_threads(int(cfg.threads));
-    ensure_writable_dir(out_dir);  // before any long work
-    // A run killed mid-write leaves "<output>.tmp-<pid>" behind; sweep those of our own outputs.
-    for (const auto& e : std::filesystem::directory_iterator(out_dir)) {
-        const std::string name = e.path().filename().string();
-        for (const char* out : {"model.safetensors", "cfg.json", "metrics.jsonl", "checkpoint.safetensors"})
-            if (name.rfind(std::string(out) + ".tmp-", 0) == 0) std::filesystem::remove(e.path());
-    }
-    auto be = backend_create(cfg.backend);
+TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resume, const TrainData& data,
+                       const TrainHooks& hooks) {
+    Run run(cfg, out_dir, data, hooks);
+    return run.train(resume);
+}
 
-    // The data: in memory, or streamed through a shuffle buffer (shuffle_buffer > 0).
-    const bool streaming = cfg.shuffle_buffer > 0;
-    check(!streaming || cfg.optimizer != "lbfgs",
-          "shuffle_buffer > 0 streams minibatches, but optimizer = \"lbfgs\" needs the whole data set in memory; use adam, sgd or rmsprop");
-    check(!streaming || cfg.normalize == "none",
-          "shuffle_buffer > 0: streamed data cannot be normalised with normalize = \"" + cfg.normalize +
-              "\" (it needs the whole set); use normalize = \"none\" (and normalize_activations if wanted)");
-    check(!streaming || cfg.max_samples == 0, "shuffle_buffer > 0: max_samples is not supported when streaming; pick shards instead");
-    std::unique_ptr<StreamSource> stream;
-    Matrix<float> X;
-    Normalizer norm;  // fitted on the training data, saved with the model
-    if (streaming) {
-        StreamOptions so;
-        so.pattern = cfg.data;
-        so.buffer_samples = cfg.shuffle_buffer;
-        so.seed = uint64_t(cfg.seed);
-        so.dtype_hint = cfg.data_dtype == "auto" ? "" : cfg.data_dtype;
-        stream = std::make_unique<StreamSource>(so);
-        // A sample of the data (its first samples in stream order) for initialisation and scaling.
-        StreamSource head(so);
-        X.resize(std::min<int64_t>(head.num_samples(), 10000), head.d_in());
-        head.next_batch(X.data.data(), X.rows);
-        check_finite(X, cfg.data);
-    } else {
-        X = dataset_load_fit(cfg.data, cfg.normalize, cfg.max_samples, &norm);
-    }
-    auto obj = objective_create(cfg, X.cols);
-    const int64_t n = obj->layout().total, d_sae = obj->d_sae(), d_in = obj->d_in();
-    const double threshold = config_active_threshold(cfg);
-    const std::string ckpt_path = out_dir + "/checkpoint.safetensors";
-    const std::string metrics_path = out_dir + "/metrics.jsonl";
-    const std::string cfg_json = config_to_json(cfg);
+TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resume) {
+    return train_run(cfg, out_dir, resume, TrainData{}, TrainHooks{});
+}
 
-    RunState rs;
-    rs.since_fired.assign(size_t(d_sae), 0);
-    rs.input_scale = cfg.normalize_activations == "expected_norm" ? expected_norm_scale(X) : 1.0;
-    if (rs.input_scale != 1.0)
-        for (auto& v : X.data) v = float(double(v) * rs.input_scale);
-
-    std::vector<float> params(static_cast<size_t>(n)), grad(static_cast<size_t>(n));
-    Checkpoint ckpt;
-    if (resume) {
-        ckpt = checkpoint_load(ckpt_path, cfg);
-        const auto& p = ckpt.tensor("params", n).f32;
-        std::copy(p.begin(), p.end(), params.begin());
-        rs.step = ckpt.get_int("step");
-        rs.skipped = ckpt.get_int("skipped_batches");
-        rs.resampled = ckpt.get_int("resampled_latents");
-        const auto& sf = ckpt.tensor("since_fired", d_sae).i64;
-        check(int64_t(sf.size()) == d_sae, ckpt_path + ": 'since_fired' must be I64; the checkpoint is damaged");
-        std::copy(sf.begin(), sf.end(), rs.since_fired.begin());
-        std::map<std::string, double> extra;
-        for (const auto& [key, value] : obj->extra_state()) extra[key] = ckpt.get_double("extra." + key);
-        obj->set_extra_state(extra);
-    } else {
-        Rng rng(uint64_t(cfg.seed));
-        Matrix<float> sample(std::min<int64_t>(X.rows, 4096), d_in);
-        std::copy(X.data.begin(), X.data.begin() + sample.size(), sample.data.begin());
-        obj->init(params.data(), rng, sample);
-        write_file_atomic(metrics_path, "");
-    }
-    write_file_atomic(out_dir + "/cfg.json", model_cfg_json(cfg, *obj, rs.input_scale, norm));
-
-    std::signal(SIGINT, on_interrupt);
-    std::signal(SIGTERM, on_interrupt);
-    g_interrupted = false;
-    struct RestoreSignals {
-        ~RestoreSignals() { std::signal(SIGINT, SIG_DFL); std::signal(SIGTERM, SIG_DFL); }
-    } restore_signals;
-
-    if (resume) metrics_truncate(metrics_path, rs.step);
-    std::FILE* metrics = std::fopen(metrics_path.c_str(), "a");
-    check(metrics != nullptr, metrics_path + ": cannot open for appending (" + std::strerror(errno) + ")");
-    struct CloseFile {
-        std::FILE* f;
-        ~CloseFile() { std::fclose(f); }
-    } close_metrics{metrics};
-    auto write_metrics = [&](const std::string& line) {
-        check(std::fputs(line.c_str(), metrics) >= 0 && std::fflush(metrics) == 0,
-              metrics_path + ": write failed (disk full?)");
-    };
-
-    // Checkpoint = parameters + optimiser state (given as named buffers) + run state.
-    auto save_checkpoint = [&](std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta) {
-        std::vector<TensorOut> t = {{"params", {n}, DType::f32, params.data()},
-                                    {"since_fired", {d_sae}, DType::i64, rs.since_fired.data()}};
-        for (auto& o : opt_tensors) t.push_back(std::move(o));
-        meta["format"] = "sae-checkpoint";
-        meta["config"] = cfg_json;
-        meta["step"] = std::to_string(rs.step);
-        meta["skipped_batches"] = std::to_string(rs.skipped);
-        meta["resampled_latents"] = std::to_string(rs.resampled);
-        char buf[64];
-        std::snprintf(buf, sizeof buf, "%.17g", rs.input_scale);
-        meta["input_scale"] = buf;
-        for (const auto& [key, value] : obj->extra_state()) {
-            std::snprintf(buf, sizeof buf, "%.17g", value);
-            meta["extra." + key] = buf;
-        }
-        safetensors_write(ckpt_path, t, meta);
-    };
-
-    TrainSummary summary;
-    const auto t0 = Clock::now();
-    Stats win;
-    win.reset(d_in, d_sae);
-    obj->set_training(true);
-
-    if (cfg.optimizer == "lbfgs") {
-        // ---- full-batch L-BFGS ----
-        obj->reserve(X.rows);
-        LbfgsOptions lbfgs_options;
-        lbfgs_options.history = int(cfg.lbfgs_history);
-        Lbfgs opt(n, lbfgs_options);
-        auto objective = [&](const double* x, double* g) {
-            for (int64_t i = 0; i < n; ++i) params[size_t(i)] = float(x[i]);
-            obj->set_step(0);  // denoising: one corruption for the whole run, a fixed function for L-BFGS
-            const CostTerms J = obj->cost(*be, params.data(), X.data.data(), X.rows, grad.data());
-            for (int64_t i = 0; i < n; ++i) g[i] = grad[size_t(i)];
-            return J.total();
-        };
-        if (resume) {
-            std::map<std::string, std::vector<double>> bufs;
-            std::map<std::string, int64_t> scalars;
-            for (auto& [name, t] : ckpt.st.tensors)
-                if (name.rfind("lbfgs.", 0) == 0) bufs[name.substr(6)] = t.f64;
-            for (auto& [key, v] : ckpt.st.metadata)
-                if (key.rfind("lbfgs.", 0) == 0) scalars[key.substr(6)] = ckpt.get_int(key);
-            opt.restore(bufs, scalars);
-        } else {
-            std::vector<double> x0(params.begin(), params.end());
-            opt.init(x0.data(), objective);
-        }
-        const int64_t first = opt.iteration();
-        auto save = [&]() {
-            for (int64_t i = 0; i < n; ++i) params[size_t(i)] = float(opt.x()[size_t(i)]);
-            rs.step = opt.iteration();
-            const auto bufs = opt.save_buffers();
-            std::vector<TensorOut> t;
-            for (auto& [name, b] : bufs) t.push_back({"lbfgs." + name, {int64_t(b.size())}, DType::f64, b.data()});
-            std::map<std::string, std::string> meta;
-            for (auto& [k, v] : opt.save_scalars()) meta["lbfgs." + k] = std::to_string(v);
-            save_checkpoint(std::move(t), std::move(meta));
-        };
-        Progress progress(cfg.max_iterations);
-        const int64_t evals0 = opt.evaluations();
-        // Metrics at the current point: one extra forward pass, only on logging steps.
-        auto log_now = [&](int64_t it) {
-            for (int64_t i = 0; i < n; ++i) params[size_t(i)] = float(opt.x()[size_t(i)]);
-            const CostTerms J = obj->cost(*be, params.data(), X.data.data(), X.rows, nullptr);
-            win.reset(d_in, d_sae);
-            win.add(X.data.data(), obj->reconstruction(), obj->hidden(), X.rows, threshold);
-            for (int64_t j = 0; j < d_sae; ++j) rs.since_fired[size_t(j)] = win.fires[size_t(j)] ? 0 : X.rows;
-            const double secs = seconds_since(t0);
-            const double sps = secs > 0 ? double((opt.evaluations() - evals0) * X.rows) / secs : 0;
-            write_metrics(metrics_line(it, double(it), J, win, 0.0, sps, rs, cfg.dead_threshold_samples));
-            progress.update(it, first, J, sps, true);
-            summary.J = J;
-            summary.mean_rho_hat = 0;
-            for (double r : win.rho_hat()) summary.mean_rho_hat += r / double(d_sae);
-        };
-        if (!resume) log_now(0);
-        while (opt.iteration() < cfg.max_iterations && opt.status() == LbfgsStatus::running) {
-            opt.iterate(objective);
-            const int64_t it = opt.iteration();
-            if (!std::isfinite(opt.f()))
-                throw Error("iteration " + std::to_string(it) + ": J_total is not finite; training stopped. The last good checkpoint is " + ckpt_path);
-            const bool last = it >= cfg.max_iterations || opt.status() != LbfgsStatus::running || g_interrupted;
-            if (it % cfg.log_every == 0 || last) log_now(it);
-            if (it % cfg.checkpoint_every == 0 || last) save();
-            if (g_interrupted) {
-                progress.finish();
-                throw Error("interrupted at iteration " + std::to_string(it) + "; checkpoint saved, continue with --resume");
-            }
-        }
-        progress.finish();
-        for (int64_t i = 0; i < n; ++i) params[size_t(i)] = float(opt.x()[size_t(i)]);
-        summary.steps = opt.iteration();
-        summary.samples = (opt.evaluations() - evals0) * X.rows;
-        summary.stop_reason = opt.status() == LbfgsStatus::running ? "max_iterations" : lbfgs_status_name(opt.status());
-    } else {
-        // ---- minibatch optimisers ----
-        // In memory: each epoch is ceil(N/B) batches, the last one possibly short. Streamed:
-        // batches of B straddle epochs; the run is ceil(epochs·N/B) batches.
-        const int64_t N = streaming ? stream->num_samples() : X.rows;
-        const int64_t B = std::min(cfg.batch_size, N);
-        // Per-step statistics read the sparse models' row lists, not a dense [B, d_sae].
-        if (threshold >= 0) obj->set_dense_hidden(false);
-        const int64_t per_epoch = (N + B - 1) / B;
-        const int64_t total = streaming ? (cfg.epochs * N + B - 1) / B : per_epoch * cfg.epochs;
-        auto opt = optimizer_create(cfg.optimizer, n, config_optimizer_hyper(cfg));
-        LrSchedule sched;
-        sched.kind = schedule_parse(cfg.lr_schedule);
-        sched.base_lr = cfg.lr;
-        sched.warmup_steps = cfg.warmup_steps;
-        sched.total_steps = total;
-        sched.step_size = cfg.lr_step_size;
-        sched.gamma = cfg.lr_gamma;
-        sched.min_lr = cfg.min_lr;
-        if (resume) {
-            if (streaming) {
-                auto it = ckpt.st.metadata.find("stream_state");
-                check(it != ckpt.st.metadata.end(), ckpt_path + ": checkpoint lacks the stream position; it was not made by a streamed run");
-                stream->set_state(it->second);
-            }
-            opt->set_step(ckpt.get_int("optimizer_step"));
-            for (auto& [name, buf] : opt->state()) {
-                const auto& t = ckpt.tensor("opt." + name, n).f32;
-                std::copy(t.begin(), t.end(), buf->begin());
-            }
-        }
-        auto save = [&]() {
-            std::vector<TensorOut> t;
-            for (auto& [name, buf] : opt->state()) t.push_back({"opt." + name, {n}, DType::f32, buf->data()});
-            std::map<std::string, std::string> meta = {{"optimizer_step", std::to_string(opt->step())}};
-            if (streaming) meta["stream_state"] = stream->state();
-            save_checkpoint(std::move(t), std::move(meta));
-        };
-
-        obj->reserve(B);
-        Matrix<float> Xb(B, d_in);
-        std::vector<int64_t> perm(streaming ? 0 : size_t(X.rows)), ids(streaming ? size_t(B) : 0);
-        std::vector<uint8_t> dead(size_t(d_sae), 0), fired(size_t(d_sae), 0);
-        int64_t perm_epoch = -1;
-        Progress progress(total);
-        const int64_t first = rs.step;
-        CostTerms J_sum;
-        int64_t win_steps = 0;
-        auto win_start = Clock::now();
-        double lr = sched.at(rs.step);
-        while (rs.step < total) {
-            int64_t m = B;
-            if (streaming) {
-                stream->next_batch(Xb.data.data(), m, ids.data());
-                for (int64_t i = 0; i < m; ++i)
-                    for (int64_t k = 0; k < d_in; ++k) {
-                        float& x = Xb(i, k);
-                        check(std::isfinite(x), cfg.data + ": sample " + std::to_string(ids[size_t(i)]) + ", feature " +
-                                                    std::to_string(k) + " (counting from 0) is not finite; clean the data");
-                        x = float(double(x) * rs.input_scale);
-                    }
-            } else {
-                const int64_t epoch = rs.step / per_epoch, b = rs.step % per_epoch;
-                if (epoch != perm_epoch) {
-                    epoch_order(perm, uint64_t(cfg.seed), epoch);
-                    perm_epoch = epoch;
-                }
-                m = std::min(B, X.rows - b * B);
-                for (int64_t i = 0; i < m; ++i)
-                    std::memcpy(Xb.row(i), X.row(perm[size_t(b * B + i)]), sizeof(float) * size_t(d_in));
-            }
-
-            bool any_dead = false;
-            for (int64_t j = 0; j < d_sae; ++j) {
-                dead[size_t(j)] = rs.since_fired[size_t(j)] >= cfg.dead_threshold_samples;
-                any_dead |= dead[size_t(j)] != 0;
-            }
-            obj->set_dead_mask(any_dead ? dead.data() : nullptr);
-            obj->set_sparsity_scale(cfg.sparsity_warmup_steps > 0
-                                        ? std::min(1.0, double(rs.step + 1) / double(cfg.sparsity_warmup_steps))
-                                        : 1.0);
-            obj->set_step(rs.step);  // denoising masks drawn from (seed, step)
-            const CostTerms J = obj->cost(*be, params.data(), Xb.data.data(), m, grad.data());
-            lr = sched.at(rs.step);
-            if (const char* bad = nonfinite_term(J, grad.data(), n)) {
-                if (cfg.on_nonfinite == "stop")
-                    throw Error("step " + std::to_string(rs.step) + ": " + bad +
-                                " is not finite; training stopped. The last good checkpoint is " + ckpt_path +
-                                "; lower lr, check the data, or set on_nonfinite = \"skip\"");
-                ++rs.skipped;  // the batch is dropped: no update, no statistics
-            } else {
-                if (cfg.grad_clip_norm > 0) {
-                    double sq = 0;
-                    for (int64_t i = 0; i < n; ++i) sq += double(grad[size_t(i)]) * grad[size_t(i)];
-                    const double norm = std::sqrt(sq);
-                    if (norm > cfg.grad_clip_norm) {
-                        const float s = float(cfg.grad_clip_norm / norm);
-                        for (auto& g : grad) g *= s;
-                    }
-                }
-                obj->before_update(params.data(), grad.data());
-                opt->update(params.data(), grad.data(), lr);
-                obj->after_update(params.data());
-                // A finite gradient can still overflow the parameters (lr far too large): never
-                // let such parameters reach a checkpoint. They cannot be skipped (no copy is kept).
-                for (int64_t i = 0; i < n; ++i)
-                    if (!std::isfinite(params[size_t(i)]))
-                        throw Error("step " + std::to_string(rs.step) + ": the update made the parameters non-finite (lr = " +
-                                    std::to_string(lr) + " is too large?); training stopped. The last good checkpoint is " +
-                                    ckpt_path + "; lower lr or set grad_clip_norm");
-
-                std::fill(fired.begin(), fired.end(), 0);
-                if (const ActiveRows* A = obj->active_rows()) {  // sparse model: its row lists
-                    for (int64_t i = 0; i < m; ++i)
-                        for (int64_t e = A->beg[i]; e < A->end[i]; ++e)
-                            fired[size_t(A->col[e])] |= double(A->val[e]) > threshold;
-                    win.add(Xb.data.data(), obj->reconstruction(), *A, m, threshold);
-                } else {
-                    const float* H = obj->hidden();
-                    for (int64_t i = 0; i < m; ++i)
-                        for (int64_t j = 0; j < d_sae; ++j) fired[size_t(j)] |= double(H[i * d_sae + j]) > threshold;
-                    win.add(Xb.data.data(), obj->reconstruction(), H, m, threshold);
-                }
-                for (int64_t j = 0; j < d_sae; ++j)
-                    rs.since_fired[size_t(j)] = fired[size_t(j)] ? 0 : rs.since_fired[size_t(j)] + m;
-                J_sum.rec += J.rec;
-                J_sum.weight_decay += J.weight_decay;
-                J_sum.sparsity += J.sparsity;
-                J_sum.aux += J.aux;
-                J_sum.denoise += J.denoise;
-                ++win_steps;
-                summary.samples += m;
-            }
-            ++rs.step;
-            const bool last = rs.step == total || g_interrupted;
-            const bool log_line = rs.step % cfg.log_every == 0 || last;
-            if ((log_line || rs.step % 8 == 0) && win_steps > 0) {
-                const double w = 1.0 / double(win_steps);
-                const CostTerms Jm{J_sum.rec * w, J_sum.weight_decay * w, J_sum.sparsity * w, J_sum.aux * w, J_sum.denoise * w};
-                const double secs = seconds_since(win_start);
-                const double sps = secs > 0 ? double(win.n) / secs : 0;
-                progress.update(rs.step, first, Jm, sps, log_line);
-                // At multiples of log_every only: not at a run's last or interrupted step, which a
-                // longer or uninterrupted run does not resample at (resume stays bit-identical).
-                if (rs.step % cfg.log_every == 0 && (cfg.resample_dead || cfg.resample_duplicates > 0) &&
-                    config_is_modern(cfg)) {
-                    std::vector<uint8_t> redo(size_t(d_sae), 0);
-                    if (cfg.resample_duplicates > 0) {
-                        // Of two near-copies the one that fired longer ago goes (a function of the
-                        // checkpointed state, so a resumed run chooses the same).
-                        std::vector<int64_t> recent(static_cast<size_t>(d_sae));
-                        for (int64_t j = 0; j < d_sae; ++j) recent[size_t(j)] = -rs.since_fired[size_t(j)];
-                        redo = duplicate_latents(*be, params.data() + obj->layout().get("W_dec").offset, d_sae, d_in,
-                                                 cfg.resample_duplicates, recent);
-                    }
-                    if (cfg.resample_dead)
-                        for (int64_t j = 0; j < d_sae; ++j)
-                            if (rs.since_fired[size_t(j)] >= cfg.dead_threshold_samples) redo[size_t(j)] = 1;
-                    // Deterministic: the draw depends on (seed, step) only.
-                    Rng rrng(uint64_t(cfg.seed) * 0x2545f4914f6cdd1dULL + uint64_t(rs.step));
-                    rs.resampled += resample_latents(obj->layout(), params.data(), *opt, Xb.data.data(),
-                                                     obj->reconstruction(), m, redo, rs, rrng);
-                }
-                if (log_line) {
-                    write_metrics(metrics_line(rs.step, (streaming ? double(rs.step) * double(B) / double(N) : double(rs.step) / double(per_epoch)), Jm, win, lr, sps, rs,
-                                               cfg.dead_threshold_samples));
-                    summary.J = Jm;
-                    summary.mean_rho_hat = 0;
-                    for (double r : win.rho_hat()) summary.mean_rho_hat += r / double(d_sae);
-                    win.reset(d_in, d_sae);
-                    J_sum = {};
-                    win_steps = 0;
-                    win_start = Clock::now();
-                }
-            }
-            if (rs.step % cfg.checkpoint_every == 0 || last) save();
-            if (g_interrupted) {
-                progress.finish();
-                throw Error("interrupted at step " + std::to_string(rs.step) + "; checkpoint saved, continue with --resume");
-            }
-        }
-        progress.finish();
-        summary.steps = rs.step;
-        summary.stop_reason = "epochs";
-    }
-    summary.skipped_batches = rs.skipped;
-
-    model_save(out_dir, cfg, *obj, params.data(), rs.input_scale, norm);
-    summary.seconds = seconds_since(t0);
-    return summary;
+std::string train_interrupted_message(const Config& cfg, const TrainSummary& s) {
+    return std::string("interrupted at ") + (cfg.optimizer == "lbfgs" ? "iteration " : "step ") + std::to_string(s.steps) +
+           "; checkpoint saved, continue with --resume";
 }
 
 }  // namespace sae

@@ -109,5 +109,6 @@ void normalize_samples(Matrix<float>& X, Normalize mode, SourceType source);
 
 // Throws "<what>: sample i, feature j is NaN/inf; ..." if any value is non-finite.
 void check_finite(const Matrix<float>& X, const std::string& what);
+void check_finite(const float* X, int64_t rows, int64_t cols, const std::string& what);  // X [rows, cols]
 
 }  // namespace sae

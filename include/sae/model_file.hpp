@@ -23,6 +23,7 @@ struct SavedModel {
     std::unique_ptr<Objective> objective;
     std::vector<float> params;  // [objective->layout().total]
     Normalizer norm;            // what inputs get before the encoder (saved statistics)
+    double input_scale = 1.0;   // as cfg.json records it (already folded into params)
 };
 
 // The cfg.json text.
@@ -30,6 +31,10 @@ std::string model_cfg_json(const Config& cfg, const Objective& obj, double input
                            const Normalizer& norm);
 void model_save(const std::string& dir, const Config& cfg, const Objective& obj, const float* params,
                 double input_scale, const Normalizer& norm);
+// A loaded model written again (its tensors and cfg.json as loaded; `Model.save` in Python).
+void model_save(const std::string& dir, const SavedModel& m);
+// The decoder rows W_dec [d_sae, d_in] as saved (tied weights give W_encᵀ; any architecture).
+std::vector<float> model_decoder_rows(const SavedModel& m);
 // The cfg.json "normalize_stats" object of a normaliser, and back (cfg_path for messages). A
 // cfg.json without it under normalize ≠ none gives an unfitted normaliser (see Normalizer).
 nlohmann::ordered_json normalizer_to_json(const Normalizer& n);
