@@ -189,6 +189,7 @@ void add_bench(CLI::App& app) {
             sae::check(L.total == n, "bench: the profiled layout differs from the objective's");
             sae::ModernWorkspace<float> ws;
             ws.precision = sae::precision_parse(cfg.dtype);
+            ws.screen = sae::screen_parse(cfg.screen);
             ws.dense_h = false;  // as in training
             ws.encoder_block = args->encoder_block;
             ws.reserve(spec, B);
@@ -200,6 +201,34 @@ void add_bench(CLI::App& app) {
             const auto& names = sae::modern_phase_names();
             for (size_t p = 0; p < names.size(); ++p) phases[names[p]] = ws.profile_ms[p] / double(args->steps);
             phases["sparse_path"] = ws.sparse_used;
+        }
+        // Screened TopK: candidates per row and rows that fell back, from one cost on the trained
+        // parameters; and the bf16 product alone (the screening product's rate).
+        nlohmann::ordered_json screen;
+        if (modern && cfg.screen != "off") {
+            sae::ModernSpec spec = sae::modern_spec(cfg, d_in);
+            const sae::ParamLayout L = sae::modern_layout(spec);
+            sae::ModernWorkspace<float> ws;
+            ws.precision = sae::precision_parse(cfg.dtype);
+            ws.screen = sae::screen_parse(cfg.screen);
+            ws.dense_h = false;
+            ws.encoder_block = args->encoder_block;
+            ws.reserve(spec, B);
+            sae::modern_cost<float>(*be, spec, L, params.data(), X.row(0), B, grad.data(), ws);
+            const sae::ScreenStats& st = ws.screen_stats;
+            screen["mode"] = cfg.screen;
+            screen["rows"] = st.rows;
+            screen["candidates_per_row"] = st.rows ? double(st.candidates) / double(st.rows) : 0.0;
+            screen["fallback_rows"] = st.fallback_rows;
+            screen["fallback_share"] = st.rows ? double(st.fallback_rows) / double(st.rows) : 0.0;
+            std::vector<double> t_bf;
+            for (int64_t r = 0; r < reps + 2; ++r) {
+                const auto t0 = Clock::now();
+                be->gemm_ex(sae::Trans::no, sae::Trans::no, B, d_sae, d_in, 1.0f, Xb, d_in, W, d_sae, 0.0f, A.data(),
+                            d_sae, W + d_in * d_sae, sae::Precision::bf16);
+                if (r >= 2) t_bf.push_back(since(t0));
+            }
+            screen["bf16_encoder_product_ms"] = median(t_bf) * 1e3;
         }
         const std::string load_after = loadavg();
 
@@ -238,6 +267,10 @@ void add_bench(CLI::App& app) {
             j["effective_over_matmul"] = prod_s / step_s;
         }
         if (!phases.empty()) j["phases_ms"] = phases;
+        if (!screen.empty()) {
+            screen["step_over_bf16_product"] = step_s / (double(screen["bf16_encoder_product_ms"]) * 1e-3);
+            j["screen"] = screen;
+        }
         j["J_first"] = J0.total();
         j["J_last"] = J.total();
         j["params_mib"] = double(n) * 4 / 1048576.0;

@@ -1,4 +1,5 @@
 #include "sae/modern.hpp"
+#include "screen_kernels.hpp"
 
 #include <algorithm>
 #include <bit>
@@ -674,6 +675,14 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
         per_thread = std::max<int64_t>(3 * d_sae + 4 * (selecting ? spec.k : 0) + 16,
                                        sparse_arch ? 16 * d_in : 0);
     scratch.resize(size_t(threads * per_thread));
+    // Screened TopK (float, lists only): W_enc transposed, column norms, bias terms, and two
+    // candidate lists per thread (TopK, AuxK).
+    const bool screening = std::is_same_v<T, float> && lists_only && screen != Screen::off;
+    screen_wt.resize(screening ? size_t(d_in * d_sae) : 0);
+    screen_wn.resize(screening ? size_t(d_sae) : 0);
+    screen_cb.resize(screening ? size_t(d_sae) : 0);
+    screen_col.resize(screening ? size_t(threads * 2 * d_sae) : 0);
+    if (screening && screen == Screen::bf16) w_bf16.resize(size_t(d_in * d_sae));
     iscratch.resize(row.lists ? size_t(threads * d_sae) : 0);
     const bool bt = row.threshold == ThresholdKind::batch;  // the batch selection's candidates
     const int64_t groups = bt ? (8 * spec.k <= d_sae ? 4 * spec.k : d_sae) : 0;
@@ -1318,12 +1327,188 @@ void stage_dead(Step<T>& s, const uint8_t* dead, bool lists_only) {
         if (dead[j]) ws.dead_idx[size_t(t++)] = int32_t(j);
 }
 
+// --- screened TopK (float, lists only; docs/performance.md "Screened TopK") -----------------
+template <class T>
+bool screening_on(const ModernWorkspace<T>& ws) {
+    return std::is_same_v<T, float> && ws.screen != Screen::off && !ws.screen_wt.empty();
+}
+
+// The smallest float ≥ v·(1 + 2⁻¹⁸) (v ≥ 0; +∞ when out of range): the bound's inputs rounded
+// up with room for the float operations that combine them.
+// Asks for n floats from p ahead of their use (the candidates' columns of W_enc are far apart).
+inline void prefetch_floats(const float* p, int64_t n) {
+    for (int64_t q = 0; q < n; q += 16) __builtin_prefetch(p + q, 0, 3);
+}
+
+inline float screen_up(double v) {
+    v *= 1.0 + std::ldexp(1.0, -18);
+    float f = float(v);
+    if (double(f) < v) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+    return f;
+}
+
+// The screening product for a block and the exact TopK (and AuxK) of screen_dot values; the
+// bound decides which entries need screen_dot. Rows the bound cannot serve (a non-finite
+// screening value or bound) compute every entry with screen_dot (counted as fallbacks).
+inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int64_t blk) {
+    ModernWorkspace<float>& ws = s.ws;
+    const int64_t m = s.m, d_in = s.d_in, n = s.d_sae, k = s.spec.k;
+    require(int64_t(ws.screen_wt.size()) >= d_in * n && int64_t(ws.screen_col.size()) >= 2 * ws.threads * n &&
+                s.nt <= ws.threads && (ws.screen == Screen::fp32 || int64_t(ws.w_bf16.size()) >= d_in * n),
+            "modern_cost: workspace not reserved for screening");
+    const ScreenBound bound = screen_bound(ws.screen, d_in);
+    const float* W = s.P.W_enc;
+    const float* b = s.P.b_enc;
+    float* wt = ws.screen_wt.data();
+    float* wn = ws.screen_wn.data();
+    float* cb = ws.screen_cb.data();
+    // W_enc transposed (columns contiguous for screen_dot), column norms, bias terms.
+#pragma omp parallel for schedule(static) num_threads(s.nt)
+    for (int64_t j0 = 0; j0 < n; j0 += 64) {
+        const int64_t j1 = std::min(n, j0 + 64);
+        for (int64_t c = 0; c < d_in; ++c)
+            for (int64_t j = j0; j < j1; ++j) wt[j * d_in + c] = W[c * n + j];
+        for (int64_t j = j0; j < j1; ++j) {
+            double q = 0;
+            for (int64_t c = 0; c < d_in; ++c) q += double(wt[j * d_in + c]) * double(wt[j * d_in + c]);
+            wn[j] = screen_up(std::sqrt(q));
+            cb[j] = screen_up(bound.coef_b * std::fabs(double(b[j])));
+        }
+    }
+    double wn_max = 0;
+    for (int64_t j = 0; j < n; ++j) wn_max = std::max(wn_max, double(wn[j]));
+    if (ws.screen == Screen::bf16) round_to_bf16(W, d_in, n, n, ws.w_bf16.data());
+    const double sqrt_n = std::sqrt(double(d_in));
+    const int64_t n_dead = s.aux ? s.n_dead : 0;
+    const int64_t ka = s.aux ? std::min(s.spec.k_aux, n_dead) : 0;
+    const int32_t* di = ws.dead_idx.data();
+    SparseRows<float>& A = ws.act;
+    SparseRows<float>& X = ws.aux;
+    int64_t st_cand = 0, st_fall = 0, st_aux = 0;
+    for (int64_t r0 = 0; r0 < m; r0 += blk) {
+        const int64_t rows = std::min(blk, m - r0);
+        if (ws.screen == Screen::bf16)
+            s.be.gemm_bf16_b(Trans::no, rows, n, d_in, s.xin + r0 * d_in, d_in, ws.w_bf16.data(), 0.0f, s.pre, n, b);
+        else
+            product(s.be, Trans::no, Trans::no, rows, n, d_in, s.xin + r0 * d_in, d_in, W, n, 0.0f, s.pre, n, b,
+                    Precision::f32);
+        clock.mark(1);
+#pragma omp parallel num_threads(s.nt) reduction(+ : st_cand, st_fall, st_aux)
+        {
+            const int tid = omp_get_thread_num();
+            float* sc = ws.scratch.data() + tid * ws.per_thread;
+            float* gmax = sc;           // [4k]
+            float* cval = sc + 4 * k;   // [n]
+            float* tmp = cval + n;      // [n]
+            float* lo = tmp + n;        // [n]: the lower bounds, then the exact values
+            int32_t* cidx = ws.iscratch.data() + int64_t(tid) * n;
+            int32_t* cols = ws.screen_col.data() + int64_t(tid) * 2 * n;  // TopK candidates
+            int32_t* acols = cols + n;                                      // AuxK candidates
+#pragma omp for schedule(static)
+            for (int64_t i = r0; i < r0 + rows; ++i) {
+                const float* x = s.xin + i * d_in;
+                const float* srow = s.pre + (i - r0) * n;
+                double q = 0;
+                for (int64_t c = 0; c < d_in; ++c) q += double(x[c]) * double(x[c]);
+                const double xn = std::sqrt(q);
+                const float alpha = screen_up(bound.coef_s * xn);
+                const float tau = screen_up(bound.tau_scale * (2.0 * double(d_in) + 4 + 2 * sqrt_n * (xn + wn_max)));
+                bool all = !(std::isfinite(alpha) && std::isfinite(tau)) || !screen_lower(srow, wn, cb, alpha, tau, n, lo);
+                int64_t nc = 0, na = 0;
+                if (!all) {
+                    // A lower bound L of the k-th largest value: every entry whose upper bound is
+                    // below L (or not positive) is below the k-th largest, so never selected.
+                    float L;
+                    if (8 * k <= n) L = topk_lower_bound(lo, n, k, gmax);
+                    else {
+                        std::copy(lo, lo + n, cval);
+                        L = kth_largest(cval, n, k);
+                    }
+                    const float thr = std::max(L, std::numeric_limits<float>::denorm_min());
+                    nc = screen_candidates(srow, wn, cb, alpha, tau, n, thr, cols);
+                    if (ka > 0) {  // the same among the dead latents, against their ka-th largest
+                        for (int64_t t = 0; t < n_dead; ++t) cval[t] = lo[di[t]];
+                        const float La = 8 * ka <= n_dead ? topk_lower_bound(cval, n_dead, ka, gmax)
+                                                          : kth_largest(cval, n_dead, ka);
+                        for (int64_t t = 0; t < n_dead; ++t) {
+                            const int32_t j = di[t];
+                            if (srow[j] + (alpha * wn[j] + (cb[j] + tau)) >= La) acols[na++] = j;
+                        }
+                    }
+                }
+                // Exact values of the candidates; a non-finite one sends the row to the fallback.
+                for (int pass = 0; pass < 2; ++pass) {
+                    if (all) {
+                        nc = n;
+                        for (int64_t j = 0; j < n; ++j) cols[j] = int32_t(j);
+                        na = n_dead;
+                        for (int64_t t = 0; t < n_dead; ++t) acols[t] = di[t];
+                    }
+                    bool finite = true;
+                    for (int64_t t = 0; t < nc; ++t) {
+                        const int32_t j = cols[t];
+                        if (t + 2 < nc) prefetch_floats(wt + int64_t(cols[t + 2]) * d_in, d_in);
+                        lo[t] = screen_dot(x, wt + int64_t(j) * d_in, d_in, b[j]);
+                        finite = finite && std::isfinite(lo[t]);
+                    }
+                    if (!finite && !all) {
+                        all = true;
+                        continue;
+                    }
+                    break;
+                }
+                st_cand += nc;
+                st_fall += all;
+                const int64_t bo = i * k;
+                const int64_t c = topk_row(lo, nc, k, gmax, cidx, cval, tmp, A.col.data() + bo, A.val.data() + bo);
+                for (int64_t e = 0; e < c; ++e) A.col[size_t(bo + e)] = cols[A.col[size_t(bo + e)]];
+                A.beg[size_t(i)] = bo;
+                A.end[size_t(i)] = bo + c;
+                if (ka > 0) {
+                    // AuxK on the candidates: the ka largest (ties to the lower column), kept if > 0
+                    st_aux += na;
+                    for (int64_t t = 0; t < na; ++t) {
+                        const int32_t j = acols[t];
+                        lo[t] = screen_dot(x, wt + int64_t(j) * d_in, d_in, b[j]);
+                        tmp[t] = key(lo[t]);
+                    }
+                    const float v = kth_largest(tmp, na, ka);
+                    int64_t above = 0;
+                    for (int64_t t = 0; t < na; ++t) above += key(lo[t]) > v;
+                    int64_t ties = ka - above, ca = 0;
+                    const int64_t ba = i * s.spec.k_aux;
+                    for (int64_t t = 0; t < na; ++t) {
+                        const float q2 = key(lo[t]);
+                        bool keep = q2 > v;
+                        if (!keep && q2 == v && ties > 0) {
+                            keep = true;
+                            --ties;
+                        }
+                        if (keep && lo[t] > 0.0f) {
+                            X.col[size_t(ba + ca)] = acols[t];
+                            X.val[size_t(ba + ca++)] = lo[t];
+                        }
+                    }
+                    X.beg[size_t(i)] = ba;
+                    X.end[size_t(i)] = ba + ca;
+                }
+            }
+        }
+        clock.mark(2);
+    }
+    ws.screen_stats = ScreenStats{.rows = m, .candidates = st_cand, .fallback_rows = st_fall,
+                                  .aux_rows = ka > 0 ? m : 0, .aux_candidates = st_aux};
+}
+
 // TopK keeping lists only: the encoder product and the selections (TopK, AuxK) a block of rows
 // at a time, each block selected while its pre-activations are still in cache.
 template <class T>
 void stage_encode_select_fused(Step<T>& s, PhaseClock& clock) {
     ModernWorkspace<T>& ws = s.ws;
-    const int64_t m = s.m, d_in = s.d_in, d_sae = s.d_sae, blk = ws.encoder_block;
+    const int64_t m = s.m, d_in = s.d_in, d_sae = s.d_sae;
+    const int64_t blk = ws.encoder_block > 0 ? ws.encoder_block : m;
+    if constexpr (std::is_same_v<T, float>)
+        if (screening_on(ws)) return stage_encode_select_screened(s, clock, blk);
     // bf16: W_enc is rounded once for all the blocks.
     const bool w_rounded = std::is_same_v<T, float> && s.prec == Precision::bf16;
     if constexpr (std::is_same_v<T, float>)
@@ -1736,7 +1921,7 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     // pre = x'·W_enc + bias, then h = σ(pre) by the row's selection.
     CostTerms J;
     bool sparse = s.want_sparse;
-    const bool fused = lists_only && ws.encoder_block > 0 && ws.encoder_block < m;
+    const bool fused = lists_only && ((ws.encoder_block > 0 && ws.encoder_block < m) || screening_on(ws));
     if (fused) {
         stage_encode_select_fused(s, clock);
     } else {

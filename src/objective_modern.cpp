@@ -77,6 +77,7 @@ public:
         d_sae_ = spec_.d_sae;
         layout_ = modern_layout(spec_);
         ws_.precision = precision_parse(cfg.dtype);  // bf16: products only; params stay fp32
+        ws_.screen = screen_parse(cfg.screen);
     }
     std::string architecture() const override { return arch_name(spec_.arch); }
 

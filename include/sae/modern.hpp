@@ -122,6 +122,31 @@ void modern_init(const ModernSpec& spec, const ParamLayout& layout, T* params, R
 //           (at init half the JumpReLU gates are open). standard is always dense.
 enum class ProductPath { automatic, dense, sparse };
 
+// Screened TopK (float, lists-only TopK training; docs/performance.md "Screened TopK"). With
+// screening on, a pre-activation's value is DEFINED as screen_dot (a fixed-order fp32 dot
+// product plus the bias), and the selection is the exact TopK of those values (ties to the lower
+// column). A cheap product (fp32 oneDNN or bf16 oneDNN) gives approximations s with a rigorous
+// bound |s − value| ≤ e; only the candidates (s + e ≥ a lower bound of the k-th largest) are
+// recomputed with screen_dot. fp32 and bf16 give the same bits by construction.
+enum class Screen { off, fp32, bf16 };
+Screen screen_parse(const std::string& name);  // "off", "fp32", "bf16"
+std::string screen_name(Screen s);
+// The defining kernel: 16 lanes, lane l sums x[i]·w[i] for i ≡ l (mod 16) in increasing i
+// (product rounded, then the sum rounded: no FMA), the lanes added pairwise (l + 8, + 4, + 2,
+// + 1), then + b. Picked at load (AVX-512 or plain), the same bits on both.
+float screen_dot(const float* x, const float* w, int64_t n, float b);
+float screen_dot_plain(const float* x, const float* w, int64_t n, float b);
+// The bound's coefficients for inner length n: |s − value| ≤ coef_s·‖x‖·‖w‖ + coef_b·|b| + tau,
+// tau = tau_scale·(2n + 4 + 2·√n·(‖x‖ + ‖w‖max)) (underflow, flush-to-zero).
+struct ScreenBound {
+    double coef_s, coef_b, tau_scale;
+};
+ScreenBound screen_bound(Screen s, int64_t n);
+// Counters of the last modern_cost call with screening.
+struct ScreenStats {
+    int64_t rows = 0, candidates = 0, fallback_rows = 0, aux_rows = 0, aux_candidates = 0;
+};
+
 // The kept entries of an [m, n] matrix by row (row i: [beg[i], end[i]) of col/val, columns
 // ascending) and the same entries by column (column j: [col_ptr[j], col_ptr[j+1]) of t_row/t_val,
 // rows ascending).
@@ -148,6 +173,7 @@ struct ModernWorkspace {
     // selections run this many rows at a time, each block selected while in cache, and pre holds
     // one block (0 = the whole batch at once); H and Haux stay empty.
     int64_t encoder_block = 256;
+    Screen screen = Screen::off;  // float lists-only TopK: screened selection (see Screen)
 
     Matrix<T> xin;    // [m, d_in] encoder input x − b_dec
     Matrix<T> pre;    // [m, d_sae]
@@ -165,6 +191,11 @@ struct ModernWorkspace {
     SparseRows<T> act;            // active latents (jumprelu: also those in the kernel window)
     SparseRows<T> aux;            // AuxK's selected dead latents
     std::vector<uint16_t> w_bf16; // bf16 lists-only TopK: W_enc rounded to bf16 [d_in · d_sae]
+    std::vector<float> screen_wt;   // screening: W_enc transposed [d_sae, d_in]
+    std::vector<float> screen_wn;   // ‖W_enc[:, j]‖ rounded up [d_sae]
+    std::vector<float> screen_cb;   // coef_b·|b_enc[j]| rounded up [d_sae]
+    std::vector<int32_t> screen_col;  // per-thread candidate columns [threads · d_sae]
+    ScreenStats screen_stats;
     std::vector<T> scratch;       // per-thread selection and tile buffers [threads · per_thread]
     std::vector<int32_t> iscratch;  // per-thread index buffers [threads · d_sae]
     std::vector<T> cand_val, cand_tmp;  // BatchTopK candidates [2·m·k + d_sae]
