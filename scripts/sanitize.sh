@@ -22,7 +22,7 @@ start=$SECONDS
 # -O1 -g1: reports keep function names and line numbers; the build takes about half the time
 # of -O2 -g (RelWithDebInfo), the test run a little longer.
 if [ ! -f "$ASAN_DIR/build.ninja" ]; then
-  cmake -S . -B "$ASAN_DIR" -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS="-O1 -g1" -DSAE_SANITIZE=ON >/dev/null
+  cmake -S . -B "$ASAN_DIR" -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS="-O1 -g1" -DSAE_SANITIZE=ON -DSAE_PYTHON=OFF >/dev/null
 fi
 cmake --build "$ASAN_DIR" -j "$(nproc)"
 echo "sanitize: build-asan built in $((SECONDS - start)) s"
