@@ -1206,6 +1206,26 @@ double penalty_gate(Step<T>& s) {
     return weighted_l1(s, s.ws.Haux.data.data());
 }
 
+// (1/m)·Σᵢ ½‖Yᵢ − xᵢ‖² over the step's batch (rows summed in order); dY = (Y − x)/m.
+template <class T>
+double half_squared_error(Step<T>& s, const T* Y, T* dY) {
+    const int64_t m = s.m, d_in = s.d_in;
+    const T* X = s.X;
+    double* row_sums = s.row_sums;
+    const double inv_m = s.inv_m;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i) {
+        double row = 0;
+        for (int64_t c = 0; c < d_in; ++c) {
+            const double e = double(Y[i * d_in + c]) - double(X[i * d_in + c]);
+            row += e * e;
+            dY[i * d_in + c] = T(e * inv_m);
+        }
+        row_sums[i] = row;
+    }
+    return 0.5 * sum_in_order(row_sums, m) * inv_m;
+}
+
 // x̃ = relu(gate)·W_dec + b_dec (decoder frozen); aux = (1/m)·Σᵢ ½‖x̃ᵢ − xᵢ‖²; dEaux = (x̃ − x)/m.
 template <class T>
 double aux_gate(Step<T>& s) {
@@ -1215,20 +1235,7 @@ double aux_gate(Step<T>& s) {
     T* dE = ws.dEaux.data.data();
     product(s.be, Trans::no, Trans::no, m, d_in, s.d_sae, ws.Haux.data.data(), s.d_sae, s.P.W_dec, d_in, T(0), Et,
             d_in, s.P.b_dec, s.prec);
-    const T* X = s.X;
-    double* row_sums = s.row_sums;
-    const double inv_m = s.inv_m;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-        double row = 0;
-        for (int64_t c = 0; c < d_in; ++c) {
-            const double e = double(Et[i * d_in + c]) - double(X[i * d_in + c]);
-            row += e * e;
-            dE[i * d_in + c] = T(e * inv_m);
-        }
-        row_sums[i] = row;
-    }
-    return 0.5 * sum_in_order(row_sums, m) * inv_m;
+    return half_squared_error(s, Et, dE);
 }
 
 // dH = ∂J/∂h on entry. dmag = dH where gate > 0 and mag > 0; dgate = (λ₁/m)·‖W_dec[j]‖ +
@@ -1553,22 +1560,7 @@ double stage_decode(Step<T>& s, bool sparse) {
     else
         product(s.be, Trans::no, Trans::no, m, d_in, s.d_sae, s.H, s.d_sae, s.P.W_dec, d_in, T(0), s.Xhat, d_in,
                 s.P.b_dec, s.prec);
-    const T* X = s.X;
-    const T* Xhat = s.Xhat;
-    T* dXhat = s.dXhat;
-    double* row_sums = s.row_sums;
-    const double inv_m = s.inv_m;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-        double row = 0;
-        for (int64_t c = 0; c < d_in; ++c) {
-            const double e = double(Xhat[i * d_in + c]) - double(X[i * d_in + c]);
-            row += e * e;
-            dXhat[i * d_in + c] = T(e * inv_m);
-        }
-        row_sums[i] = row;
-    }
-    return 0.5 * sum_in_order(row_sums, m) * inv_m;
+    return half_squared_error(s, s.Xhat, s.dXhat);
 }
 
 // Nested prefixes (matryoshka): x̂⁽ᵍ⁾ for every group g, rec = Σ_g w_g·½·(1/m)·Σᵢ‖x̂⁽ᵍ⁾ᵢ − xᵢ‖²;
