@@ -331,22 +331,34 @@ def _bar(progress, total, initial):
     return tqdm(total=total, initial=initial, unit="row", unit_scale=True, dynamic_ncols=True)
 
 
+class _Activations:
+    """Re-iterable when `inputs` is (a list, a DataLoader): each pass runs the model again."""
+
+    def __init__(self, model, hook, inputs, max_rows):
+        _module(model, hook)
+        self.model, self.hook, self.inputs, self.max_rows = model, hook, inputs, max_rows
+
+    def __iter__(self):
+        rows = 0
+        with torch.no_grad():
+            for inp in self.inputs:
+                if self.max_rows is not None and rows >= self.max_rows:
+                    return
+                _, got = _run(self.model, [self.hook], inp)
+                a = _rows(got[self.hook])
+                if self.max_rows is not None:
+                    a = a[: self.max_rows - rows]
+                rows += a.shape[0]
+                yield a
+
+
 def activations(model, hook, inputs, *, max_rows=None):
-    """The rows harvest would write for one hook, as a generator of float32 NumPy batches
-    [rows, d] (one per input), so sae.train can train straight from the model:
-    sae.train(sae.torch.activations(model, "blocks.1", batches), ...)."""
-    _module(model, hook)
-    rows = 0
-    with torch.no_grad():
-        for inp in inputs:
-            if max_rows is not None and rows >= max_rows:
-                return
-            _, got = _run(model, [hook], inp)
-            a = _rows(got[hook])
-            if max_rows is not None:
-                a = a[: max_rows - rows]
-            rows += a.shape[0]
-            yield a
+    """The rows harvest would write for one hook, as float32 NumPy batches [rows, d] (one per
+    input), so sae.train can train straight from the model without disk:
+        sae.train(sae.torch.activations(model, "blocks.1", batches), shuffle_buffer=65536, ...)
+    Iterating it again runs the model again, so with a re-iterable `inputs` (a list, a
+    DataLoader) training runs for every epoch; with a generator, once."""
+    return _Activations(model, hook, inputs, max_rows)
 
 
 # ---- splice -------------------------------------------------------------------------------

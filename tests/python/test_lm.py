@@ -124,6 +124,12 @@ def test_activations_equal_harvest(gpt, batches, tmp_path):
     np.testing.assert_array_equal(np.concatenate(rows), shards(tmp_path / "h", "blocks.1"))
     cut = np.concatenate(list(st.activations(gpt, "blocks.1", batches, max_rows=100)))
     np.testing.assert_array_equal(cut, np.concatenate(rows)[:100])
+    # as a training source: straight from the model (two epochs: the model runs twice) = from the rows
+    args = dict(architecture="topk", k=4, d_sae=64, optimizer="adam", batch_size=32, epochs=2, shuffle_buffer=128,
+                threads=1, progress=False)
+    a = sae.train(st.activations(gpt, "blocks.1", batches), tmp_path / "a", **args)
+    b = sae.train(rows, tmp_path / "b", **args)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
 def test_max_rows_and_bfloat16(gpt, batches, tmp_path):
