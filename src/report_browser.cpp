@@ -692,7 +692,7 @@ const char* kBrowserScript = R"JS(<script>
     if (L.p) s += '<div><p class="toks"><b>promotes</b> ' + toks(L.p) + '</p><p class="toks"><b>suppresses</b> ' + toks(L.n) + '</p></div>';
     s += '</div>';
     if (D.images) {
-      if (L.img) s += '<img class="pix" alt="top images of latent ' + L.j + '" src="data:image/png;base64,' + L.img + '">';
+      if (L.img) s += '<img class="pix" width="' + L.iw + '" alt="top images of latent ' + L.j + '" src="data:image/png;base64,' + L.img + '">';
       s += '<p class="note">' + L.c.map(function (c) { return D.unit.slice(0, -1) + ' ' + c[0] + ': ' + c[1]; }).join(' · ') + '</p>';
     } else {
       for (k = 0; k < L.c.length; k++) {
@@ -765,7 +765,13 @@ std::string browser_section(const Browser& b) {
             c.push_back({C.row, r4(C.activation), hex_run(t, w), hex_run(q, 2), C.row - C.begin});
         }
         o["c"] = c;
-        if (b.images && i < b.images_png.size() && !b.images_png[i].empty()) o["img"] = base64_encode(b.images_png[i]);
+        if (b.images && i < b.images_png.size() && !b.images_png[i].empty()) {
+            o["img"] = base64_encode(b.images_png[i]);
+            // Shown with tiles about 56 pixels wide (pixelated), whatever the PNG's own scale.
+            const int64_t n = int64_t(l.top.size()), scale = std::max<int64_t>(1, 40 / std::max<int64_t>(1, b.side));
+            const int64_t width = n * (b.side * scale + 1) + 1;
+            o["iw"] = width * std::max<int64_t>(1, 56 / std::max<int64_t>(1, b.side * scale));
+        }
         L.push_back(o);
     }
     d["L"] = L;

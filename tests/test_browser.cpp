@@ -441,7 +441,8 @@ TEST(Browser, MnistTopDigitsMatchAPlainLoop) {
             // Equal rows, or (float against double) a tie within 1e-6.
             if (got != want[c]) EXPECT_NEAR(H[size_t(got * 16 + lat)], H[size_t(want[c] * 16 + lat)], 1e-6) << lat << " " << c;
         }
-        EXPECT_TRUE(L.contains("img"));
+        ASSERT_TRUE(L.contains("img"));
+        EXPECT_EQ(L["iw"], 2 * (6 * 29 + 1));  // 6 digits of 28 pixels, shown at twice their size
     }
 }
 
