@@ -17,6 +17,7 @@
 #include "sae/images.hpp"
 #include "sae/io.hpp"
 #include "sae/model_file.hpp"
+#include "sae/stream.hpp"
 #include "sae/sweep.hpp"
 
 namespace fs = std::filesystem;
@@ -703,6 +704,31 @@ std::string cost_chart(const MetricsLog& m, const std::string& id, const std::st
 
 namespace {
 
+// Streamed training data (shuffle_buffer > 0: .npy shards, e.g. a harvest's): the first samples
+// of the stream's first epoch, drawn as training drew them (seed, shuffle buffer), at most
+// max_samples (0: kStreamedRows), normalised as the model does.
+constexpr int64_t kStreamedRows = 65536;
+Matrix<float> streamed_sample(const Config& cfg, const Normalizer& norm, int64_t max_samples, std::string* note) {
+    StreamOptions so;
+    so.pattern = cfg.data;
+    so.buffer_samples = cfg.shuffle_buffer;
+    so.seed = cfg.seed;
+    so.dtype_hint = cfg.data_dtype == "bfloat16" ? "bfloat16" : "";
+    StreamSource src(so);
+    const int64_t total = src.num_samples();
+    const int64_t n = std::min(total, max_samples > 0 ? max_samples : kStreamedRows);
+    Matrix<float> X(n, src.d_in());
+    src.next_batch(X.data.data(), n);
+    check_finite(X, cfg.data);
+    normalizer_apply(norm, X, SourceType::f32);
+    check_finite(X, cfg.data + " (after normalize = " + normalize_name(norm.mode) + ")");
+    if (n < total)
+        *note = "Streamed training data: the metrics, histograms and pictures below are over the first " +
+                std::to_string(n) + " of its " + std::to_string(total) +
+                " samples, in the order training drew them (--max-samples N for more).";
+    return X;
+}
+
 // The #features section (src/report_browser.cpp): from the harvest given (--harvest) or found
 // through cfg.json data, else from the training images (X, H: null when there are none); "" when
 // there is neither.
@@ -765,9 +791,11 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
     Matrix<float> X;
     bool have_data = false;
     std::string data_problem;
+    std::string data_note;
     try {
         const int64_t max_samples = opt.max_samples >= 0 ? opt.max_samples : cfg.max_samples;
-        X = dataset_load(cfg.data, model.norm, max_samples);
+        X = cfg.shuffle_buffer > 0 ? streamed_sample(cfg, model.norm, max_samples, &data_note)
+                                   : dataset_load(cfg.data, model.norm, max_samples);
         check(X.cols == d_in, cfg.data + ": samples have " + std::to_string(X.cols) + " features but the model has d_in = " +
                                   std::to_string(d_in));
         have_data = true;
@@ -812,6 +840,7 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
     if (classic) subtitle += " · λ = " + html_escape(tick_label(cfg.weight_decay));
     subtitle += " · " + html_escape(cfg.optimizer) + " · " + std::to_string(info.metrics.lines) + " metrics lines";
     std::string html = page_open("sae report: " + fs::path(dir).lexically_normal().filename().string(), subtitle, nav);
+    if (!data_note.empty()) html += "<p class=\"note\">" + html_escape(data_note) + "</p>\n";
     if (!have_data)
         html += "<p class=\"note\">The training data could not be loaded (" + html_escape(data_problem) +
                 "): final metrics are the last metrics line's; the ρ̂ histogram and the reconstructions are left out.</p>\n";

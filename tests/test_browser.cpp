@@ -97,6 +97,7 @@ Fixture make_fixture() {
     config_set(cfg, "d_sae", std::to_string(kSae7));
     config_set(cfg, "normalize", "none");
     config_set(cfg, "data", h + "/blocks.1/*.npy");
+    config_set(cfg, "shuffle_buffer", "64");
     auto obj = objective_create(cfg, kD);
     std::map<std::string, TensorIn> t;
     auto put = [&](const std::string& name, std::vector<int64_t> shape, std::vector<float> v) {
@@ -288,7 +289,10 @@ TEST(Browser, ReportFindsTheHarvestAndEmbedsCompactEscapedData) {
     const Fixture& f = fixture();
     auto r = run(kSae + " report " + f.run);  // the harvest found through cfg.json data
     ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");  // the streamed training data (the same shards) is read for the other sections
     const std::string html = sae_test::read_bytes(f.run + "/report.html");
+    EXPECT_NE(html.find("Final metrics (evaluate over 240 training samples)"), std::string::npos);
+    EXPECT_EQ(html.find("Streamed training data"), std::string::npos);
     EXPECT_NE(html.find("<section id=\"features\">"), std::string::npos);
     EXPECT_NE(html.find("href=\"#features\""), std::string::npos);
     // The vocab entry "</script><b>" cannot end the data element or become markup.
@@ -330,6 +334,9 @@ TEST(Browser, ReportFindsTheHarvestAndEmbedsCompactEscapedData) {
     const nlohmann::json d2 = feature_data(sae_test::read_bytes(f.run + "/report.html"));
     ASSERT_EQ(d2["L"].size(), 2u);
     EXPECT_EQ(d2["L"][0]["c"].size(), 1u);
+    r = run(kSae + " report " + f.run + " --max-samples 50");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(sae_test::read_bytes(f.run + "/report.html").find("over the first 50 of its 240 samples"), std::string::npos);
     r = run(kSae + " report " + f.run + " --latents all");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(feature_data(sae_test::read_bytes(f.run + "/report.html"))["L"].size(), size_t(kSae7));

@@ -25,7 +25,8 @@
 namespace sae {
 
 struct ReportOptions {
-    int64_t max_samples = -1;  // samples evaluated for a run report; < 0: as the run was trained
+    int64_t max_samples = -1;  // samples evaluated for a run report; < 0: as the run was trained (streamed
+                               // shards, shuffle_buffer > 0: the first samples the stream draws, 65,536 if 0)
     std::string harvest;       // a harvest directory (docs/formats.md); "": discovered from cfg.json data
     std::string hook;          // the harvest's hook; "": the one cfg.json data names, or the only one
     int64_t latents = 1000;    // latents in the browser, the most active first; < 0: all
