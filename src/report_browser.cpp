@@ -86,6 +86,17 @@ Harvest harvest_read(const std::string& dir) {
     h.positions = text(j, "positions", false, "");
     h.vocab = text(j, "vocab", false, "");
     h.unembed = text(j, "unembed", false, "");
+    if (j.contains("token_shards")) {
+        if (!j["token_shards"].is_array()) throw bad("\"token_shards\" is not a list");
+        for (const auto& t : j["token_shards"]) {
+            if (!t.is_string()) throw bad("an entry of \"token_shards\" is not a string");
+            h.token_shards.push_back(t.get<std::string>());
+        }
+    }
+    if (j.contains("has_tokens")) {
+        if (!j["has_tokens"].is_boolean()) throw bad("\"has_tokens\" is not true or false");
+        h.has_tokens = j["has_tokens"].get<bool>();
+    }
     if (!j.contains("hooks") || !j["hooks"].is_array() || j["hooks"].empty()) throw bad("\"hooks\" is missing or empty");
     for (const auto& o : j["hooks"]) {
         if (!o.is_object()) throw bad("an entry of \"hooks\" is not an object");
@@ -406,6 +417,25 @@ Browser browser_from_harvest(const SavedModel& model, const Harvest& h, const st
                   " rows; the harvest is inconsistent");
         seq.resize(size_t(rows));
         for (int64_t i = 0; i < rows; ++i) seq[size_t(i)] = p.values[size_t(2 * i)];
+        b.positions = true;
+    }
+    if (h.tokens.empty() && h.positions.empty() && !h.token_shards.empty()) {  // a harvest still running
+        for (const auto& t : h.token_shards) {
+            const std::string path = h.dir + "/" + t;
+            const IntArray a = npy_read_ints(path);
+            check(a.shape.size() == 2 && a.shape[1] == 3, path + ": expected [rows, 3] (token, sequence, position)");
+            for (int64_t i = 0; i < a.shape[0]; ++i) {
+                if (h.has_tokens) {
+                    const int64_t v = a.values[size_t(3 * i)];
+                    check(v >= 0 && v < (int64_t(1) << 31), path + ": token id " + std::to_string(v) + " is out of range");
+                    tokens.push_back(int32_t(v));
+                }
+                seq.push_back(a.values[size_t(3 * i + 1)]);
+            }
+        }
+        check(int64_t(seq.size()) == rows, h.dir + "/manifest.json: its token_shards hold " + std::to_string(seq.size()) +
+                                               " rows but hook " + k.name + " has " + std::to_string(rows) +
+                                               "; the harvest is inconsistent");
         b.positions = true;
     }
     if (!h.vocab.empty()) {

@@ -285,6 +285,51 @@ TEST(Browser, BFloat16ShardsGiveTheSameRows) {
     for (size_t i = 0; i < b.latents.size(); ++i) EXPECT_EQ(b.latents[i].fires, f32.latents[i].fires);
 }
 
+// A harvest still running has no tokens.npy / positions.npy yet, only its per-shard
+// (token, sequence, position) tables: the same browser comes out of them.
+TEST(Browser, IncompleteHarvestUsesItsTokenShards) {
+    const Fixture& f = fixture();
+    const std::string d = harvest_copy("running");
+    fs::create_directories(d + "/tokens");
+    for (int s = 0; s < 2; ++s) {
+        const int64_t r0 = s == 0 ? 0 : 100, r1 = s == 0 ? 100 : kRows;
+        std::vector<int32_t> t;
+        for (int64_t r = r0; r < r1; ++r)
+            t.insert(t.end(), {f.tokens[size_t(r)], f.positions[size_t(2 * r)], f.positions[size_t(2 * r + 1)]});
+        npy_write_i32(d + "/tokens/00000" + std::to_string(s) + ".npy", t, {r1 - r0, 3});
+    }
+    auto m = manifest_of(d);
+    m.erase("tokens");
+    m.erase("positions");
+    m["complete"] = false;
+    m["token_shards"] = {"tokens/000000.npy", "tokens/000001.npy"};
+    m["has_tokens"] = true;
+    manifest_set(d, m);
+    const SavedModel model = model_load(f.run);
+    const Browser a = browser_from_harvest(model, harvest_read(d), "blocks.1", {});
+    const Browser b = browser_from_harvest(model, harvest_read(f.dir + "/harvest"), "blocks.1", {});
+    ASSERT_EQ(a.latents.size(), b.latents.size());
+    EXPECT_TRUE(a.positions);
+    for (size_t i = 0; i < a.latents.size(); ++i) {
+        ASSERT_EQ(a.latents[i].top.size(), b.latents[i].top.size());
+        for (size_t c = 0; c < a.latents[i].top.size(); ++c) {
+            EXPECT_EQ(a.latents[i].top[c].begin, b.latents[i].top[c].begin);
+            EXPECT_EQ(a.latents[i].top[c].end, b.latents[i].top[c].end);
+            EXPECT_EQ(a.latents[i].top[c].tokens, b.latents[i].top[c].tokens);
+            EXPECT_EQ(a.latents[i].top[c].shade, b.latents[i].top[c].shade);
+        }
+    }
+    const std::string run_dir = sae_test::temp_dir("browser-running") + "/run";
+    fs::copy(f.run, run_dir, fs::copy_options::recursive);
+    auto r = run(kSae + " report " + run_dir + " --harvest " + d);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("sae: warning: " + d + "/manifest.json: the harvest is not complete"), std::string::npos) << r.err;
+    // A token table that disagrees with the rows.
+    npy_write_i32(d + "/tokens/000001.npy", std::vector<int32_t>(size_t(3 * 10), 0), {10, 3});
+    const std::string e = sae_test::error_of([&] { browser_from_harvest(model, harvest_read(d), "blocks.1", {}); });
+    EXPECT_NE(e.find("token_shards hold 110 rows but hook blocks.1 has 240"), std::string::npos) << e;
+}
+
 TEST(Browser, ReportFindsTheHarvestAndEmbedsCompactEscapedData) {
     const Fixture& f = fixture();
     auto r = run(kSae + " report " + f.run);  // the harvest found through cfg.json data

@@ -56,6 +56,11 @@ struct Harvest {
     bool complete = true;
     int64_t sequences = 0, rows = 0;
     std::string tokens, positions, vocab, unembed;  // "" when the manifest has none
+    // Per-shard (token, sequence, position) tables [rows_i, 3] int32, as sae.torch.harvest keeps
+    // them while it runs (tokens.npy / positions.npy are written when it completes): used when
+    // those two are absent. has_tokens false: their token column is not meaningful (-1).
+    std::vector<std::string> token_shards;
+    bool has_tokens = true;
     std::vector<HarvestHook> hooks;
     const HarvestHook& hook(const std::string& name) const;  // throws naming the available hooks
 };
