@@ -472,7 +472,8 @@ Browser browser_from_harvest(const SavedModel& model, const Harvest& h, const st
 
     set_num_threads(int(model.cfg.threads));
     auto be = backend_create(model.cfg.backend);
-    const int64_t chunk = std::max<int64_t>(1, opt.chunk);
+    // Rows per chunk: opt.chunk, fewer when the codes [chunk, d_sae] would pass 64 MiB.
+    const int64_t chunk = std::max<int64_t>(1, std::min(opt.chunk, std::max<int64_t>(64, (int64_t(1) << 24) / d_sae)));
     const int64_t K = std::max<int64_t>(0, opt.contexts);
     Matrix<float> X(chunk, d_in), H(chunk, d_sae);
     auto encode_next = [&](int64_t* m) {
@@ -509,7 +510,8 @@ Browser browser_from_harvest(const SavedModel& model, const Harvest& h, const st
     // The chosen latents and their contexts.
     const std::vector<int64_t> chosen = choose_latents(fires, opt.latents);
     struct Need {
-        int64_t row, latent, ctx, at;  // latent: index into b.latents
+        int64_t row;
+        int32_t latent, ctx;  // latent: index into b.latents; ctx: into its top
     };
     std::vector<Need> needs;
     for (int64_t li = 0; li < int64_t(chosen.size()); ++li) {
@@ -532,7 +534,7 @@ Browser browser_from_harvest(const SavedModel& model, const Harvest& h, const st
                 ++C.end;
             C.shade.assign(size_t(C.end - C.begin), 0);
             if (!tokens.empty()) C.tokens.assign(tokens.begin() + C.begin, tokens.begin() + C.end);
-            for (int64_t r = C.begin; r < C.end; ++r) needs.push_back({r, li, c, r - C.begin});
+            for (int64_t r = C.begin; r < C.end; ++r) needs.push_back({r, int32_t(li), int32_t(c)});
             L.top.push_back(std::move(C));
         }
         b.latents.push_back(std::move(L));
@@ -552,7 +554,8 @@ Browser browser_from_harvest(const SavedModel& model, const Harvest& h, const st
                 for (; next_need < needs.size() && needs[next_need].row == base + i; ++next_need) {
                     const Need& n = needs[next_need];
                     BrowserLatent& L = b.latents[size_t(n.latent)];
-                    L.top[size_t(n.ctx)].shade[size_t(n.at)] = shade_of(hr[L.index], L.max_activation);
+                    BrowserContext& C = L.top[size_t(n.ctx)];
+                    C.shade[size_t(n.row - C.begin)] = shade_of(hr[L.index], L.max_activation);
                 }
             }
             base += m;

@@ -76,7 +76,7 @@ struct BrowserOptions {
     int64_t latents = 1000;  // < 0: all
     int64_t contexts = 10;
     int64_t before = 24, after = 8;  // context rows around the top row (same sequence only)
-    int64_t chunk = 4096;            // rows encoded at a time
+    int64_t chunk = 4096;            // rows encoded at a time (fewer when [chunk, d_sae] floats pass 64 MiB)
     int bins = 24;                   // activation histogram bins over (0, the latent's maximum]
 };
 struct BrowserContext {
@@ -107,8 +107,9 @@ struct Browser {
     std::string source;                   // what was browsed, for the page
 };
 struct SavedModel;
-// Encodes the hook's rows with the model (in chunks of opt.chunk rows: memory is bounded by the
-// chunk, d_sae · contexts and the context rows, not by the harvest), twice: the first pass counts
+// Encodes the hook's rows with the model (in chunks of opt.chunk rows: memory is the chunk's rows
+// and codes, d_sae · contexts, 16 bytes per context row, and tokens + sequence index (12 bytes)
+// per harvest row, not the harvest's activations), twice: the first pass counts
 // firings and keeps each latent's top rows, the second bins the chosen latents' activations and
 // reads their activations on the context rows. Tokens, positions, vocab and unembed are read when
 // the manifest names them; every inconsistency with the manifest or the model is one sae::Error.
