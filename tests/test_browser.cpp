@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <cstring>
 #include <functional>
+#include <regex>
 
 #include "sae/config.hpp"
 #include "sae/error.hpp"
@@ -461,6 +462,13 @@ TEST(Browser, EachBadInputIsOneLine) {
     sae_test::expect_clear_error(run(kSae + " report " + f.run + " --harvest " + f.dir + "/harvest --hook nope"),
                                  "its hooks: blocks.1");
     sae_test::expect_clear_error(run(kSae + " report " + f.run + " --harvest " + f.dir + "/nowhere"), "manifest.json: missing");
+    // --hook alone, for a run whose data is not in a harvest.
+    const std::string moved = sae_test::temp_dir("browser-moved") + "/run";
+    fs::copy(f.run, moved, fs::copy_options::recursive);
+    std::string cfg = sae_test::read_bytes(moved + "/cfg.json");
+    cfg = std::regex_replace(cfg, std::regex("\"data\": \"[^\"]*\""), "\"data\": \"/nonexistent/x.npy\"");
+    sae_test::write_bytes(moved + "/cfg.json", cfg);
+    sae_test::expect_clear_error(run(kSae + " report " + moved + " --hook blocks.1"), "is not in a harvest directory; pass --harvest");
 }
 
 // MNIST: the top digits of each latent are those a plain loop over the documented encoder finds.
