@@ -141,14 +141,20 @@ bool harvest_discover(const std::string& data, std::string* dir, std::string* ho
 
 namespace {
 
-// An integer .npy (int32 '<i4' or int64 '<i8', C order) as int64 values with its shape.
-struct IntArray {
+// A whole .npy file's header, for the small arrays sae's own readers (data.hpp) do not take:
+// integer tables and a Fortran-order unembedding.
+struct NpyFile {
+    std::string bytes, descr;
+    bool fortran = false;
     std::vector<int64_t> shape;
-    std::vector<int64_t> values;
+    size_t data = 0;  // offset of the first value
+    int64_t numel = 1;
 };
 
-IntArray npy_read_ints(const std::string& path) {
-    const std::string bytes = read_file(path);
+NpyFile npy_file_read(const std::string& path) {
+    NpyFile f;
+    f.bytes = read_file(path);
+    const std::string& bytes = f.bytes;
     auto bad = [&](const std::string& what) { return Error(path + ": " + what); };
     if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) throw bad("not a .npy file");
     const int major = uint8_t(bytes[6]);
@@ -174,49 +180,86 @@ IntArray npy_read_ints(const std::string& path) {
         while (v < header.size() && header[v] == ' ') ++v;
         return v;
     };
-    size_t d = field("descr");
+    const size_t d = field("descr");
     const char q = d < header.size() ? header[d] : 0;
     const size_t d_end = header.find(q, d + 1);
     if ((q != '\'' && q != '"') || d_end == std::string::npos) throw bad("malformed .npy header");
-    const std::string descr = header.substr(d + 1, d_end - d - 1);
-    size_t item = 0;
-    if (descr == "<i4") item = 4;
-    else if (descr == "<i8") item = 8;
-    else throw bad("dtype '" + one_line(descr) + "' is not int32 ('<i4') or int64 ('<i8')");
-    if (header.compare(field("fortran_order"), 5, "False") != 0) throw bad("Fortran order is not supported; save it in C order");
-    size_t s = field("shape");
+    f.descr = header.substr(d + 1, d_end - d - 1);
+    const size_t fo = field("fortran_order");
+    if (header.compare(fo, 4, "True") == 0) f.fortran = true;
+    else if (header.compare(fo, 5, "False") != 0) throw bad("malformed .npy header");
+    const size_t s = field("shape");
     if (s >= header.size() || header[s] != '(') throw bad("malformed .npy shape");
     const size_t s_end = header.find(')', s);
     if (s_end == std::string::npos) throw bad("malformed .npy shape");
-    IntArray a;
-    int64_t numel = 1;
     for (size_t p = s + 1; p < s_end;) {
         while (p < s_end && (header[p] == ' ' || header[p] == ',')) ++p;
         if (p >= s_end) break;
         char* end = nullptr;
         const long long v = std::strtoll(header.c_str() + p, &end, 10);
         if (end == header.c_str() + p || v < 0 || v > (int64_t(1) << 40)) throw bad("malformed .npy shape");
-        a.shape.push_back(v);
-        numel *= v;
+        f.shape.push_back(v);
+        f.numel *= v;
+        if (f.numel > (int64_t(1) << 40)) throw bad("malformed .npy shape");
         p = size_t(end - header.c_str());
     }
-    const size_t data = start + hlen;
-    if (bytes.size() != data + size_t(numel) * item)
-        throw bad("holds " + std::to_string(bytes.size() - data) + " data bytes but its shape needs " +
-                  std::to_string(size_t(numel) * item) + "; the file is truncated or damaged");
-    a.values.resize(size_t(numel));
-    for (int64_t i = 0; i < numel; ++i) {
+    f.data = start + hlen;
+    return f;
+}
+
+void npy_check_size(const NpyFile& f, size_t item, const std::string& path) {
+    if (f.bytes.size() != f.data + size_t(f.numel) * item)
+        throw Error(path + ": holds " + std::to_string(f.bytes.size() - f.data) + " data bytes but its shape needs " +
+                    std::to_string(size_t(f.numel) * item) + "; the file is truncated or damaged");
+}
+
+// An integer .npy (int32 '<i4' or int64 '<i8', C order) as int64 values with its shape.
+struct IntArray {
+    std::vector<int64_t> shape;
+    std::vector<int64_t> values;
+};
+
+IntArray npy_read_ints(const std::string& path) {
+    const NpyFile f = npy_file_read(path);
+    size_t item = 0;
+    if (f.descr == "<i4") item = 4;
+    else if (f.descr == "<i8") item = 8;
+    else throw Error(path + ": dtype '" + one_line(f.descr) + "' is not int32 ('<i4') or int64 ('<i8')");
+    if (f.fortran && f.shape.size() > 1) throw Error(path + ": Fortran order is not supported; save it in C order");
+    npy_check_size(f, item, path);
+    IntArray a;
+    a.shape = f.shape;
+    a.values.resize(size_t(f.numel));
+    for (int64_t i = 0; i < f.numel; ++i) {
         if (item == 4) {
             int32_t v;
-            std::memcpy(&v, bytes.data() + data + size_t(i) * 4, 4);
+            std::memcpy(&v, f.bytes.data() + f.data + size_t(i) * 4, 4);
             a.values[size_t(i)] = v;
         } else {
             int64_t v;
-            std::memcpy(&v, bytes.data() + data + size_t(i) * 8, 8);
+            std::memcpy(&v, f.bytes.data() + f.data + size_t(i) * 8, 8);
             a.values[size_t(i)] = v;
         }
     }
     return a;
+}
+
+// A float32 2-d .npy [rows, cols] in C or Fortran order (NumPy saves a transposed weight, e.g.
+// lm_head.weight.T, in Fortran order), as a row-major matrix.
+Matrix<float> npy_read_matrix_f32(const std::string& path) {
+    const NpyFile f = npy_file_read(path);
+    if (f.descr != "<f4") throw Error(path + ": dtype '" + one_line(f.descr) + "' is not float32 ('<f4')");
+    if (f.shape.size() != 2) throw Error(path + ": expected a 2-d array [d_model, V]");
+    npy_check_size(f, 4, path);
+    Matrix<float> M(f.shape[0], f.shape[1]);
+    const char* src = f.bytes.data() + f.data;
+    if (!f.fortran) {
+        std::memcpy(M.data.data(), src, size_t(f.numel) * 4);
+    } else {
+        for (int64_t j = 0; j < M.cols; ++j)
+            for (int64_t i = 0; i < M.rows; ++i) std::memcpy(&M(i, j), src + size_t(j * M.rows + i) * 4, 4);
+    }
+    return M;
 }
 
 // A hook's shards read in order, a chunk of rows at a time, converted to float32.
@@ -460,13 +503,9 @@ Browser browser_from_harvest(const SavedModel& model, const Harvest& h, const st
     Matrix<float> unembed;
     if (!h.unembed.empty()) {
         const std::string path = h.dir + "/" + h.unembed;
-        Array a = npy_read(path);
-        check(a.shape.size() == 2, path + ": expected a 2-d array [d_model, V]");
-        check(a.shape[0] == d_in, path + ": " + std::to_string(a.shape[0]) + " rows but the model has d_in = " +
-                                      std::to_string(d_in) + "; the unembedding must be [d_in, V]");
-        unembed.rows = a.shape[0];
-        unembed.cols = a.shape[1];
-        unembed.data = std::move(a.values);
+        unembed = npy_read_matrix_f32(path);
+        check(unembed.rows == d_in, path + ": " + std::to_string(unembed.rows) + " rows but the model has d_in = " +
+                                        std::to_string(d_in) + "; the unembedding must be [d_in, V]");
         b.unembed = true;
     }
 

@@ -452,6 +452,24 @@ TEST(Browser, EachBadInputIsOneLine) {
         sae_test::write_bytes(d + "/vocab.json", "[\"a\", 2]");
         expect(browse(d), {"vocab.json", "entry 1 is not a string"});
     }
+    {  // an unembedding in Fortran order (how NumPy saves W.T) reads as the same matrix
+        const std::string d = harvest_copy("fortran");
+        std::vector<float> t(size_t(kD * kV));  // column-major [kD, kV]
+        for (int64_t i = 0; i < kD; ++i)
+            for (int64_t c = 0; c < kV; ++c) t[size_t(c * kD + i)] = f.unembed[size_t(i * kV + c)];
+        std::string dict = "{'descr': '<f4', 'fortran_order': True, 'shape': (" + std::to_string(kD) + ", " + std::to_string(kV) + "), }";
+        while ((10 + dict.size() + 1) % 64) dict += ' ';
+        dict += '\n';
+        std::string bytes = std::string("\x93NUMPY") + char(1) + char(0) + char(dict.size()) + char(0) + dict;
+        bytes.append(reinterpret_cast<const char*>(t.data()), t.size() * 4);
+        sae_test::write_bytes(d + "/unembed.npy", bytes);
+        const Browser a = browser_from_harvest(model, harvest_read(d), "blocks.1", {});
+        const Browser c = browser_from_harvest(model, harvest_read(fixture().dir + "/harvest"), "blocks.1", {});
+        for (size_t i = 0; i < a.latents.size(); ++i) {
+            EXPECT_EQ(a.latents[i].promoted, c.latents[i].promoted);
+            EXPECT_EQ(a.latents[i].suppressed, c.latents[i].suppressed);
+        }
+    }
     {  // an unembedding whose rows are not d_in
         const std::string d = harvest_copy("unembed");
         const std::vector<float> u(size_t(7 * kV), 0);
