@@ -511,8 +511,9 @@ Browser browser_from_harvest(const SavedModel& model, const Harvest& h, const st
 
     set_num_threads(int(model.cfg.threads));
     auto be = backend_create(model.cfg.backend);
-    // Rows per chunk: opt.chunk, fewer when the codes [chunk, d_sae] would pass 64 MiB.
-    const int64_t chunk = std::max<int64_t>(1, std::min(opt.chunk, std::max<int64_t>(64, (int64_t(1) << 24) / d_sae)));
+    // Rows per chunk: opt.chunk, fewer when the codes [chunk, d_sae] would pass 16 MiB (the encoder
+    // keeps a few buffers of that size).
+    const int64_t chunk = std::max<int64_t>(1, std::min(opt.chunk, std::max<int64_t>(64, (int64_t(1) << 22) / d_sae)));
     const int64_t K = std::max<int64_t>(0, opt.contexts);
     Matrix<float> X(chunk, d_in), H(chunk, d_sae);
     auto encode_next = [&](int64_t* m) {

@@ -76,7 +76,7 @@ struct BrowserOptions {
     int64_t latents = 1000;  // < 0: all
     int64_t contexts = 10;
     int64_t before = 24, after = 8;  // context rows around the top row (same sequence only)
-    int64_t chunk = 4096;            // rows encoded at a time (fewer when [chunk, d_sae] floats pass 64 MiB)
+    int64_t chunk = 4096;            // rows encoded at a time (fewer when [chunk, d_sae] floats pass 16 MiB)
     int bins = 24;                   // activation histogram bins over (0, the latent's maximum]
 };
 struct BrowserContext {
