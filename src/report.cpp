@@ -17,6 +17,7 @@
 #include "sae/images.hpp"
 #include "sae/io.hpp"
 #include "sae/model_file.hpp"
+#include "sae/stream.hpp"
 #include "sae/sweep.hpp"
 
 namespace fs = std::filesystem;
@@ -703,6 +704,78 @@ std::string cost_chart(const MetricsLog& m, const std::string& id, const std::st
 
 namespace {
 
+// Streamed training data (shuffle_buffer > 0: .npy shards, e.g. a harvest's): the first samples
+// of the stream's first epoch, drawn as training drew them (seed, shuffle buffer), at most
+// max_samples (0: kStreamedRows), normalised as the model does.
+constexpr int64_t kStreamedRows = 65536;
+Matrix<float> streamed_sample(const Config& cfg, const Normalizer& norm, int64_t max_samples, std::string* note) {
+    StreamOptions so;
+    so.pattern = cfg.data;
+    so.buffer_samples = cfg.shuffle_buffer;
+    so.seed = cfg.seed;
+    so.dtype_hint = cfg.data_dtype == "bfloat16" ? "bfloat16" : "";
+    StreamSource src(so);
+    const int64_t total = src.num_samples();
+    const int64_t n = std::min(total, max_samples > 0 ? max_samples : kStreamedRows);
+    Matrix<float> X(n, src.d_in());
+    src.next_batch(X.data.data(), n);
+    check_finite(X, cfg.data);
+    normalizer_apply(norm, X, SourceType::f32);
+    check_finite(X, cfg.data + " (after normalize = " + normalize_name(norm.mode) + ")");
+    if (n < total)
+        *note = "Streamed training data: the metrics, histograms and pictures below are over the first " +
+                std::to_string(n) + " of its " + std::to_string(total) +
+                " samples, in the order training drew them (--max-samples N for more).";
+    return X;
+}
+
+// The #features section (src/report_browser.cpp): from the harvest given (--harvest) or found
+// through cfg.json data, else from the training images (X, H: null when there are none); "" when
+// there is neither.
+std::string features_section(const std::string& dir, const SavedModel& model, const ReportOptions& opt,
+                             const Matrix<float>* X, const Matrix<float>* H, int64_t side,
+                             std::vector<std::string>& warnings) {
+    BrowserOptions bo;
+    bo.latents = opt.latents;
+    bo.contexts = opt.contexts;
+    std::string harvest = opt.harvest, hook = opt.hook, found_hook;
+    if (harvest.empty()) {
+        try {
+            std::string found;
+            if (harvest_discover(model.cfg.data, &found, &found_hook)) harvest = found;
+        } catch (const std::exception& e) {
+            warnings.push_back(std::string(e.what()) + " (found through cfg.json data; the feature browser is left out)");
+        }
+        check(!harvest.empty() || hook.empty(), dir + "/cfg.json: data " + one_line(model.cfg.data) +
+                                                    " is not in a harvest directory; pass --harvest DIR with --hook");
+    } else {
+        std::string found;
+        try {
+            if (!harvest_discover(model.cfg.data, &found, &found_hook) ||
+                fs::weakly_canonical(found) != fs::weakly_canonical(harvest))
+                found_hook.clear();
+        } catch (const std::exception&) {
+            found_hook.clear();
+        }
+    }
+    if (!harvest.empty()) {
+        const Harvest h = harvest_read(harvest);
+        if (hook.empty()) hook = found_hook;
+        if (hook.empty() && h.hooks.size() == 1) hook = h.hooks[0].name;
+        if (hook.empty()) {
+            std::string names;
+            for (const auto& k : h.hooks) names += (names.empty() ? "" : ", ") + k.name;
+            throw Error(harvest + "/manifest.json: " + std::to_string(h.hooks.size()) + " hooks (" + names +
+                        ") and the run's data is none of them; pass --hook NAME");
+        }
+        if (!h.complete) warnings.push_back(harvest + "/manifest.json: the harvest is not complete; browsing the rows it has");
+        return browser_section(browser_from_harvest(model, h, hook, bo));
+    }
+    if (X && H) return browser_section(browser_from_images(H->data.data(), X->data.data(), X->rows, H->cols, side,
+                                                           config_active_threshold(model.cfg), bo));
+    return "";
+}
+
 std::vector<std::string> write_run_report(const std::string& dir, const ReportOptions& opt,
                                           std::vector<std::string>& warnings) {
     const RunInfo info = read_run(dir);
@@ -718,9 +791,11 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
     Matrix<float> X;
     bool have_data = false;
     std::string data_problem;
+    std::string data_note;
     try {
         const int64_t max_samples = opt.max_samples >= 0 ? opt.max_samples : cfg.max_samples;
-        X = dataset_load(cfg.data, model.norm, max_samples);
+        X = cfg.shuffle_buffer > 0 ? streamed_sample(cfg, model.norm, max_samples, &data_note)
+                                   : dataset_load(cfg.data, model.norm, max_samples);
         check(X.cols == d_in, cfg.data + ": samples have " + std::to_string(X.cols) + " features but the model has d_in = " +
                                   std::to_string(d_in));
         have_data = true;
@@ -733,9 +808,10 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
     auto be = backend_create(cfg.backend);
     EvalResult ev;
     std::vector<double> rho_hat;
+    Matrix<float> H;
     if (have_data) {
         ev = evaluate(*be, *model.objective, cfg, model.params.data(), X, config_active_threshold(cfg));
-        const Matrix<float> H = encode(*be, *model.objective, model.params.data(), X);
+        H = encode(*be, *model.objective, model.params.data(), X);
         rho_hat.assign(size_t(d_sae), 0.0);
         for (int64_t i = 0; i < H.rows; ++i)
             for (int64_t j = 0; j < d_sae; ++j) rho_hat[size_t(j)] += H(i, j);
@@ -748,7 +824,10 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
     nav.emplace_back("latents", "Latents");
     int64_t side = 0;
     const bool square = is_perfect_square(d_in, side);
-    if (square) nav.emplace_back("features", "Features");
+    const std::string features = features_section(dir, model, opt, square && have_data ? &X : nullptr,
+                                                  square && have_data ? &H : nullptr, side, warnings);
+    if (!features.empty()) nav.emplace_back("features", "Features");
+    if (square) nav.emplace_back("filters", "Filters");
     if (square && have_data) nav.emplace_back("reconstructions", "Reconstructions");
 
     std::string subtitle = html_escape(model.objective->architecture() + " · " + std::to_string(d_in) + " → " +
@@ -761,6 +840,7 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
     if (classic) subtitle += " · λ = " + html_escape(tick_label(cfg.weight_decay));
     subtitle += " · " + html_escape(cfg.optimizer) + " · " + std::to_string(info.metrics.lines) + " metrics lines";
     std::string html = page_open("sae report: " + fs::path(dir).lexically_normal().filename().string(), subtitle, nav);
+    if (!data_note.empty()) html += "<p class=\"note\">" + html_escape(data_note) + "</p>\n";
     if (!have_data)
         html += "<p class=\"note\">The training data could not be loaded (" + html_escape(data_problem) +
                 "): final metrics are the last metrics line's; the ρ̂ histogram and the reconstructions are left out.</p>\n";
@@ -929,7 +1009,8 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
                 "), in bins of 0.5 in log10.</p></section>\n";
     }
 
-    // Features.
+    // The feature browser, then the filters.
+    html += features;
     if (square) {
         const std::string which = classic ? "encoder" : "decoder";
         const Matrix<float> F = model_filters(model, which);
@@ -940,7 +1021,7 @@ std::vector<std::string> write_run_report(const std::string& dir, const ReportOp
         const std::string png = png_encode(grid);
         write_file_atomic(dir + "/features.png", png);
         written.push_back(dir + "/features.png");
-        html += "<section id=\"features\"><h2>Learnt features</h2><figure>" +
+        html += "<section id=\"filters\"><h2>Learnt filters</h2><figure>" +
                 png_img(png, "img-features", "learnt features", grid.width) + "<figcaption>" +
                 (classic ? "Encoder filters (column j of W_enc, the input that most excites latent j)"
                          : "Decoder directions (row j of W_dec)") +

@@ -193,7 +193,7 @@ TEST(Report, RunPageHasEverySectionAndDecodablePictures) {
     EXPECT_EQ(r.err, "");
     EXPECT_NE(r.out.find("report.html"), std::string::npos);
     const std::string html = sae_test::read_bytes(dir + "/report.html");
-    for (const char* id : {"summary", "curves", "activity", "latents", "rho-hat", "density", "features", "reconstructions",
+    for (const char* id : {"summary", "curves", "activity", "latents", "rho-hat", "density", "features", "filters", "reconstructions",
                            "chart-cost", "chart-rho", "chart-fvu", "chart-l0", "chart-rho-hat", "chart-density"})
         EXPECT_NE(html.find("id=\"" + std::string(id) + "\""), std::string::npos) << id;
     EXPECT_NE(html.find("target ρ = 0.1"), std::string::npos);
@@ -247,7 +247,8 @@ TEST(Report, BadDirectoriesGiveOneClearLine) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.err.find("sae: warning: the training data could not be loaded"), std::string::npos) << r.err;
     const std::string html = sae_test::read_bytes(dir + "/moved/report.html");
-    EXPECT_NE(html.find("id=\"features\""), std::string::npos);
+    EXPECT_NE(html.find("id=\"filters\""), std::string::npos);
+    EXPECT_EQ(html.find("id=\"features\""), std::string::npos);  // the browser needs the images
     EXPECT_EQ(html.find("id=\"reconstructions\""), std::string::npos);
     EXPECT_NE(html.find("id=\"density\""), std::string::npos);
 }

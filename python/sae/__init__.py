@@ -350,6 +350,11 @@ def gradcheck(d_in=8, d_sae=5, samples=10, eps=3e-5, **settings):
     return _sae.gradcheck(_settings(settings), int(d_in), int(d_sae), int(samples), float(eps))
 
 
-def report(path, max_samples=-1):
-    """`sae report`: writes DIR/report.html for a run or sweep directory; returns the paths."""
-    return _sae.report(os.fspath(path), int(max_samples))
+def report(path, max_samples=-1, harvest=None, hook=None, latents=1000, contexts=10):
+    """`sae report`: writes DIR/report.html for a run or sweep directory; returns the paths.
+
+    harvest, hook, latents ("all" or a count), contexts: the feature browser's `--harvest`,
+    `--hook`, `--latents`, `--contexts` (a harvest is found from the run's cfg.json data when
+    not given)."""
+    return _sae.report(os.fspath(path), int(max_samples), "" if harvest is None else os.fspath(harvest),
+                       "" if hook is None else str(hook), str(latents), int(contexts))

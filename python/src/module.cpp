@@ -321,9 +321,15 @@ py::dict gradcheck(const Settings& settings, int64_t d_in, int64_t d_sae, int64_
     return d;
 }
 
-std::vector<std::string> report(const std::string& dir, int64_t max_samples) {
+std::vector<std::string> report(const std::string& dir, int64_t max_samples, const std::string& harvest,
+                                const std::string& hook, const std::string& latents, int64_t contexts) {
     sae::ReportOptions opt;
     opt.max_samples = max_samples;
+    opt.harvest = harvest;
+    opt.hook = hook;
+    opt.latents = sae::report_latents_parse(latents);
+    sae::check(contexts >= 0 && contexts <= 1000, "contexts: " + std::to_string(contexts) + " is not in [0, 1000]");
+    opt.contexts = contexts;
     std::vector<std::string> warnings, written;
     {
         py::gil_scoped_release release;
