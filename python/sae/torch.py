@@ -182,7 +182,7 @@ def harvest(model, hooks, inputs, out, *, dtype="float32", max_rows=None, rows_p
       vocab.json / unembed.npy when given (vocab: token id → text; unembed [d_model, V]) — what
       the feature browser of `sae report --harvest` reads; tokens/NNNNNN.npy [rows, 3] (token or
       -1, sequence, position) is the index per shard that a resumed harvest continues from.
-    dtype: "float32" or "bfloat16" (saved as raw '<V2'; train with dtype_hint="bfloat16").
+    dtype: "float32" or "bfloat16" (saved as raw '<V2'; train with data_dtype="bfloat16").
     max_rows: stop after this many rows (the last input's rows cut there).
     rows_per_shard: a shard is written once this many rows are buffered (whole inputs, so a shard
       may hold a little more).
@@ -224,7 +224,8 @@ def harvest(model, hooks, inputs, out, *, dtype="float32", max_rows=None, rows_p
         _save_json(os.path.join(out, "vocab.json"), [str(v) for v in vocab])
     if unembed is not None:
         m["unembed"] = "unembed.npy"
-        _save_npy(os.path.join(out, "unembed.npy"), torch.as_tensor(unembed).detach().float().cpu().numpy())
+        _save_npy(os.path.join(out, "unembed.npy"),
+                  np.ascontiguousarray(torch.as_tensor(unembed).detach().float().cpu().numpy()))
 
     skip = m["inputs"]
     buf = {h: [] for h in hooks}

@@ -140,6 +140,14 @@ def test_max_rows_and_bfloat16(gpt, batches, tmp_path):
     full = torch.cat([hand_capture(gpt, "blocks.1", b).reshape(-1, 32) for b in batches])[:150]
     want = full.to(torch.bfloat16).view(torch.int16).numpy()
     np.testing.assert_array_equal(raw.view(np.int16), want)
+    # the engine reads the raw shards as those bfloat16 values: the same bits as float32 shards of them
+    (tmp_path / "f32").mkdir()
+    np.save(tmp_path / "f32" / "000000.npy", full.to(torch.bfloat16).float().numpy())
+    args = dict(architecture="topk", k=4, d_sae=64, optimizer="adam", batch_size=32, epochs=2, shuffle_buffer=64,
+                threads=1, progress=False)
+    sae.train(str(tmp_path / "h" / "blocks.1" / "*.npy"), tmp_path / "a", data_dtype="bfloat16", **args)
+    sae.train(str(tmp_path / "f32" / "*.npy"), tmp_path / "b", **args)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
 class Interrupted(Exception):
