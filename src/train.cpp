@@ -476,6 +476,10 @@ Run::Run(const Config& settings, const std::string& out_dir, const std::string& 
          const TrainHooks& hooks, Progress& bar)
     : cfg_(settings), hooks_(hooks), out_dir_(out_dir), label_(label), data_(data), bar_(bar) {
     cfg_.normalize = config_normalize(cfg_);  // auto resolved: cfg.json names what was applied
+    const ScheduleKind k = schedule_parse(cfg_.lr_schedule);
+    check(!(data_.batches && data_.batches->external()) || (k != ScheduleKind::cosine && k != ScheduleKind::linear),
+          (label_.empty() ? "" : "variant '" + label_ + "': ") + "lr_schedule = \"" + cfg_.lr_schedule +
+              "\" needs the run's length, which a batch source does not know in advance; use constant or step, or give the data as an array");
     be_ = backend_create(cfg_.backend);
     obj_ = objective_create(cfg_, data_.X.cols);
     n_ = obj_->layout().total;

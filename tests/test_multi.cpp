@@ -248,6 +248,16 @@ TEST(Multi, VariantTextAndTomlTables) {
                                 {"array of tables"});
 }
 
+TEST(Multi, TheExampleFileReads) {
+    std::vector<VariantSpec> specs;
+    const Config c = config_load_toml(sae_test::source_dir() + "/examples/topk_variants.toml", &specs);
+    const auto v = config_variants(c, specs);
+    ASSERT_EQ(v.size(), 4u);
+    EXPECT_EQ(v[2].name, "k5-wide");
+    EXPECT_EQ(v[2].cfg.d_sae, 1024);
+    EXPECT_EQ(v[3].cfg.architecture, "batchtopk");
+}
+
 TEST(Multi, RefusedCombinationsGiveOneLineEach) {
     Config base = modern_base("x.npy");
     // Each setting that defines the stream, changed by a variant.

@@ -56,3 +56,9 @@ def test_refusals(tmp_path, x):
         sae.train(x, tmp_path / "r", variants=[{"k": 2}], **TOPK)
     with pytest.raises(sae.DTypeError, match="an empty list"):
         sae.train(x, tmp_path / "r", variants=[], **TOPK)
+
+
+def test_a_variant_needing_the_run_length_is_refused_with_a_batch_source(tmp_path, x):
+    with pytest.raises(sae.Error, match="variant 'c': lr_schedule = \"cosine\" needs the run's length"):
+        sae.train(Batches(x), tmp_path / "c", variants=[{"name": "a"}, {"name": "c", "lr_schedule": "cosine"}],
+                  progress=False, **STREAM)
