@@ -71,15 +71,17 @@ std::string fmt_duration(double s) {
 class Progress {
 public:
     Progress() : tty_(::isatty(STDERR_FILENO)), start_(Clock::now()) {}
-    void update(const TrainProgress& p) {
+    // label: the variant shown ("" for a single run).
+    void update(const TrainProgress& p, const std::string& label) {
         const double elapsed = seconds_since(start_);
         const double eta = p.step > p.first_step && p.total >= 0
                                ? elapsed / double(p.step - p.first_step) * double(p.total - p.step) : NAN;
         const CostTerms& J = p.J;
         const std::string of = p.total >= 0 ? "/" + std::to_string(p.total) : "";
         char text[256];
-        std::snprintf(text, sizeof text, "step %lld%s  J=%.5g (rec %.4g, decay %.3g, sparsity %.4g%s)  %.0f samples/s  ETA %s",
-                      (long long)p.step, of.c_str(), J.total(), J.rec, J.weight_decay, J.sparsity,
+        std::snprintf(text, sizeof text, "step %lld%s%s  J=%.5g (rec %.4g, decay %.3g, sparsity %.4g%s)  %.0f samples/s  ETA %s",
+                      (long long)p.step, of.c_str(), label.empty() ? "" : ("  [" + label + "]").c_str(), J.total(), J.rec,
+                      J.weight_decay, J.sparsity,
                       J.aux != 0 ? (", aux " + std::to_string(J.aux)).c_str() : "", p.samples_per_s,
                       fmt_duration(eta).c_str());
         if (tty_) {
@@ -877,7 +879,7 @@ void Run::lbfgs() {
 
 void Run::show(const TrainProgress& p) {
     if (hooks_.progress) external([&] { hooks_.progress(p); });
-    else if (!hooks_.quiet) bar_.update(p);
+    else if (!hooks_.quiet) bar_.update(p, label_);
 }
 
 void Run::write_metrics(const std::string& line) {
