@@ -3,6 +3,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <filesystem>
@@ -274,38 +275,27 @@ void config_apply_override(Config& cfg, const std::string& assignment) {
     config_set(cfg, trim(assignment.substr(0, eq)), assignment.substr(eq + 1));
 }
 
-Config config_parse_toml(const std::string& text, const std::string& path) {
-    toml_reject_unsafe_non_ascii(text, path);
-    toml::table tbl;
-    try {
-        tbl = toml::parse(text, path);
-    } catch (const toml::parse_error& e) {
-        std::ostringstream os;
-        os << path << ":" << e.source().begin.line << ":" << e.source().begin.column
-           << ": invalid TOML: " << one_line(e.description()) << "; fix the file (keys are flat: key = value)";
-        throw Error(os.str());
-    }
-    Config cfg;
+namespace {
+// One table's keys as (key, value text) pairs, each key known and of the right TOML type; an
+// array of integers (layers) becomes "200,200". where: "PATH" or "PATH: [[variant]] 2".
+std::vector<std::pair<std::string, std::string>> table_settings(const toml::table& tbl, const std::string& where) {
+    std::vector<std::pair<std::string, std::string>> out;
     for (auto&& [k, node] : tbl) {
         const std::string key(k.str());
         const OptionSpec* o = option_find(key);
-        check(o != nullptr, path + ": unknown setting '" + one_line(key) + "'; did you mean '" +
+        check(o != nullptr, where + ": unknown setting '" + one_line(key) + "'; did you mean '" +
                                 option_nearest(key) + "'?");
         if (std::holds_alternative<std::vector<int64_t> Config::*>(o->member)) {  // an array of integers
             const toml::array* arr = node.as_array();
-            check(arr != nullptr, path + ": setting '" + key + "' must be an array of integers, e.g. " + key + " = [200, 200]");
+            check(arr != nullptr, where + ": setting '" + key + "' must be an array of integers, e.g. " + key + " = [200, 200]");
             std::string list;
             for (auto&& el : *arr) {
                 const auto i = el.value_exact<int64_t>();
-                check(i.has_value(), path + ": setting '" + key + "' must contain only integers, e.g. " + key + " = [200, 200]");
+                check(i.has_value(), where + ": setting '" + key + "' must contain only integers, e.g. " + key + " = [200, 200]");
                 if (!list.empty()) list += ',';
                 list += std::to_string(*i);
             }
-            try {
-                config_set(cfg, key, list);
-            } catch (const Error& e) {
-                throw Error(path + ": " + e.what());
-            }
+            out.emplace_back(key, list);
             continue;
         }
         std::string text;
@@ -317,12 +307,58 @@ Config config_parse_toml(const std::string& text, const std::string& path) {
             os << *d;
             text = os.str();
         } else if (auto b = node.value_exact<bool>()) text = *b ? "true" : "false";
-        else throw Error(path + ": setting '" + key + "' must be a single value (string, number or boolean), not a table or array");
+        else throw Error(where + ": setting '" + key + "' must be a single value (string, number or boolean), not a table or array");
         const bool is_string = std::holds_alternative<std::string Config::*>(o->member);
         check(is_string == node.is_string(),
-              path + ": setting '" + key + "' must be " + (is_string ? "a string in quotes" : "a number or boolean, not a string"));
+              where + ": setting '" + key + "' must be " + (is_string ? "a string in quotes" : "a number or boolean, not a string"));
+        out.emplace_back(key, text);
+    }
+    return out;
+}
+}  // namespace
+
+Config config_parse_toml(const std::string& text, const std::string& path) {
+    return config_parse_toml(text, path, nullptr);
+}
+
+Config config_parse_toml(const std::string& text, const std::string& path, std::vector<VariantSpec>* variants) {
+    toml_reject_unsafe_non_ascii(text, path);
+    toml::table tbl;
+    try {
+        tbl = toml::parse(text, path);
+    } catch (const toml::parse_error& e) {
+        std::ostringstream os;
+        os << path << ":" << e.source().begin.line << ":" << e.source().begin.column
+           << ": invalid TOML: " << one_line(e.description()) << "; fix the file (keys are flat: key = value)";
+        throw Error(os.str());
+    }
+    if (const toml::node* v = tbl.get("variant")) {
+        check(variants != nullptr, path + ": [[variant]] tables are read by sae train only (several variants from one data stream)");
+        const toml::array* arr = v->as_array();
+        check(arr != nullptr && arr->is_array_of_tables(),
+              path + ": 'variant' must be an array of tables: [[variant]] then name = \"...\" and the settings that differ");
+        int64_t i = 0;
+        for (auto&& el : *arr) {
+            ++i;
+            const std::string where = path + ": [[variant]] " + std::to_string(i);
+            toml::table t = *el.as_table();
+            VariantSpec spec;
+            if (const toml::node* n = t.get("name")) {
+                const auto s = n->value_exact<std::string>();
+                check(s.has_value(), where + ": 'name' must be a string in quotes");
+                spec.name = *s;
+                t.erase("name");
+            }
+            check(!spec.name.empty(), where + ": has no name; give it name = \"...\" (its output directory OUT/<name>)");
+            spec.settings = table_settings(t, path + ": [[variant]] '" + one_line(spec.name) + "'");
+            variants->push_back(std::move(spec));
+        }
+        tbl.erase("variant");
+    }
+    Config cfg;
+    for (const auto& [key, value] : table_settings(tbl, path)) {
         try {
-            config_set(cfg, key, text);
+            config_set(cfg, key, value);
         } catch (const Error& e) {
             throw Error(path + ": " + e.what());
         }
@@ -336,6 +372,80 @@ Config config_parse_toml(const std::string& text, const std::string& path) {
 }
 
 Config config_load_toml(const std::string& path) { return config_parse_toml(read_file(path), path); }
+Config config_load_toml(const std::string& path, std::vector<VariantSpec>* variants) {
+    return config_parse_toml(read_file(path), path, variants);
+}
+
+VariantSpec variant_parse(const std::string& text) {
+    VariantSpec spec;
+    std::vector<std::pair<std::string, std::string>> pairs;
+    for (size_t pos = 0; pos <= text.size();) {
+        size_t comma = text.find(',', pos);
+        if (comma == std::string::npos) comma = text.size();
+        const std::string piece = text.substr(pos, comma - pos);
+        const size_t eq = piece.find('=');
+        if (eq == std::string::npos) {
+            check(!pairs.empty(), "--variant '" + one_line(text) + "': expected name=NAME,key=value,..., e.g. --variant name=k16,k=16");
+            pairs.back().second += "," + piece;  // a list value: matryoshka_groups=0.5,0.5
+        } else {
+            pairs.emplace_back(trim(piece.substr(0, eq)), piece.substr(eq + 1));
+        }
+        pos = comma + 1;
+    }
+    for (auto& [key, value] : pairs) {
+        if (key == "name") {
+            check(spec.name.empty(), "--variant '" + one_line(text) + "': name given twice");
+            spec.name = trim(value);
+        } else {
+            spec.settings.emplace_back(key, value);
+        }
+    }
+    check(!spec.name.empty(), "--variant '" + one_line(text) + "': has no name; start it with name=NAME (its output directory OUT/NAME)");
+    return spec;
+}
+
+bool config_key_is_shared(const std::string& key) {
+    static const char* shared[] = {"data", "normalize", "max_samples", "shuffle_buffer", "data_dtype", "normalize_activations",
+                                   "batch_size", "epochs", "max_iterations", "seed", "threads", "log_every", "checkpoint_every"};
+    for (const char* k : shared)
+        if (key == k) return true;
+    return false;
+}
+
+std::vector<Variant> config_variants(const Config& shared, const std::vector<VariantSpec>& specs) {
+    check(!specs.empty(), "no variants given");
+    std::vector<Variant> out;
+    for (const VariantSpec& spec : specs) {
+        const std::string who = "variant '" + one_line(spec.name) + "'";
+        const bool name_ok = !spec.name.empty() && spec.name != "." && spec.name != ".." &&
+                             std::all_of(spec.name.begin(), spec.name.end(), [](char c) {
+                                 return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+                             });
+        check(name_ok, who + ": a name is a directory name of letters, digits, '_', '-' and '.'");
+        for (const Variant& v : out)
+            check(v.name != spec.name, who + ": the name is given twice; each variant needs its own (its output directory)");
+        Variant v{spec.name, shared};
+        for (const auto& [key, value] : spec.settings) {
+            check(!config_key_is_shared(key), who + ": '" + one_line(key) +
+                                                  "' defines the data stream, which every variant shares; set it outside the variants");
+            try {
+                config_set(v.cfg, key, value);
+            } catch (const Error& e) {
+                throw Error(who + ": " + e.what());
+            }
+        }
+        try {
+            config_validate(v.cfg);
+        } catch (const Error& e) {
+            throw Error(who + ": " + e.what());
+        }
+        if (!out.empty() && config_normalize(v.cfg) != config_normalize(out[0].cfg))
+            throw Error(who + ": normalize resolves to \"" + config_normalize(v.cfg) + "\" but for variant '" + out[0].name +
+                        "' to \"" + config_normalize(out[0].cfg) + "\" (auto depends on the architecture); the data stream is shared, so set normalize");
+        out.push_back(std::move(v));
+    }
+    return out;
+}
 
 void config_validate(const Config& cfg) {
     for (const auto& o : option_table()) {

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "sae/backend.hpp"
@@ -70,15 +71,17 @@ std::string fmt_duration(double s) {
 class Progress {
 public:
     Progress() : tty_(::isatty(STDERR_FILENO)), start_(Clock::now()) {}
-    void update(const TrainProgress& p) {
+    // label: the variant shown ("" for a single run).
+    void update(const TrainProgress& p, const std::string& label) {
         const double elapsed = seconds_since(start_);
         const double eta = p.step > p.first_step && p.total >= 0
                                ? elapsed / double(p.step - p.first_step) * double(p.total - p.step) : NAN;
         const CostTerms& J = p.J;
         const std::string of = p.total >= 0 ? "/" + std::to_string(p.total) : "";
         char text[256];
-        std::snprintf(text, sizeof text, "step %lld%s  J=%.5g (rec %.4g, decay %.3g, sparsity %.4g%s)  %.0f samples/s  ETA %s",
-                      (long long)p.step, of.c_str(), J.total(), J.rec, J.weight_decay, J.sparsity,
+        std::snprintf(text, sizeof text, "step %lld%s%s  J=%.5g (rec %.4g, decay %.3g, sparsity %.4g%s)  %.0f samples/s  ETA %s",
+                      (long long)p.step, of.c_str(), label.empty() ? "" : ("  [" + label + "]").c_str(), J.total(), J.rec,
+                      J.weight_decay, J.sparsity,
                       J.aux != 0 ? (", aux " + std::to_string(J.aux)).c_str() : "", p.samples_per_s,
                       fmt_duration(eta).c_str());
         if (tty_) {
@@ -300,64 +303,159 @@ int64_t resample_latents(const ParamLayout& L, float* params, Optimizer& opt, co
     return count;
 }
 
-// One training run. The constructor sets everything up (settings, output directory, data,
-// model); train() restores or initialises the parameters and runs the optimiser's loop.
+// Calls f (user code: a hook, a batch source); if it throws, save() writes the checkpoints of the
+// last finished step before the exception goes on (a failure to save then is not allowed to
+// hide it).
+template <class F>
+auto guarded(const std::function<void()>& save, F&& f) -> decltype(f()) {
+    try {
+        return f();
+    } catch (...) {
+        if (save) {
+            try {
+                save();
+            } catch (...) {
+            }
+        }
+        throw;
+    }
+}
+
+// The data every variant of a run trains on, read once: the samples in memory (or the first
+// samples of a stream), the normaliser fitted on them, the input scale, and the minibatches with
+// the current one. cfg: the stream's settings (normalize resolved), which all variants share.
+struct Stream {
+    Stream(const Config& cfg, const TrainData& data);
+    std::string name;          // names the data in messages (default: cfg.data)
+    train_data::Samples X;     // the data (in memory), or a sample of it (streamed)
+    Normalizer norm;           // fitted on the training data, saved with every model
+    double input_scale = 1.0;  // normalize_activations = "expected_norm", folded into the saved weights
+    std::unique_ptr<train_data::Batches> batches;  // minibatch optimisers
+    Matrix<float> Xb;          // the current batch [m, d_in] (room for B rows)
+
+private:
+    void load(const Config& cfg, const TrainData& data);
+};
+
+Stream::Stream(const Config& cfg, const TrainData& data) {
+    name = data.name.empty() ? cfg.data : data.name;
+    load(cfg, data);
+    input_scale = cfg.normalize_activations == "expected_norm" ? expected_norm_scale(X) : 1.0;
+    if (input_scale != 1.0) X.scale(input_scale);
+    if (batches) batches->set_input_scale(input_scale);
+    if (cfg.optimizer == "lbfgs") return;
+    // In memory: each epoch is ceil(N/B) batches, the last one possibly short. Streamed: batches
+    // of B straddle epochs.
+    if (!batches) batches = train_data::batches_in_memory(X, cfg.batch_size, cfg.epochs, uint64_t(cfg.seed));
+    Xb.resize(batches->batch_size(), X.cols);
+}
+
+// In memory (a file, or the caller's samples), or streamed through a shuffle buffer
+// (shuffle_buffer > 0: .npy shards, or the caller's batch source). Streamed, X is a sample of
+// the data's first samples, for initialisation and scaling.
+void Stream::load(const Config& cfg, const TrainData& data) {
+    const bool streaming = cfg.shuffle_buffer > 0;
+    check(!streaming || cfg.optimizer != "lbfgs",
+          "shuffle_buffer > 0 streams minibatches, but optimizer = \"lbfgs\" needs the whole data set in memory; use adam, sgd or rmsprop");
+    check(!streaming || cfg.normalize == "none",
+          "shuffle_buffer > 0: streamed data cannot be normalised with normalize = \"" + cfg.normalize +
+              "\" (it needs the whole set); use normalize = \"none\" (and normalize_activations if wanted)");
+    check(!streaming || cfg.max_samples == 0, "shuffle_buffer > 0: max_samples is not supported when streaming; pick shards instead");
+    if (data.batches) {
+        check(streaming, name + ": batches are streamed through a shuffle buffer; set shuffle_buffer > 0 (e.g. 65536 samples)");
+        Matrix<float> head;
+        batches = train_data::batches_fed(*data.batches, cfg.shuffle_buffer, cfg.batch_size, cfg.epochs,
+                                          uint64_t(cfg.seed), name, &head);
+        X.own(std::move(head));
+    } else if (data.samples) {
+        check(!streaming, name + ": shuffle_buffer > 0 streams .npy shards or batches, but these samples are in memory "
+                                 "already; leave shuffle_buffer at 0");
+        Matrix<float> normalised;
+        const int64_t rows = samples_fit(data.samples, data.rows, data.cols, data.source, cfg.normalize,
+                                         cfg.max_samples, name, &norm, &normalised);
+        if (normalised.data.empty()) X.borrow(data.samples, rows, data.cols);  // used as given
+        else X.own(std::move(normalised));
+    } else if (streaming) {
+        StreamOptions so;
+        so.pattern = cfg.data;
+        so.buffer_samples = cfg.shuffle_buffer;
+        so.seed = uint64_t(cfg.seed);
+        so.dtype_hint = cfg.data_dtype == "auto" ? "" : cfg.data_dtype;
+        Matrix<float> head;
+        batches = train_data::batches_from_shards(so, cfg.batch_size, cfg.epochs, name, &head);
+        X.own(std::move(head));
+    } else {
+        X.own(dataset_load_fit(cfg.data, cfg.normalize, cfg.max_samples, &norm));
+    }
+}
+
+// One model being trained (one variant) on a Stream. The constructor sets it up (settings,
+// model); start() restores or initialises the parameters; then either lbfgs() runs the whole
+// optimisation, or the Trainer calls step() and log() for each minibatch of the stream.
 class Run {
 public:
-    Run(const Config& settings, const std::string& out_dir, const TrainData& data, const TrainHooks& hooks);
+    Run(const Config& settings, const std::string& out_dir, const std::string& label, Stream& data,
+        const TrainHooks& hooks, Progress& bar);
     ~Run() {
         if (metrics_) std::fclose(metrics_);
     }
-    TrainSummary train(bool resume);
+    // Creates out_dir (before any long work) and sweeps the temporary files a killed run left.
+    static void prepare_dir(const std::string& out_dir);
+    bool has_checkpoint() const { return std::filesystem::exists(ckpt_path_); }
+    void start(bool resume);
+    // full-batch
+    void lbfgs();
+    // minibatch: set-up, the stream's position at the checkpoint, then each step in order
+    void minibatch_setup();
+    std::string stream_position() const;
+    void step(int64_t m);
+    void log(bool last, bool display);
+    void save() {
+        if (save_) save_();
+    }
+    void finish(const std::string& reason);
+    TrainSummary end();  // the model saved (unless interrupted) and the summary
+    int64_t steps() const { return rs_.step; }
+    bool resumed() const { return resumed_; }
+    std::function<void()> save_all;  // every variant's checkpoint (a hook's failure saves them all)
 
 private:
-    // set-up
-    void load_data(const TrainData& data);
-    void start(bool resume);
-    // the two optimiser families
-    void lbfgs(bool resume);
-    void minibatch(bool resume);
-    void minibatch_setup(bool resume);
     // the minibatch step, in order
-    int64_t next_batch();
     CostTerms batch_cost(int64_t m);
     void skip_batch(const char* bad);
     void update(const CostTerms& J, int64_t m);
-    void log(bool last);
     void resample(int64_t m);
     // helpers
     bool stop_requested() const { return g_interrupted || (hooks_.stop && hooks_.stop->load()); }
     template <class F>
-    auto external(F&& f) -> decltype(f());
+    auto external(F&& f) -> decltype(f()) {
+        return guarded(save_all ? save_all : save_, std::forward<F>(f));
+    }
     void show(const TrainProgress& p);
     void write_metrics(const std::string& line);
     void save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta);
-    void finish(const std::string& reason);
 
     Config cfg_;
     const TrainHooks& hooks_;
-    std::string out_dir_, name_, ckpt_path_, metrics_path_, cfg_json_;
+    std::string out_dir_, label_, ckpt_path_, metrics_path_, cfg_json_;
+    Stream& data_;
+    Progress& bar_;
     std::unique_ptr<Backend> be_;
-    bool streaming_ = false;
-    train_data::Samples X_;  // the data (in memory), or a sample of it (streamed)
-    Normalizer norm_;        // fitted on the training data, saved with the model
-    std::unique_ptr<train_data::Batches> batches_;
     std::unique_ptr<Objective> obj_;
     int64_t n_ = 0, d_sae_ = 0, d_in_ = 0;
     double threshold_ = 0;
+    bool resumed_ = false;
     RunState rs_;
     std::vector<float> params_, grad_;
     Checkpoint ckpt_;
     std::FILE* metrics_ = nullptr;
     std::function<void()> save_;  // the optimiser family's checkpoint
-    Progress bar_;
     TrainSummary summary_;
     Clock::time_point t0_;
     Stats win_;  // statistics since the last metrics line
     // minibatch optimisers
     std::unique_ptr<Optimizer> opt_;
     LrSchedule sched_;
-    Matrix<float> Xb_;
     std::vector<uint8_t> dead_, fired_;
     int64_t first_step_ = 0, win_steps_ = 0;
     CostTerms J_sum_;
@@ -366,22 +464,26 @@ private:
     int64_t last_m_ = 0;  // rows of the last batch used (resampling draws from it)
 };
 
-Run::Run(const Config& settings, const std::string& out_dir, const TrainData& data, const TrainHooks& hooks)
-    : cfg_(settings), hooks_(hooks), out_dir_(out_dir) {
-    config_validate(settings);
-    cfg_.normalize = config_normalize(cfg_);  // auto resolved: cfg.json names what was applied
-    set_num_threads(int(cfg_.threads));
-    ensure_writable_dir(out_dir_);  // before any long work
+void Run::prepare_dir(const std::string& out_dir) {
+    ensure_writable_dir(out_dir);
     // A run killed mid-write leaves "<output>.tmp-<pid>" behind; sweep those of our own outputs.
-    for (const auto& e : std::filesystem::directory_iterator(out_dir_)) {
+    for (const auto& e : std::filesystem::directory_iterator(out_dir)) {
         const std::string name = e.path().filename().string();
         for (const char* out : {"model.safetensors", "cfg.json", "metrics.jsonl", "checkpoint.safetensors"})
             if (name.rfind(std::string(out) + ".tmp-", 0) == 0) std::filesystem::remove(e.path());
     }
+}
+
+Run::Run(const Config& settings, const std::string& out_dir, const std::string& label, Stream& data,
+         const TrainHooks& hooks, Progress& bar)
+    : cfg_(settings), hooks_(hooks), out_dir_(out_dir), label_(label), data_(data), bar_(bar) {
+    cfg_.normalize = config_normalize(cfg_);  // auto resolved: cfg.json names what was applied
+    const ScheduleKind k = schedule_parse(cfg_.lr_schedule);
+    check(!(data_.batches && data_.batches->external()) || (k != ScheduleKind::cosine && k != ScheduleKind::linear),
+          (label_.empty() ? "" : "variant '" + label_ + "': ") + "lr_schedule = \"" + cfg_.lr_schedule +
+              "\" needs the run's length, which a batch source does not know in advance; use constant or step, or give the data as an array");
     be_ = backend_create(cfg_.backend);
-    name_ = data.name.empty() ? cfg_.data : data.name;
-    load_data(data);
-    obj_ = objective_create(cfg_, X_.cols);
+    obj_ = objective_create(cfg_, data_.X.cols);
     n_ = obj_->layout().total;
     d_sae_ = obj_->d_sae();
     d_in_ = obj_->d_in();
@@ -390,56 +492,12 @@ Run::Run(const Config& settings, const std::string& out_dir, const TrainData& da
     metrics_path_ = out_dir_ + "/metrics.jsonl";
     cfg_json_ = config_to_json(cfg_);
     rs_.since_fired.assign(size_t(d_sae_), 0);
-    rs_.input_scale = cfg_.normalize_activations == "expected_norm" ? expected_norm_scale(X_) : 1.0;
-    if (rs_.input_scale != 1.0) X_.scale(rs_.input_scale);
-    if (batches_) batches_->set_input_scale(rs_.input_scale);
-}
-
-// The data: in memory (a file, or the caller's samples), or streamed through a shuffle buffer
-// (shuffle_buffer > 0: .npy shards, or the caller's batch source). Streamed, X_ is a sample of
-// the data's first samples, for initialisation and scaling.
-void Run::load_data(const TrainData& data) {
-    streaming_ = cfg_.shuffle_buffer > 0;
-    check(!streaming_ || cfg_.optimizer != "lbfgs",
-          "shuffle_buffer > 0 streams minibatches, but optimizer = \"lbfgs\" needs the whole data set in memory; use adam, sgd or rmsprop");
-    check(!streaming_ || cfg_.normalize == "none",
-          "shuffle_buffer > 0: streamed data cannot be normalised with normalize = \"" + cfg_.normalize +
-              "\" (it needs the whole set); use normalize = \"none\" (and normalize_activations if wanted)");
-    check(!streaming_ || cfg_.max_samples == 0, "shuffle_buffer > 0: max_samples is not supported when streaming; pick shards instead");
-    if (data.batches) {
-        check(streaming_, name_ + ": batches are streamed through a shuffle buffer; set shuffle_buffer > 0 (e.g. 65536 samples)");
-        const ScheduleKind k = schedule_parse(cfg_.lr_schedule);
-        check(k != ScheduleKind::cosine && k != ScheduleKind::linear,
-              "lr_schedule = \"" + cfg_.lr_schedule + "\" needs the run's length, which a batch source does not know in advance; "
-              "use constant or step, or give the data as an array");
-        Matrix<float> head;
-        batches_ = train_data::batches_fed(*data.batches, cfg_.shuffle_buffer, cfg_.batch_size, cfg_.epochs,
-                                           uint64_t(cfg_.seed), name_, &head);
-        X_.own(std::move(head));
-    } else if (data.samples) {
-        check(!streaming_, name_ + ": shuffle_buffer > 0 streams .npy shards or batches, but these samples are in memory "
-                                   "already; leave shuffle_buffer at 0");
-        Matrix<float> normalised;
-        const int64_t rows = samples_fit(data.samples, data.rows, data.cols, data.source, cfg_.normalize,
-                                         cfg_.max_samples, name_, &norm_, &normalised);
-        if (normalised.data.empty()) X_.borrow(data.samples, rows, data.cols);  // used as given
-        else X_.own(std::move(normalised));
-    } else if (streaming_) {
-        StreamOptions so;
-        so.pattern = cfg_.data;
-        so.buffer_samples = cfg_.shuffle_buffer;
-        so.seed = uint64_t(cfg_.seed);
-        so.dtype_hint = cfg_.data_dtype == "auto" ? "" : cfg_.data_dtype;
-        Matrix<float> head;
-        batches_ = train_data::batches_from_shards(so, cfg_.batch_size, cfg_.epochs, name_, &head);
-        X_.own(std::move(head));
-    } else {
-        X_.own(dataset_load_fit(cfg_.data, cfg_.normalize, cfg_.max_samples, &norm_));
-    }
+    rs_.input_scale = data_.input_scale;
 }
 
 // Parameters initialised (or restored from the checkpoint), cfg.json, metrics.jsonl opened.
 void Run::start(bool resume) {
+    resumed_ = resume;
     params_.resize(size_t(n_));
     grad_.resize(size_t(n_));
     if (resume) {
@@ -457,73 +515,138 @@ void Run::start(bool resume) {
         obj_->set_extra_state(extra);
     } else {
         Rng rng(uint64_t(cfg_.seed));
-        obj_->init(params_.data(), rng, X_.head(4096));
+        obj_->init(params_.data(), rng, data_.X.head(4096));
         write_file_atomic(metrics_path_, "");
     }
-    write_file_atomic(out_dir_ + "/cfg.json", model_cfg_json(cfg_, *obj_, rs_.input_scale, norm_));
+    write_file_atomic(out_dir_ + "/cfg.json", model_cfg_json(cfg_, *obj_, rs_.input_scale, data_.norm));
     if (resume) metrics_truncate(metrics_path_, rs_.step);
     metrics_ = std::fopen(metrics_path_.c_str(), "a");
     check(metrics_ != nullptr, metrics_path_ + ": cannot open for appending (" + std::strerror(errno) + ")");
     win_.reset(d_in_, d_sae_);
     obj_->set_training(true);
+    t0_ = Clock::now();
 }
 
-TrainSummary Run::train(bool resume) {
-    start(resume);
-    const InterruptGuard interrupts;
-    t0_ = Clock::now();
-    bar_ = Progress();
-    if (cfg_.optimizer == "lbfgs") lbfgs(resume);
-    else minibatch(resume);
+TrainSummary Run::end() {
     summary_.skipped_batches = rs_.skipped;
     if (summary_.stop_reason != "interrupted")
-        model_save(out_dir_, cfg_, *obj_, params_.data(), rs_.input_scale, norm_);
+        model_save(out_dir_, cfg_, *obj_, params_.data(), rs_.input_scale, data_.norm);
     summary_.seconds = seconds_since(t0_);
     return summary_;
 }
 
-// ---- minibatch optimisers: for each step, batch → cost → update → log → checkpoint ----
-void Run::minibatch(bool resume) {
-    minibatch_setup(resume);
-    while (!batches_->done(rs_.step)) {
-        lr_ = sched_.at(rs_.step);
-        const int64_t m = next_batch();
-        const CostTerms J = batch_cost(m);
-        if (const char* bad = nonfinite_term(J, grad_.data(), n_)) skip_batch(bad);
-        else update(J, m);
-        ++rs_.step;
-        const bool last = batches_->done(rs_.step) || stop_requested();
-        log(last);
-        const bool stop = stop_requested();  // (a hook may have raised it while logging)
-        if (rs_.step % cfg_.checkpoint_every == 0 || last || stop) save_();
-        if (stop) return finish("interrupted");
+// The variants of one run and the stream they share. Full-batch L-BFGS trains one variant
+// alone (Run::lbfgs); minibatch optimisers step every variant on each batch of the stream.
+class Trainer {
+public:
+    struct Spec {
+        Config cfg;
+        std::string out_dir, label;  // label: the variant's name ("" for a single run)
+    };
+    Trainer(const std::vector<Spec>& specs, const TrainData& data, const TrainHooks& hooks);
+    std::vector<TrainSummary> train(bool resume);
+
+private:
+    void minibatch();
+    int64_t next_batch();
+    bool in_step(const Run& r) const { return r.steps() == step_; }
+    void save_all();  // the checkpoint of every variant at the stream's step
+    bool stop_requested() const { return g_interrupted || (hooks_.stop && hooks_.stop->load()); }
+
+    const TrainHooks& hooks_;
+    Config cfg_;  // the stream's settings (shared by every variant)
+    Progress bar_;
+    std::unique_ptr<Stream> data_;
+    std::vector<std::unique_ptr<Run>> runs_;
+    std::function<void()> save_all_ = [this] { save_all(); };
+    int64_t step_ = 0;  // minibatch: the stream's step (every variant in step takes it)
+};
+
+Trainer::Trainer(const std::vector<Spec>& specs, const TrainData& data, const TrainHooks& hooks) : hooks_(hooks) {
+    for (const Spec& s : specs) config_validate(s.cfg);
+    cfg_ = specs.at(0).cfg;
+    cfg_.normalize = config_normalize(cfg_);
+    set_num_threads(int(cfg_.threads));
+    for (const Spec& s : specs) Run::prepare_dir(s.out_dir);
+    data_ = std::make_unique<Stream>(cfg_, data);
+    for (const Spec& s : specs) {
+        runs_.push_back(std::make_unique<Run>(s.cfg, s.out_dir, s.label, *data_, hooks_, bar_));
+        runs_.back()->save_all = save_all_;
     }
-    finish("epochs");
 }
 
-// In memory: each epoch is ceil(N/B) batches, the last one possibly short. Streamed: batches of
-// B straddle epochs.
-void Run::minibatch_setup(bool resume) {
-    if (!batches_) batches_ = train_data::batches_in_memory(X_, cfg_.batch_size, cfg_.epochs, uint64_t(cfg_.seed));
-    const int64_t B = batches_->batch_size();
+// A variant with no checkpoint yet, beside others that have one (the run was stopped before its
+// first checkpoint), starts afresh and catches up.
+std::vector<TrainSummary> Trainer::train(bool resume) {
+    bool any = false;
+    for (auto& r : runs_) any |= r->has_checkpoint();
+    for (auto& r : runs_) r->start(resume && (!any || r->has_checkpoint()));
+    const InterruptGuard interrupts;
+    bar_ = Progress();
+    if (cfg_.optimizer == "lbfgs") runs_.at(0)->lbfgs();
+    else minibatch();
+    if (!hooks_.progress && !hooks_.quiet) bar_.finish();
+    std::vector<TrainSummary> out;
+    for (auto& r : runs_) out.push_back(r->end());
+    return out;
+}
+
+// ---- minibatch optimisers: for each step, one batch → each variant's cost → update → log → checkpoint ----
+void Trainer::minibatch() {
+    train_data::Batches& batches = *data_->batches;
+    for (auto& r : runs_) r->minibatch_setup();
+    // Resumed, the stream restarts where the variant furthest behind stopped; the others wait
+    // until it reaches their step.
+    const Run& behind = **std::min_element(runs_.begin(), runs_.end(), [](auto& a, auto& b) { return a->steps() < b->steps(); });
+    step_ = behind.steps();
+    if (behind.resumed()) batches.set_state(behind.stream_position());
+    while (!batches.done(step_)) {
+        const int64_t m = next_batch();
+        for (auto& r : runs_)
+            if (in_step(*r)) r->step(m);
+        ++step_;
+        const bool last = batches.done(step_) || stop_requested();
+        bool display = true;  // the first variant in step shows the progress
+        for (auto& r : runs_)
+            if (in_step(*r)) r->log(last, std::exchange(display, false));
+        const bool stop = stop_requested();  // (a hook may have raised it while logging)
+        if (step_ % cfg_.checkpoint_every == 0 || last || stop) save_all();
+        if (stop) {
+            for (auto& r : runs_) r->finish("interrupted");
+            return;
+        }
+    }
+    for (auto& r : runs_)
+        check(in_step(*r), "a variant's checkpoint is at step " + std::to_string(r->steps()) + ", past the run's end at step " +
+                               std::to_string(step_) + "; resume with the epochs it was trained with");
+    for (auto& r : runs_) r->finish("epochs");
+}
+
+int64_t Trainer::next_batch() {
+    train_data::Batches& b = *data_->batches;
+    float* Xb = data_->Xb.data.data();
+    return b.external() ? guarded(save_all_, [&] { return b.next(Xb); }) : b.next(Xb);
+}
+
+// A variant ahead of the stream (catching up after a resume) keeps the checkpoint it has.
+void Trainer::save_all() {
+    for (auto& r : runs_)
+        if (cfg_.optimizer == "lbfgs" || in_step(*r)) r->save();
+}
+
+void Run::minibatch_setup() {
+    const int64_t B = data_.batches->batch_size();
     // Per-step statistics read the sparse models' row lists, not a dense [B, d_sae].
     if (threshold_ >= 0) obj_->set_dense_hidden(false);
     opt_ = optimizer_create(cfg_.optimizer, n_, config_optimizer_hyper(cfg_));
     sched_.kind = schedule_parse(cfg_.lr_schedule);
     sched_.base_lr = cfg_.lr;
     sched_.warmup_steps = cfg_.warmup_steps;
-    sched_.total_steps = batches_->total();
+    sched_.total_steps = data_.batches->total();
     sched_.step_size = cfg_.lr_step_size;
     sched_.gamma = cfg_.lr_gamma;
     sched_.min_lr = cfg_.min_lr;
-    if (resume) {
-        if (batches_->streamed()) {
-            auto it = ckpt_.st.metadata.find("stream_state");
-            check(it != ckpt_.st.metadata.end(), ckpt_path_ + ": checkpoint lacks the stream position; it was not made by a streamed run");
-            batches_->set_state(it->second);
-        } else {
-            batches_->set_state(std::to_string(rs_.step));
-        }
+    if (resumed_) {
         opt_->set_step(ckpt_.get_int("optimizer_step"));
         for (auto& [name, buf] : opt_->state()) {
             const auto& t = ckpt_.tensor("opt." + name, n_).f32;
@@ -534,21 +657,33 @@ void Run::minibatch_setup(bool resume) {
         std::vector<TensorOut> t;
         for (auto& [name, buf] : opt_->state()) t.push_back({"opt." + name, {n_}, DType::f32, buf->data()});
         std::map<std::string, std::string> meta = {{"optimizer_step", std::to_string(opt_->step())}};
-        if (batches_->streamed()) meta["stream_state"] = batches_->state();
+        if (data_.batches->streamed()) meta["stream_state"] = data_.batches->state();
         save_checkpoint(std::move(t), std::move(meta));
     };
     obj_->reserve(B);
-    Xb_.resize(B, d_in_);
     dead_.assign(size_t(d_sae_), 0);
     fired_.assign(size_t(d_sae_), 0);
     first_step_ = rs_.step;
     win_start_ = Clock::now();
 }
 
-int64_t Run::next_batch() {
-    last_m_ = batches_->external() ? external([&] { return batches_->next(Xb_.data.data()); })
-                                   : batches_->next(Xb_.data.data());
-    return last_m_;
+// Where the stream stood when the checkpoint was saved: the shuffle buffer's state (streamed),
+// or the step (each epoch's order follows from seed and epoch).
+std::string Run::stream_position() const {
+    if (!data_.batches->streamed()) return std::to_string(rs_.step);
+    auto it = ckpt_.st.metadata.find("stream_state");
+    check(it != ckpt_.st.metadata.end(), ckpt_path_ + ": checkpoint lacks the stream position; it was not made by a streamed run");
+    return it->second;
+}
+
+// One step on the stream's current batch Xb [m, d_in]: cost → update (or skip) → statistics.
+void Run::step(int64_t m) {
+    lr_ = sched_.at(rs_.step);
+    last_m_ = m;
+    const CostTerms J = batch_cost(m);
+    if (const char* bad = nonfinite_term(J, grad_.data(), n_)) skip_batch(bad);
+    else update(J, m);
+    ++rs_.step;
 }
 
 CostTerms Run::batch_cost(int64_t m) {
@@ -562,7 +697,7 @@ CostTerms Run::batch_cost(int64_t m) {
                                  ? std::min(1.0, double(rs_.step + 1) / double(cfg_.sparsity_warmup_steps))
                                  : 1.0);
     obj_->set_step(rs_.step);  // denoising masks drawn from (seed, step)
-    return obj_->cost(*be_, params_.data(), Xb_.data.data(), m, grad_.data());
+    return obj_->cost(*be_, params_.data(), data_.Xb.data.data(), m, grad_.data());
 }
 
 void Run::skip_batch(const char* bad) {
@@ -598,12 +733,12 @@ void Run::update(const CostTerms& J, int64_t m) {
     if (const ActiveRows* A = obj_->active_rows()) {  // sparse model: its row lists
         for (int64_t i = 0; i < m; ++i)
             for (int64_t e = A->beg[i]; e < A->end[i]; ++e) fired_[size_t(A->col[e])] |= double(A->val[e]) > threshold_;
-        win_.add(Xb_.data.data(), obj_->reconstruction(), *A, m, threshold_);
+        win_.add(data_.Xb.data.data(), obj_->reconstruction(), *A, m, threshold_);
     } else {
         const float* H = obj_->hidden();
         for (int64_t i = 0; i < m; ++i)
             for (int64_t j = 0; j < d_sae_; ++j) fired_[size_t(j)] |= double(H[i * d_sae_ + j]) > threshold_;
-        win_.add(Xb_.data.data(), obj_->reconstruction(), H, m, threshold_);
+        win_.add(data_.Xb.data.data(), obj_->reconstruction(), H, m, threshold_);
     }
     for (int64_t j = 0; j < d_sae_; ++j)
         rs_.since_fired[size_t(j)] = fired_[size_t(j)] ? 0 : rs_.since_fired[size_t(j)] + m;
@@ -617,8 +752,8 @@ void Run::update(const CostTerms& J, int64_t m) {
 }
 
 // Every 8 steps and at each log step: resampling (at multiples of log_every), the metrics line
-// (at log steps and the last), the progress display and the hooks.
-void Run::log(bool last) {
+// (at log steps and the last), the progress display (display: this variant shows it) and the hooks.
+void Run::log(bool last, bool display) {
     const bool log_line = rs_.step % cfg_.log_every == 0 || last;
     if (!(log_line || rs_.step % 8 == 0) || win_steps_ == 0) return;
     const double w = 1.0 / double(win_steps_);
@@ -631,7 +766,7 @@ void Run::log(bool last) {
         resample(last_m_);
     std::string line;
     if (log_line) {
-        line = metrics_line(rs_.step, batches_->epoch(rs_.step), Jm, win_, lr_, sps, rs_, cfg_.dead_threshold_samples);
+        line = metrics_line(rs_.step, data_.batches->epoch(rs_.step), Jm, win_, lr_, sps, rs_, cfg_.dead_threshold_samples);
         write_metrics(line);
         summary_.J = Jm;
         summary_.mean_rho_hat = 0;
@@ -641,8 +776,12 @@ void Run::log(bool last) {
         win_steps_ = 0;
         win_start_ = Clock::now();
     }
-    show({rs_.step, first_step_, batches_->total(), Jm, sps, log_line});
-    if (log_line && hooks_.on_log) external([&] { hooks_.on_log(rs_.step, line.substr(0, line.size() - 1)); });
+    if (display) show({rs_.step, first_step_, data_.batches->total(), Jm, sps, log_line});
+    if (log_line && hooks_.on_log) {
+        const std::string json = line.substr(0, line.size() - 1);  // a variant's line starts with its name
+        const std::string named = label_.empty() ? json : "{\"variant\":" + nlohmann::json(label_).dump() + "," + json.substr(1);
+        external([&] { hooks_.on_log(rs_.step, named); });
+    }
 }
 
 // Dead latents (resample_dead) and near-duplicates (resample_duplicates) re-initialised from
@@ -662,24 +801,24 @@ void Run::resample(int64_t m) {
             if (rs_.since_fired[size_t(j)] >= cfg_.dead_threshold_samples) redo[size_t(j)] = 1;
     // Deterministic: the draw depends on (seed, step) only.
     Rng rrng(uint64_t(cfg_.seed) * 0x2545f4914f6cdd1dULL + uint64_t(rs_.step));
-    rs_.resampled += resample_latents(obj_->layout(), params_.data(), *opt_, Xb_.data.data(), obj_->reconstruction(), m,
+    rs_.resampled += resample_latents(obj_->layout(), params_.data(), *opt_, data_.Xb.data.data(), obj_->reconstruction(), m,
                                       redo, rs_, rrng);
 }
 
 // ---- full-batch L-BFGS: for each iteration, iterate (cost and line search) → log → checkpoint ----
-void Run::lbfgs(bool resume) {
-    obj_->reserve(X_.rows);
+void Run::lbfgs() {
+    obj_->reserve(data_.X.rows);
     LbfgsOptions lbfgs_options;
     lbfgs_options.history = int(cfg_.lbfgs_history);
     Lbfgs opt(n_, lbfgs_options);
     auto objective = [&](const double* x, double* g) {
         for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(x[i]);
         obj_->set_step(0);  // denoising: one corruption for the whole run, a fixed function for L-BFGS
-        const CostTerms J = obj_->cost(*be_, params_.data(), X_.data, X_.rows, grad_.data());
+        const CostTerms J = obj_->cost(*be_, params_.data(), data_.X.data, data_.X.rows, grad_.data());
         for (int64_t i = 0; i < n_; ++i) g[i] = grad_[size_t(i)];
         return J.total();
     };
-    if (resume) {
+    if (resumed_) {
         std::map<std::string, std::vector<double>> bufs;
         std::map<std::string, int64_t> scalars;
         for (auto& [name, t] : ckpt_.st.tensors)
@@ -706,12 +845,12 @@ void Run::lbfgs(bool resume) {
     // Metrics at the current point: one extra forward pass, only on logging steps.
     auto log_now = [&](int64_t it) {
         for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(opt.x()[size_t(i)]);
-        const CostTerms J = obj_->cost(*be_, params_.data(), X_.data, X_.rows, nullptr);
+        const CostTerms J = obj_->cost(*be_, params_.data(), data_.X.data, data_.X.rows, nullptr);
         win_.reset(d_in_, d_sae_);
-        win_.add(X_.data, obj_->reconstruction(), obj_->hidden(), X_.rows, threshold_);
-        for (int64_t j = 0; j < d_sae_; ++j) rs_.since_fired[size_t(j)] = win_.fires[size_t(j)] ? 0 : X_.rows;
+        win_.add(data_.X.data, obj_->reconstruction(), obj_->hidden(), data_.X.rows, threshold_);
+        for (int64_t j = 0; j < d_sae_; ++j) rs_.since_fired[size_t(j)] = win_.fires[size_t(j)] ? 0 : data_.X.rows;
         const double secs = seconds_since(t0_);
-        const double sps = secs > 0 ? double((opt.evaluations() - evals0) * X_.rows) / secs : 0;
+        const double sps = secs > 0 ? double((opt.evaluations() - evals0) * data_.X.rows) / secs : 0;
         const std::string line = metrics_line(it, double(it), J, win_, 0.0, sps, rs_, cfg_.dead_threshold_samples);
         write_metrics(line);
         summary_.J = J;
@@ -720,7 +859,7 @@ void Run::lbfgs(bool resume) {
         show({it, first, cfg_.max_iterations, J, sps, true});
         if (hooks_.on_log) external([&] { hooks_.on_log(it, line.substr(0, line.size() - 1)); });
     };
-    if (!resume) log_now(0);
+    if (!resumed_) log_now(0);
     while (opt.iteration() < cfg_.max_iterations && opt.status() == LbfgsStatus::running) {
         opt.iterate(objective);
         const int64_t it = opt.iteration();
@@ -733,31 +872,14 @@ void Run::lbfgs(bool resume) {
         if (stop) return finish("interrupted");
     }
     for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(opt.x()[size_t(i)]);
-    summary_.samples = (opt.evaluations() - evals0) * X_.rows;
+    summary_.samples = (opt.evaluations() - evals0) * data_.X.rows;
     rs_.step = opt.iteration();
     finish(opt.status() == LbfgsStatus::running ? "max_iterations" : lbfgs_status_name(opt.status()));
 }
 
-// User code (a hook, a batch source): if it throws, the last finished step is checkpointed
-// before the exception goes on (a failure to save then is not allowed to hide it).
-template <class F>
-auto Run::external(F&& f) -> decltype(f()) {
-    try {
-        return f();
-    } catch (...) {
-        if (save_) {
-            try {
-                save_();
-            } catch (...) {
-            }
-        }
-        throw;
-    }
-}
-
 void Run::show(const TrainProgress& p) {
     if (hooks_.progress) external([&] { hooks_.progress(p); });
-    else if (!hooks_.quiet) bar_.update(p);
+    else if (!hooks_.quiet) bar_.update(p, label_);
 }
 
 void Run::write_metrics(const std::string& line) {
@@ -785,7 +907,6 @@ void Run::save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::stri
 }
 
 void Run::finish(const std::string& reason) {
-    if (!hooks_.progress && !hooks_.quiet) bar_.finish();
     summary_.steps = rs_.step;
     summary_.stop_reason = reason;
 }
@@ -799,8 +920,34 @@ bool config_key_may_change_on_resume(const std::string& key) {
 
 TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resume, const TrainData& data,
                        const TrainHooks& hooks) {
-    Run run(cfg, out_dir, data, hooks);
-    return run.train(resume);
+    Trainer trainer({{cfg, out_dir, ""}}, data, hooks);
+    return trainer.train(resume).at(0);
+}
+
+std::vector<TrainSummary> train_run_variants(const std::vector<Variant>& variants, const std::string& out_dir, bool resume,
+                                             const TrainData& data, const TrainHooks& hooks) {
+    check(!variants.empty(), "no variants to train");
+    std::vector<Trainer::Spec> specs;
+    const auto first = nlohmann::json::parse(config_to_json(variants[0].cfg));
+    for (const Variant& v : variants) {
+        const std::string who = "variant '" + one_line(v.name) + "'";
+        check(!v.name.empty() && v.name.find('/') == std::string::npos && v.name != "." && v.name != "..",
+              who + ": a name is a directory name");
+        for (const Trainer::Spec& s : specs)
+            check(s.label != v.name, who + ": the name is given twice; each variant needs its own (its output directory)");
+        check(v.cfg.optimizer != "lbfgs", who + ": optimizer = \"lbfgs\" is full-batch and cannot share a stream of minibatches "
+                                                "with other variants; use adam, sgd or rmsprop, or train it alone");
+        const auto mine = nlohmann::json::parse(config_to_json(v.cfg));
+        for (auto it = first.begin(); it != first.end(); ++it)
+            check(!config_key_is_shared(it.key()) || mine[it.key()] == it.value(),
+                  who + ": '" + it.key() + "' defines the data stream, which every variant shares; set it outside the variants");
+        check(config_normalize(v.cfg) == config_normalize(variants[0].cfg),
+              who + ": normalize resolves differently from variant '" + variants[0].name + "' (auto depends on the architecture); set normalize");
+        specs.push_back({v.cfg, out_dir + "/" + v.name, v.name});
+    }
+    ensure_writable_dir(out_dir);
+    Trainer trainer(specs, data, hooks);
+    return trainer.train(resume);
 }
 
 TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resume) {

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -119,6 +120,32 @@ Config config_load_toml(const std::string& path);
 // The same on a file's text already in memory (used by config_load_toml and the fuzzer); name
 // appears in messages and is the base against which a relative `data` path is resolved.
 Config config_parse_toml(const std::string& text, const std::string& name);
+
+// ---- several variants trained from one data stream (sae train) ----
+// One variant as given: its name (its output directory OUT/<name>) and the settings that differ,
+// as key=value texts applied over the shared settings.
+struct VariantSpec {
+    std::string name;
+    std::vector<std::pair<std::string, std::string>> settings;
+};
+struct Variant {
+    std::string name;
+    Config cfg;  // the shared settings with the variant's applied, validated
+};
+// As config_parse_toml / config_load_toml, also reading [[variant]] tables (each with name = "..."
+// and flat keys) into *variants; without variants, such tables are an error.
+Config config_parse_toml(const std::string& text, const std::string& name, std::vector<VariantSpec>* variants);
+Config config_load_toml(const std::string& path, std::vector<VariantSpec>* variants);
+// "name=k16,k=16,d_sae=8192" (sae train --variant). A piece without '=' continues the previous
+// value, so lists keep their commas: "name=m,matryoshka_groups=0.5,0.5".
+VariantSpec variant_parse(const std::string& text);
+// The settings that define the data stream (data, batch order, normalisation, run length,
+// threads, logging and checkpoint steps): every variant of one run shares them.
+bool config_key_is_shared(const std::string& key);
+// The shared settings with each variant's applied. Throws one line naming the variant and: a
+// missing, malformed or repeated name, an unknown key (and the nearest one), a shared key, an
+// invalid value or combination, or normalize = "auto" resolving differently between variants.
+std::vector<Variant> config_variants(const Config& shared, const std::vector<VariantSpec>& specs);
 
 // Checks every range and choice in the table, then cross-key rules (kl needs a sigmoid
 // encoder, ...). Throws with one line naming the key and what to do.

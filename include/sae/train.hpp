@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "sae/config.hpp"
 #include "sae/data.hpp"
@@ -72,7 +73,8 @@ struct TrainHooks {
     // Replaces the stderr display: called every 8 steps and at each log step (L-BFGS: each log).
     std::function<void(const TrainProgress&)> progress;
     bool quiet = false;  // no stderr display (when progress is not set either)
-    // Called at each log step with its metrics.jsonl line (one JSON object, no newline).
+    // Called at each log step with its metrics.jsonl line (one JSON object, no newline); for a
+    // run of several variants the object starts with "variant": its name.
     std::function<void(int64_t step, const std::string& metrics_json)> on_log;
     // Polled after every step, like SIGINT/SIGTERM: once true, the run saves a checkpoint and
     // returns with stop_reason "interrupted".
@@ -89,6 +91,16 @@ struct TrainHooks {
 TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resume);
 TrainSummary train_run(const Config& cfg, const std::string& out_dir, bool resume,
                        const TrainData& data, const TrainHooks& hooks);
+
+// Several variants (config_variants) trained from one pass over the data: each batch is read,
+// shuffled and normalised once and fed to every variant in turn; variant v writes what train_run
+// writes into out_dir/<v.name>/, with its own model, optimiser, checkpoint and metrics, and ends
+// with the bits a separate train_run of v.cfg gives. resume: every variant continues from its
+// checkpoint; one that is behind (the run was stopped between two variants' checkpoints) or has
+// none yet replays the stream alone until it reaches the others. Minibatch optimisers only
+// (full-batch L-BFGS is refused). The progress display and hook follow the first variant.
+std::vector<TrainSummary> train_run_variants(const std::vector<Variant>& variants, const std::string& out_dir, bool resume,
+                                             const TrainData& data, const TrainHooks& hooks);
 
 // "interrupted at step N; checkpoint saved, continue with --resume" (iteration for L-BFGS).
 std::string train_interrupted_message(const Config& cfg, const TrainSummary& s);

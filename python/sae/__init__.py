@@ -271,7 +271,7 @@ class _Bar:
             self._bar.close()
 
 
-def train(data, out=None, *, resume=False, progress=None, callback=None, **settings):
+def train(data, out=None, *, resume=False, progress=None, callback=None, variants=None, **settings):
     """Trains a sparse autoencoder and returns it as a Model.
 
     data: a NumPy array or CPU torch tensor [N, d_in] (float32 read in place; float64, float16,
@@ -285,6 +285,11 @@ def train(data, out=None, *, resume=False, progress=None, callback=None, **setti
     progress: a bar (tqdm) on a terminal or notebook; False: none; True: always.
     callback(step, metrics): called at each log step with the metrics.jsonl line as a dict.
     settings: the CLI's keys (sae.settings_help()), e.g. architecture="topk", k=32, d_sae=4096.
+    variants: a list of dicts, each with "name" and the settings that differ from `settings`
+      (`sae train --variant`): every variant is trained from the one pass over the data into
+      out/<name> and a dict name -> Model is returned; the callback's metrics then carry
+      "variant". The settings that define the data stream (data, batch_size, epochs, seed,
+      shuffle_buffer, normalize, threads, ...) cannot differ between variants.
 
     Same settings, seed and threads give the bits `sae train` gives on the same data. Ctrl-C
     saves a checkpoint, then raises KeyboardInterrupt; an exception in the callback or the
@@ -309,6 +314,13 @@ def train(data, out=None, *, resume=False, progress=None, callback=None, **setti
                           "again) to train for more epochs", stacklevel=2)
             settings["epochs"] = 1
     pairs = _settings(settings)
+    variant_pairs = []
+    for v in variants or []:
+        if not isinstance(v, dict) or not isinstance(v.get("name"), str):
+            raise DTypeError(f"variants: each variant is a dict with a 'name' (str) and its settings, not {v!r}")
+        variant_pairs.append((v["name"], _settings({k: x for k, x in v.items() if k != "name"})))
+    if variants is not None and not variant_pairs:
+        raise DTypeError("variants: an empty list; give at least one dict with a 'name', or leave variants out")
     if progress is None:
         progress = sys.stderr.isatty() or _in_notebook()
     bar = _Bar() if progress else None
@@ -320,7 +332,10 @@ def train(data, out=None, *, resume=False, progress=None, callback=None, **setti
     try:
         summary = _sae.train(pairs, out_dir, bool(resume), array, source or "f32", feeder, name,
                              bar if bar is not None and bar.available else None,
-                             not progress or (bar is not None and bar.available), on_log)
+                             not progress or (bar is not None and bar.available), on_log, variant_pairs)
+        if variant_pairs:
+            return {name: Model(_sae.Model(os.path.join(out_dir, name)), s)
+                    for (name, _), s in zip(variant_pairs, summary)}
         return Model(_sae.Model(out_dir), summary)
     finally:
         if bar is not None:

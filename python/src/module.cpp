@@ -211,10 +211,22 @@ py::dict summary_dict(const sae::TrainSummary& s) {
 // sae.train's engine: the data is the settings' `data` (array and feeder None), an array of
 // raw samples, or a feeder (see PyBatches). progress(step, total, J_total, samples_per_s,
 // log_step) replaces the stderr display; on_log(step, metrics_json) at each log step.
-py::dict train(const Settings& settings, const std::string& out, bool resume, py::object array,
-               const std::string& source, py::object feeder, const std::string& name, py::object progress,
-               bool quiet, py::object on_log) {
-    const sae::Config cfg = settings_config(settings);
+// variants: [(name, settings)], each trained into out/<name> from the one stream
+// (train_run_variants); then a list of summaries, one per variant, is returned.
+py::object train(const Settings& settings, const std::string& out, bool resume, py::object array,
+                 const std::string& source, py::object feeder, const std::string& name, py::object progress,
+                 bool quiet, py::object on_log, const std::vector<std::pair<std::string, Settings>>& variant_list) {
+    std::vector<sae::Variant> variants;
+    sae::Config cfg;
+    if (variant_list.empty()) {
+        cfg = settings_config(settings);
+    } else {
+        for (const auto& [key, value] : settings) sae::config_set(cfg, key, value);
+        std::vector<sae::VariantSpec> specs;
+        for (const auto& [vname, vsettings] : variant_list) specs.push_back({vname, vsettings});
+        variants = sae::config_variants(cfg, specs);
+        cfg = variants[0].cfg;
+    }
     sae::TrainData data;
     data.name = name;
     py::array held;
@@ -242,16 +254,21 @@ py::dict train(const Settings& settings, const std::string& out, bool resume, py
             py::gil_scoped_acquire gil;
             on_log(step, line);
         };
-    sae::TrainSummary s;
+    std::vector<sae::TrainSummary> summaries;
     {
         py::gil_scoped_release release;
-        s = sae::train_run(cfg, out, resume, data, hooks);
+        if (variants.empty()) summaries.push_back(sae::train_run(cfg, out, resume, data, hooks));
+        else summaries = sae::train_run_variants(variants, out, resume, data, hooks);
     }
+    const sae::TrainSummary& s = summaries[0];
     if (s.stop_reason == "interrupted") {
         PyErr_SetString(PyExc_KeyboardInterrupt, sae::train_interrupted_message(cfg, s).c_str());
         throw py::error_already_set();
     }
-    return summary_dict(s);
+    if (variants.empty()) return summary_dict(s);
+    py::list list;
+    for (const auto& x : summaries) list.append(summary_dict(x));
+    return list;
 }
 
 py::dict synth(int64_t features, int64_t dim, int64_t samples, double mean_active, double decay, bool correlated,
