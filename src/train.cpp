@@ -245,7 +245,8 @@ std::string metrics_line(int64_t step, double epoch, const CostTerms& J, const S
 // Re-initialises each latent j with redo[j] set (modern layouts: W_enc [d_in, d_sae], b_enc,
 // W_dec [d_sae, d_in]) towards a sample the model reconstructs badly: samples of the batch
 // X [m, d_in] are drawn with probability ∝ ‖x − x̂‖², W_dec[j] = x/‖x‖, W_enc[:, j] = 0.2 · (mean
-// norm of the other encoder columns) · x/‖x‖, b_enc[j] = 0, and those entries of every
+// norm of the other encoder columns) · x/‖x‖, its encoder biases 0 (b_enc; gated: b_gate, b_mag
+// and r_mag, so the magnitude path's scale is exp(0) = 1), and those entries of every
 // optimiser moment are zeroed; its samples-since-fired count restarts. Returns the number of
 // latents re-initialised.
 int64_t resample_latents(const ParamLayout& L, float* params, Optimizer& opt, const float* X, const float* Xhat,
@@ -261,7 +262,9 @@ int64_t resample_latents(const ParamLayout& L, float* params, Optimizer& opt, co
         cum[size_t(i)] = total;
     }
     float* W_enc = params + we.offset;
-    float* b_enc = params + L.get("b_enc").offset;
+    std::vector<int64_t> biases;  // offsets of the [d_sae] encoder tensors reset to 0
+    for (const char* name : {"b_enc", "b_gate", "b_mag", "r_mag"})
+        if (const ParamView* v = L.find(name)) biases.push_back(v->offset);
     float* W_dec = params + L.get("W_dec").offset;
     double live_norm = 0;
     int64_t live = 0;
@@ -288,14 +291,14 @@ int64_t resample_latents(const ParamLayout& L, float* params, Optimizer& opt, co
             W_dec[j * d_in + k] = float(v);
             W_enc[k * d_sae + j] = float(enc_scale * v);
         }
-        b_enc[j] = 0;
+        for (int64_t off : biases) params[off + j] = 0;
         for (auto& [name, buf] : moments) {
             float* b = buf->data();
             for (int64_t k = 0; k < d_in; ++k) {
                 b[we.offset + k * d_sae + j] = 0;
                 b[L.get("W_dec").offset + j * d_in + k] = 0;
             }
-            b[L.get("b_enc").offset + j] = 0;
+            for (int64_t off : biases) b[off + j] = 0;
         }
         rs.since_fired[size_t(j)] = 0;
         ++count;

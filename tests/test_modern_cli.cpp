@@ -169,6 +169,24 @@ TEST(ModernCli, ResumeIsBitIdenticalWithAuxKAndResampling) {
     EXPECT_GT(nlohmann::json::parse(last)["resampled_latents"].get<int64_t>(), 0);
 }
 
+// Resampling resets each architecture's own encoder tensors (gated has no b_enc: b_gate, b_mag, r_mag).
+TEST(ModernCli, ResampleDeadWorksForEveryArchitecture) {
+    const std::string dir = sae_test::temp_dir("mcli");
+    const std::string data = make_data(dir);
+    for (const char* arch : {"standard", "gated"}) {
+        const std::string out = dir + "/" + arch;
+        auto r = run(kSae + " train" + train_args(data, arch) +
+                     " --set d_sae=128 --set epochs=3 --set dead_threshold_samples=16 --set resample_dead=true"
+                     " --set l1_coefficient=3 --set l0_coefficient=1 --set log_every=5 --out " + out);
+        ASSERT_EQ(r.exit_code, 0) << arch << ": " << r.err;
+        std::ifstream f(out + "/metrics.jsonl");
+        std::string line;
+        int64_t resampled = 0;
+        while (std::getline(f, line)) resampled += nlohmann::json::parse(line)["resampled_latents"].get<int64_t>();
+        EXPECT_GT(resampled, 0) << arch;
+    }
+}
+
 TEST(ModernCli, ResampleDuplicatesReinitialisesNearCopiesAndResumesBitIdentical) {
     const std::string dir = sae_test::temp_dir("mcli");
     const std::string data = make_data(dir);
