@@ -730,7 +730,8 @@ const char* kBrowserStyle = R"CSS(<style>
 </style>
 )CSS";
 
-// Renders latent `i` of the data into #feature-view; the search box takes a latent number.
+// Renders latent `i` of the data into #feature-view; the search box takes a latent number, and
+// the page's address may end in #latent-J to open latent J.
 const char* kBrowserScript = R"JS(<script>
 (function () {
   var D = JSON.parse(document.getElementById('feature-data').textContent), at = {}, cur = 0;
@@ -791,7 +792,10 @@ const char* kBrowserScript = R"JS(<script>
   box.onkeydown = function (e) { if (e.key === 'Enter') go(); };
   document.getElementById('feature-prev').onclick = function () { show(cur - 1); };
   document.getElementById('feature-next').onclick = function () { show(cur + 1); };
-  show(0);
+  // report.html#latent-123 opens latent 123 (a link to one latent)
+  function fromHash() { var h = /^#latent-(\d+)$/.exec(location.hash); if (h && h[1] in at) { show(at[h[1]]); return true; } return false; }
+  window.addEventListener('hashchange', fromHash);
+  if (!fromHash()) show(0);
 })();
 </script>
 )JS";

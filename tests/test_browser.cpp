@@ -596,6 +596,18 @@ TEST(Browser, PageRendersInChromium) {
     EXPECT_NE(v.find("<b>promotes</b>"), std::string::npos);
     EXPECT_NE(v.find("&lt;/script&gt;&lt;b&gt;"), std::string::npos);
     EXPECT_EQ(v.find("</script><b>"), std::string::npos);
+    // report.html#latent-J opens latent J (here the second most active)
+    ASSERT_GE(b.latents.size(), 2u);
+    const std::string J = std::to_string(b.latents[1].index);
+    auto h = run("timeout 120 " + std::string(chromium) +
+                 " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
+                 " --disable-component-update --disable-sync --enable-logging=stderr --v=0 --user-data-dir=" +
+                 sae_test::temp_dir("chromium") + " --dump-dom 'file://" + d + "/report.html#latent-" + J + "'");
+    ASSERT_EQ(h.exit_code, 0) << h.err;
+    const size_t hv = h.out.find("id=\"feature-view\"");
+    ASSERT_NE(hv, std::string::npos);
+    const std::string w = h.out.substr(hv, h.out.find("<script", hv) - hv);
+    EXPECT_NE(w.find("<h3>Latent " + J + "</h3>"), std::string::npos) << w.substr(0, 400);
 }
 
 }  // namespace
