@@ -34,7 +34,9 @@ def variants(d_sae, k, epochs):
     return {
         "topk": dict(architecture="topk", k=k, **common),
         "batchtopk": dict(architecture="batchtopk", k=k, **common),
-        "jumprelu": dict(architecture="jumprelu", l0_coefficient=2e-3, bandwidth=0.05, jumprelu_init_threshold=0.05,
+        # residual norms here are ≈ 19 (pre-activations of order 1): threshold and kernel width 1;
+        # with 0.05 (the scale of unit-norm inputs) the thresholds barely move and L0 stays ≈ 400
+        "jumprelu": dict(architecture="jumprelu", l0_coefficient=0.5, bandwidth=1.0, jumprelu_init_threshold=1.0,
                          **common),
     }
 

@@ -9,8 +9,9 @@ The corpus is the file list with SHA-256 checksums in lm/corpus.sha256 (written 
 from the installed files); a file whose checksum differs is named and the run stops, so the
 weights are reproducible from the same files. Every 10th file in sorted order is held out: the
 held-out loss below is measured on them, and lm/heldout.txt (the first 256 KiB of their
-concatenation) is what the tests and scripts/lm-demo.sh feed the model. Seeded: same files, seed
-and threads give the same weights.
+concatenation) is what the tests and scripts/lm-demo.sh feed the model. Seeded (torch.manual_seed, the
+batch order from its own generator); the shipped weights took 3568 s on 2 shared cores (held-out
+loss 1.752 nats/byte, train 1.646) and were not re-run to compare bits.
 """
 import argparse
 import hashlib
