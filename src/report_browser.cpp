@@ -793,7 +793,13 @@ const char* kBrowserScript = R"JS(<script>
   document.getElementById('feature-prev').onclick = function () { show(cur - 1); };
   document.getElementById('feature-next').onclick = function () { show(cur + 1); };
   // report.html#latent-123 opens latent 123 (a link to one latent)
-  function fromHash() { var h = /^#latent-(\d+)$/.exec(location.hash); if (h && h[1] in at) { show(at[h[1]]); return true; } return false; }
+  function fromHash() {
+    var h = /^#latent-(\d+)$/.exec(location.hash);
+    if (!h || !(h[1] in at)) return false;
+    show(at[h[1]]);
+    document.getElementById('features').scrollIntoView();
+    return true;
+  }
   window.addEventListener('hashchange', fromHash);
   if (!fromHash()) show(0);
 })();
