@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sae/backend.hpp"
+#include "sae/comm.hpp"
 #include "sae/error.hpp"
 #include "sae/eval.hpp"
 #include "sae/io.hpp"
@@ -300,6 +301,88 @@ int64_t resample_latents(const ParamLayout& L, float* params, Optimizer& opt, co
     return count;
 }
 
+// ---- data replicas: the few points where the ranks meet (one process: each is a no-op) ----
+
+// A replica's cost of its slice (m of M rows) → the whole batch's: its J terms and gradient
+// weighted by m/M (each is a mean over the slice plus terms of the parameters alone, which the
+// weights, summing to 1, keep once), then summed over the replicas. The local stop request
+// travels with them, so every rank stops after the same step. Returns the agreed stop.
+bool replicas_reduce(Comm& comm, CostTerms& J, float* grad, int64_t n, int64_t m, int64_t M, bool stop) {
+    if (comm.size() == 1) return stop;
+    const double w = double(m) / double(M);
+    double terms[6] = {J.rec * w, J.weight_decay * w, J.sparsity * w, J.aux * w, J.denoise * w, stop ? 1.0 : 0.0};
+    if (grad) {
+        const float wf = float(w);
+        for (int64_t i = 0; i < n; ++i) grad[i] *= wf;
+        comm.allreduce_sum(grad, n, "gradient");
+    }
+    comm.allreduce_sum(terms, 6, "J terms");
+    J = {terms[0], terms[1], terms[2], terms[3], terms[4]};
+    return terms[5] > 0;
+}
+
+// Statistics of each replica's rows → of the whole batch(es), on every rank.
+void replicas_reduce(Comm& comm, Stats& st) {
+    if (comm.size() == 1) return;
+    std::vector<double> b = {double(st.n), st.sq_err, st.sum_x2, st.sum_abs_h, double(st.active),
+                             st.sum_cos, st.sum_l2_ratio, st.sum_xhat2, st.sum_dot};
+    const size_t head = b.size();
+    b.insert(b.end(), st.sum_x.begin(), st.sum_x.end());
+    b.insert(b.end(), st.sum_h.begin(), st.sum_h.end());
+    for (int64_t f : st.fires) b.push_back(double(f));
+    comm.allreduce_sum(b.data(), int64_t(b.size()), "statistics");
+    st.n = int64_t(b[0]);
+    st.sq_err = b[1];
+    st.sum_x2 = b[2];
+    st.sum_abs_h = b[3];
+    st.active = int64_t(b[4]);
+    st.sum_cos = b[5];
+    st.sum_l2_ratio = b[6];
+    st.sum_xhat2 = b[7];
+    st.sum_dot = b[8];
+    size_t at = head;
+    for (auto& v : st.sum_x) v = b[at++];
+    for (auto& v : st.sum_h) v = b[at++];
+    for (auto& v : st.fires) v = int64_t(b[at++]);
+}
+
+// flags [n] (0/1) → 1 where any replica has 1.
+void replicas_any(Comm& comm, std::vector<uint8_t>& flags, std::vector<float>& scratch) {
+    if (comm.size() == 1) return;
+    scratch.assign(flags.begin(), flags.end());
+    comm.allreduce_sum(scratch.data(), int64_t(scratch.size()), "fired");
+    for (size_t j = 0; j < flags.size(); ++j) flags[j] = scratch[j] > 0;
+}
+
+// Each replica's rows [count, cols] of a batch of M rows → the whole batch, on every rank.
+void replicas_gather_rows(Comm& comm, const float* mine, int64_t M, int64_t cols, std::vector<float>& all) {
+    const int n = comm.size();
+    const RowSlice s = replica_rows(M, comm.rank(), n);
+    const int64_t block = replica_rows(M, 0, n).count * cols;  // the largest slice
+    std::vector<float> send(size_t(block), 0.0f), recv(size_t(block * n));
+    std::copy(mine, mine + s.count * cols, send.begin());
+    comm.allgather(send.data(), block * int64_t(sizeof(float)), recv.data(), "rows");
+    all.resize(size_t(M * cols));
+    for (int r = 0; r < n; ++r) {
+        const RowSlice t = replica_rows(M, r, n);
+        std::copy(recv.begin() + r * block, recv.begin() + r * block + t.count * cols, all.begin() + t.begin * cols);
+    }
+}
+
+// FNV-1a of the parameters' bytes: replicas must hold the same bits.
+uint64_t params_hash(const std::vector<float>& p) {
+    uint64_t h = 1469598103934665603ULL;
+    const auto* b = reinterpret_cast<const unsigned char*>(p.data());
+    for (size_t i = 0; i < p.size() * sizeof(float); ++i) h = (h ^ b[i]) * 1099511628211ULL;
+    return h;
+}
+
+std::string mb(double bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f MB", bytes / 1e6);
+    return buf;
+}
+
 // One training run. The constructor sets everything up (settings, output directory, data,
 // model); train() restores or initialises the parameters and runs the optimiser's loop.
 class Run {
@@ -313,6 +396,7 @@ public:
 private:
     // set-up
     void load_data(const TrainData& data);
+    void check_layout();
     void start(bool resume);
     // the two optimiser families
     void lbfgs(bool resume);
@@ -326,7 +410,10 @@ private:
     void log(bool last);
     void resample(int64_t m);
     // helpers
-    bool stop_requested() const { return g_interrupted || (hooks_.stop && hooks_.stop->load()); }
+    bool stop_local() const { return g_interrupted || (hooks_.stop && hooks_.stop->load()); }
+    // Several ranks stop together: at the request that travelled with the last reduction.
+    bool stop_requested() const { return comm_.size() > 1 ? agreed_stop_ : stop_local(); }
+    CostTerms slice_cost(const float* X, int64_t M, float* grad);
     template <class F>
     auto external(F&& f) -> decltype(f());
     void show(const TrainProgress& p);
@@ -336,6 +423,11 @@ private:
 
     Config cfg_;
     const TrainHooks& hooks_;
+    Comm& comm_;              // the ranks (one process: every collective a no-op)
+    bool writer_ = true;      // rank 0 writes the files and shows progress
+    RowSlice mine_;           // this replica's rows of the current batch
+    bool agreed_stop_ = false;
+    std::vector<float> scratch_;
     std::string out_dir_, name_, ckpt_path_, metrics_path_, cfg_json_;
     std::unique_ptr<Backend> be_;
     bool streaming_ = false;
@@ -364,15 +456,17 @@ private:
     Clock::time_point win_start_;
     double lr_ = 0;
     int64_t last_m_ = 0;  // rows of the last batch used (resampling draws from it)
+    int64_t win_samples_ = 0;  // samples of all replicas since the last metrics line
 };
 
 Run::Run(const Config& settings, const std::string& out_dir, const TrainData& data, const TrainHooks& hooks)
-    : cfg_(settings), hooks_(hooks), out_dir_(out_dir) {
+    : cfg_(settings), hooks_(hooks), comm_(comm_world()), writer_(comm_world().rank() == 0), out_dir_(out_dir) {
     config_validate(settings);
     cfg_.normalize = config_normalize(cfg_);  // auto resolved: cfg.json names what was applied
     set_num_threads(int(cfg_.threads));
     ensure_writable_dir(out_dir_);  // before any long work
     // A run killed mid-write leaves "<output>.tmp-<pid>" behind; sweep those of our own outputs.
+    if (writer_)
     for (const auto& e : std::filesystem::directory_iterator(out_dir_)) {
         const std::string name = e.path().filename().string();
         for (const char* out : {"model.safetensors", "cfg.json", "metrics.jsonl", "checkpoint.safetensors"})
@@ -393,6 +487,24 @@ Run::Run(const Config& settings, const std::string& out_dir, const TrainData& da
     rs_.input_scale = cfg_.normalize_activations == "expected_norm" ? expected_norm_scale(X_) : 1.0;
     if (rs_.input_scale != 1.0) X_.scale(rs_.input_scale);
     if (batches_) batches_->set_input_scale(rs_.input_scale);
+    check_layout();
+}
+
+// Several ranks (mpirun): latent_shards × data replicas. Every replica reads the same data and
+// holds the same parameters; it computes the cost of its slice of each batch.
+void Run::check_layout() {
+    const int64_t ranks = comm_.size();
+    check(ranks % cfg_.latent_shards == 0, "latent_shards = " + std::to_string(cfg_.latent_shards) + " does not divide the " +
+                                               std::to_string(ranks) + " ranks; pick a divisor (mpirun -np N)");
+    check(cfg_.latent_shards == 1, "latent_shards = " + std::to_string(cfg_.latent_shards) +
+                                       ": latent shards are not built yet; use latent_shards = 1 (data replicas only)");
+    if (ranks == 1) return;
+    const std::string arch = config_architecture(cfg_);
+    check(arch != "batchtopk" && arch != "matryoshka_batchtopk",
+          "architecture = \"" + arch + "\" selects over the whole batch, which data replicas do not share yet; "
+          "train it in one process, or use topk");
+    check(!(arch == "classic" && (cfg_.corruption != "none" || cfg_.dropout > 0)),
+          "denoising (corruption, dropout) draws its masks per batch, which data replicas do not share yet; train it in one process");
 }
 
 // The data: in memory (a file, or the caller's samples), or streamed through a shuffle buffer
@@ -444,6 +556,14 @@ void Run::start(bool resume) {
     grad_.resize(size_t(n_));
     if (resume) {
         ckpt_ = checkpoint_load(ckpt_path_, cfg_);
+        // The layout: data replicas would resume alike, but not to the same bits (sums in
+        // another order); latent shards hold other slices. Refused, not re-sharded.
+        const auto r = ckpt_.st.metadata.find("ranks");
+        const int64_t saved_ranks = r == ckpt_.st.metadata.end() ? 1 : ckpt_.get_int("ranks");
+        check(saved_ranks == comm_.size(), ckpt_path_ + ": the checkpoint was made by " + std::to_string(saved_ranks) +
+                                               " ranks but this run has " + std::to_string(comm_.size()) +
+                                               "; resume with mpirun -np " + std::to_string(saved_ranks) +
+                                               " (the same layout) or train into a new directory");
         const auto& p = ckpt_.tensor("params", n_).f32;
         std::copy(p.begin(), p.end(), params_.begin());
         rs_.step = ckpt_.get_int("step");
@@ -458,12 +578,14 @@ void Run::start(bool resume) {
     } else {
         Rng rng(uint64_t(cfg_.seed));
         obj_->init(params_.data(), rng, X_.head(4096));
-        write_file_atomic(metrics_path_, "");
+        if (writer_) write_file_atomic(metrics_path_, "");
     }
-    write_file_atomic(out_dir_ + "/cfg.json", model_cfg_json(cfg_, *obj_, rs_.input_scale, norm_));
-    if (resume) metrics_truncate(metrics_path_, rs_.step);
-    metrics_ = std::fopen(metrics_path_.c_str(), "a");
-    check(metrics_ != nullptr, metrics_path_ + ": cannot open for appending (" + std::strerror(errno) + ")");
+    if (writer_) {
+        write_file_atomic(out_dir_ + "/cfg.json", model_cfg_json(cfg_, *obj_, rs_.input_scale, norm_, comm_.size()));
+        if (resume) metrics_truncate(metrics_path_, rs_.step);
+        metrics_ = std::fopen(metrics_path_.c_str(), "a");
+        check(metrics_ != nullptr, metrics_path_ + ": cannot open for appending (" + std::strerror(errno) + ")");
+    }
     win_.reset(d_in_, d_sae_);
     obj_->set_training(true);
 }
@@ -476,8 +598,8 @@ TrainSummary Run::train(bool resume) {
     if (cfg_.optimizer == "lbfgs") lbfgs(resume);
     else minibatch(resume);
     summary_.skipped_batches = rs_.skipped;
-    if (summary_.stop_reason != "interrupted")
-        model_save(out_dir_, cfg_, *obj_, params_.data(), rs_.input_scale, norm_);
+    if (summary_.stop_reason != "interrupted" && writer_)
+        model_save(out_dir_, cfg_, *obj_, params_.data(), rs_.input_scale, norm_, comm_.size());
     summary_.seconds = seconds_since(t0_);
     return summary_;
 }
@@ -506,6 +628,13 @@ void Run::minibatch(bool resume) {
 void Run::minibatch_setup(bool resume) {
     if (!batches_) batches_ = train_data::batches_in_memory(X_, cfg_.batch_size, cfg_.epochs, uint64_t(cfg_.seed));
     const int64_t B = batches_->batch_size();
+    if (comm_.size() > 1) {  // every replica needs a row of every batch (in memory, the last one may be short)
+        const int64_t last = batches_->streamed() ? B : (X_.rows % B == 0 ? B : X_.rows % B);
+        check(std::min(B, last) >= comm_.size(),
+              "batch_size = " + std::to_string(B) + " over " + std::to_string(X_.rows) + " samples makes batches of " +
+                  std::to_string(std::min(B, last)) + " rows, fewer than the " + std::to_string(comm_.size()) +
+                  " data replicas; pick a batch_size that leaves each replica a row");
+    }
     // Per-step statistics read the sparse models' row lists, not a dense [B, d_sae].
     if (threshold_ >= 0) obj_->set_dense_hidden(false);
     opt_ = optimizer_create(cfg_.optimizer, n_, config_optimizer_hyper(cfg_));
@@ -537,8 +666,15 @@ void Run::minibatch_setup(bool resume) {
         if (batches_->streamed()) meta["stream_state"] = batches_->state();
         save_checkpoint(std::move(t), std::move(meta));
     };
-    obj_->reserve(B);
+    obj_->reserve(replica_rows(B, 0, int(comm_.size())).count);
     Xb_.resize(B, d_in_);
+    if (comm_.size() > 1 && writer_ && !hooks_.quiet)
+        std::fprintf(stderr, "%d ranks: latent_shards %lld x %lld data replicas of batch %lld (up to %lld rows each); per rank: "
+                             "parameters, gradient and optimiser state %s, data in memory %s\n",
+                     comm_.size(), (long long)cfg_.latent_shards, (long long)(comm_.size() / cfg_.latent_shards), (long long)B,
+                     (long long)replica_rows(B, 0, comm_.size()).count,
+                     mb(double(n_) * 4.0 * double(2 + opt_->state().size())).c_str(),
+                     mb(double(X_.rows) * double(X_.cols) * 4.0).c_str());
     dead_.assign(size_t(d_sae_), 0);
     fired_.assign(size_t(d_sae_), 0);
     first_step_ = rs_.step;
@@ -548,6 +684,7 @@ void Run::minibatch_setup(bool resume) {
 int64_t Run::next_batch() {
     last_m_ = batches_->external() ? external([&] { return batches_->next(Xb_.data.data()); })
                                    : batches_->next(Xb_.data.data());
+    mine_ = replica_rows(last_m_, comm_.rank(), comm_.size());  // every replica has the whole batch
     return last_m_;
 }
 
@@ -562,7 +699,17 @@ CostTerms Run::batch_cost(int64_t m) {
                                  ? std::min(1.0, double(rs_.step + 1) / double(cfg_.sparsity_warmup_steps))
                                  : 1.0);
     obj_->set_step(rs_.step);  // denoising masks drawn from (seed, step)
-    return obj_->cost(*be_, params_.data(), Xb_.data.data(), m, grad_.data());
+    return slice_cost(Xb_.data.data(), m, grad_.data());
+}
+
+// The cost of the batch X [M, d_in] and its gradient (when grad): this replica's rows of it,
+// then summed over the replicas (one process: the cost of X).
+CostTerms Run::slice_cost(const float* X, int64_t M, float* grad) {
+    mine_ = replica_rows(M, comm_.rank(), comm_.size());
+    if (comm_.size() > 1) obj_->set_batch_share(M, [this](double* b, int64_t k) { comm_.allreduce_sum(b, k, "batch statistics"); });
+    CostTerms J = obj_->cost(*be_, params_.data(), X + mine_.begin * d_in_, mine_.count, grad);
+    agreed_stop_ = replicas_reduce(comm_, J, grad, n_, mine_.count, M, stop_local());
+    return J;
 }
 
 void Run::skip_batch(const char* bad) {
@@ -594,17 +741,21 @@ void Run::update(const CostTerms& J, int64_t m) {
                         std::to_string(lr_) + " is too large?); training stopped. The last good checkpoint is " +
                         ckpt_path_ + "; lower lr or set grad_clip_norm");
 
+    // Firing and statistics from this replica's rows (one process: the batch).
     std::fill(fired_.begin(), fired_.end(), 0);
+    const int64_t mr = mine_.count;
+    const float* Xr = Xb_.data.data() + mine_.begin * d_in_;
     if (const ActiveRows* A = obj_->active_rows()) {  // sparse model: its row lists
-        for (int64_t i = 0; i < m; ++i)
+        for (int64_t i = 0; i < mr; ++i)
             for (int64_t e = A->beg[i]; e < A->end[i]; ++e) fired_[size_t(A->col[e])] |= double(A->val[e]) > threshold_;
-        win_.add(Xb_.data.data(), obj_->reconstruction(), *A, m, threshold_);
+        win_.add(Xr, obj_->reconstruction(), *A, mr, threshold_);
     } else {
         const float* H = obj_->hidden();
-        for (int64_t i = 0; i < m; ++i)
+        for (int64_t i = 0; i < mr; ++i)
             for (int64_t j = 0; j < d_sae_; ++j) fired_[size_t(j)] |= double(H[i * d_sae_ + j]) > threshold_;
-        win_.add(Xb_.data.data(), obj_->reconstruction(), H, m, threshold_);
+        win_.add(Xr, obj_->reconstruction(), H, mr, threshold_);
     }
+    replicas_any(comm_, fired_, scratch_);  // fired on any replica's rows
     for (int64_t j = 0; j < d_sae_; ++j)
         rs_.since_fired[size_t(j)] = fired_[size_t(j)] ? 0 : rs_.since_fired[size_t(j)] + m;
     J_sum_.rec += J.rec;
@@ -613,6 +764,7 @@ void Run::update(const CostTerms& J, int64_t m) {
     J_sum_.aux += J.aux;
     J_sum_.denoise += J.denoise;
     ++win_steps_;
+    win_samples_ += m;
     summary_.samples += m;
 }
 
@@ -624,13 +776,14 @@ void Run::log(bool last) {
     const double w = 1.0 / double(win_steps_);
     const CostTerms Jm{J_sum_.rec * w, J_sum_.weight_decay * w, J_sum_.sparsity * w, J_sum_.aux * w, J_sum_.denoise * w};
     const double secs = seconds_since(win_start_);
-    const double sps = secs > 0 ? double(win_.n) / secs : 0;
+    const double sps = secs > 0 ? double(win_samples_) / secs : 0;
     // At multiples of log_every only: not at a run's last or interrupted step, which a longer or
     // uninterrupted run does not resample at (resume stays bit-identical).
     if (rs_.step % cfg_.log_every == 0 && (cfg_.resample_dead || cfg_.resample_duplicates > 0) && config_is_modern(cfg_))
         resample(last_m_);
     std::string line;
     if (log_line) {
+        replicas_reduce(comm_, win_);  // every replica's rows
         line = metrics_line(rs_.step, batches_->epoch(rs_.step), Jm, win_, lr_, sps, rs_, cfg_.dead_threshold_samples);
         write_metrics(line);
         summary_.J = Jm;
@@ -639,6 +792,7 @@ void Run::log(bool last) {
         win_.reset(d_in_, d_sae_);
         J_sum_ = {};
         win_steps_ = 0;
+        win_samples_ = 0;
         win_start_ = Clock::now();
     }
     show({rs_.step, first_step_, batches_->total(), Jm, sps, log_line});
@@ -662,20 +816,28 @@ void Run::resample(int64_t m) {
             if (rs_.since_fired[size_t(j)] >= cfg_.dead_threshold_samples) redo[size_t(j)] = 1;
     // Deterministic: the draw depends on (seed, step) only.
     Rng rrng(uint64_t(cfg_.seed) * 0x2545f4914f6cdd1dULL + uint64_t(rs_.step));
-    rs_.resampled += resample_latents(obj_->layout(), params_.data(), *opt_, Xb_.data.data(), obj_->reconstruction(), m,
-                                      redo, rs_, rrng);
+    const float* Xhat = obj_->reconstruction();
+    if (comm_.size() > 1) {  // every replica draws from the whole batch, alike
+        replicas_gather_rows(comm_, Xhat, m, d_in_, scratch_);
+        Xhat = scratch_.data();
+    }
+    rs_.resampled += resample_latents(obj_->layout(), params_.data(), *opt_, Xb_.data.data(), Xhat, m, redo, rs_, rrng);
 }
 
 // ---- full-batch L-BFGS: for each iteration, iterate (cost and line search) → log → checkpoint ----
 void Run::lbfgs(bool resume) {
-    obj_->reserve(X_.rows);
+    // Replicas: each computes the cost of its rows of the whole set; summed, it is the one
+    // process's cost and gradient, so every rank follows its iterates.
+    check(X_.rows >= comm_.size(), name_ + ": " + std::to_string(X_.rows) + " samples for " + std::to_string(comm_.size()) +
+                                       " data replicas; each needs one at least");
+    obj_->reserve(replica_rows(X_.rows, 0, comm_.size()).count);
     LbfgsOptions lbfgs_options;
     lbfgs_options.history = int(cfg_.lbfgs_history);
     Lbfgs opt(n_, lbfgs_options);
     auto objective = [&](const double* x, double* g) {
         for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(x[i]);
         obj_->set_step(0);  // denoising: one corruption for the whole run, a fixed function for L-BFGS
-        const CostTerms J = obj_->cost(*be_, params_.data(), X_.data, X_.rows, grad_.data());
+        const CostTerms J = slice_cost(X_.data, X_.rows, grad_.data());
         for (int64_t i = 0; i < n_; ++i) g[i] = grad_[size_t(i)];
         return J.total();
     };
@@ -706,9 +868,10 @@ void Run::lbfgs(bool resume) {
     // Metrics at the current point: one extra forward pass, only on logging steps.
     auto log_now = [&](int64_t it) {
         for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(opt.x()[size_t(i)]);
-        const CostTerms J = obj_->cost(*be_, params_.data(), X_.data, X_.rows, nullptr);
+        const CostTerms J = slice_cost(X_.data, X_.rows, nullptr);
         win_.reset(d_in_, d_sae_);
-        win_.add(X_.data, obj_->reconstruction(), obj_->hidden(), X_.rows, threshold_);
+        win_.add(X_.data + mine_.begin * d_in_, obj_->reconstruction(), obj_->hidden(), mine_.count, threshold_);
+        replicas_reduce(comm_, win_);
         for (int64_t j = 0; j < d_sae_; ++j) rs_.since_fired[size_t(j)] = win_.fires[size_t(j)] ? 0 : X_.rows;
         const double secs = seconds_since(t0_);
         const double sps = secs > 0 ? double((opt.evaluations() - evals0) * X_.rows) / secs : 0;
@@ -756,16 +919,30 @@ auto Run::external(F&& f) -> decltype(f()) {
 }
 
 void Run::show(const TrainProgress& p) {
+    if (!writer_) return;
     if (hooks_.progress) external([&] { hooks_.progress(p); });
     else if (!hooks_.quiet) bar_.update(p);
 }
 
 void Run::write_metrics(const std::string& line) {
+    if (!writer_) return;
     check(std::fputs(line.c_str(), metrics_) >= 0 && std::fflush(metrics_) == 0, metrics_path_ + ": write failed (disk full?)");
 }
 
 // Checkpoint = parameters + optimiser state (given as named buffers) + run state.
+// Several ranks: the replicas hold the same parameters (checked), and rank 0 writes.
 void Run::save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta) {
+    if (comm_.size() > 1) {
+        const uint64_t h = params_hash(params_);
+        std::vector<uint64_t> all(size_t(comm_.size()));
+        comm_.allgather(&h, sizeof h, all.data(), "parameter check");
+        for (int r = 1; r < comm_.size(); ++r)
+            check(all[size_t(r)] == all[0], "step " + std::to_string(rs_.step) + ": rank " + std::to_string(r) +
+                                                "'s parameters differ from rank 0's; the replicas diverged (a bug: please report it)");
+        if (!writer_) return;
+        meta["ranks"] = std::to_string(comm_.size());
+        meta["latent_shards"] = std::to_string(cfg_.latent_shards);
+    }
     std::vector<TensorOut> t = {{"params", {n_}, DType::f32, params_.data()},
                                 {"since_fired", {d_sae_}, DType::i64, rs_.since_fired.data()}};
     for (auto& o : opt_tensors) t.push_back(std::move(o));
