@@ -500,9 +500,6 @@ void Run::check_layout() {
                                        ": latent shards are not built yet; use latent_shards = 1 (data replicas only)");
     if (ranks == 1) return;
     const std::string arch = config_architecture(cfg_);
-    check(arch != "batchtopk" && arch != "matryoshka_batchtopk",
-          "architecture = \"" + arch + "\" selects over the whole batch, which data replicas do not share yet; "
-          "train it in one process, or use topk");
     check(!(arch == "classic" && (cfg_.corruption != "none" || cfg_.dropout > 0)),
           "denoising (corruption, dropout) draws its masks per batch, which data replicas do not share yet; train it in one process");
 }
@@ -666,7 +663,10 @@ void Run::minibatch_setup(bool resume) {
         if (batches_->streamed()) meta["stream_state"] = batches_->state();
         save_checkpoint(std::move(t), std::move(meta));
     };
-    obj_->reserve(replica_rows(B, 0, int(comm_.size())).count);
+    // A batch-wide selection (BatchTopK) may keep any number of its M·k entries in one replica's
+    // rows: its lists get room for the whole batch.
+    const bool batch_selection = config_architecture(cfg_).find("batchtopk") != std::string::npos;
+    obj_->reserve(batch_selection ? B : replica_rows(B, 0, int(comm_.size())).count);
     Xb_.resize(B, d_in_);
     if (comm_.size() > 1 && writer_ && !hooks_.quiet)
         std::fprintf(stderr, "%d ranks: latent_shards %lld x %lld data replicas of batch %lld (up to %lld rows each); per rank: "
@@ -706,7 +706,9 @@ CostTerms Run::batch_cost(int64_t m) {
 // then summed over the replicas (one process: the cost of X).
 CostTerms Run::slice_cost(const float* X, int64_t M, float* grad) {
     mine_ = replica_rows(M, comm_.rank(), comm_.size());
-    if (comm_.size() > 1) obj_->set_batch_share(M, [this](double* b, int64_t k) { comm_.allreduce_sum(b, k, "batch statistics"); });
+    if (comm_.size() > 1)
+        obj_->set_batch_share(M, comm_.rank(), comm_.size(),
+                              [this](double* b, int64_t k) { comm_.allreduce_sum(b, k, "batch statistics"); });
     CostTerms J = obj_->cost(*be_, params_.data(), X + mine_.begin * d_in_, mine_.count, grad);
     agreed_stop_ = replicas_reduce(comm_, J, grad, n_, mine_.count, M, stop_local());
     return J;

@@ -72,6 +72,10 @@ std::vector<Case> cases(const std::string& data) {
         {"topk_auxk_resample", base + "--set architecture=topk --set k=2 --set d_sae=24 --set dead_threshold_samples=100 --set resample_dead=true"},
         {"jumprelu", base + "--set architecture=jumprelu --set d_sae=24"},
         {"standard", base + "--set architecture=standard --set d_sae=24"},
+        {"gated", base + "--set architecture=gated --set d_sae=24"},
+        // a selection over the whole batch: replicas merge their histograms and ties
+        {"batchtopk", base + "--set architecture=batchtopk --set k=3 --set d_sae=24"},
+        {"matryoshka_batchtopk", base + "--set architecture=matryoshka_batchtopk --set k=3 --set d_sae=24"},
     };
 }
 
@@ -84,7 +88,8 @@ TEST(Mpi, ReplicasMatchOneProcess) {
         auto r = train(1, one, c.sets);
         ASSERT_EQ(r.exit_code, 0) << c.name << r.err;
         for (int ranks : {2, 3, 4}) {
-            if (ranks != 3 && std::string(c.name) != "topk") continue;  // 2 and 4 ranks: one case is enough
+            // 2 and 4 ranks: the two selections are enough
+            if (ranks != 3 && std::string(c.name) != "topk" && std::string(c.name) != "batchtopk") continue;
             const std::string many = dir + "/" + c.name + "_" + std::to_string(ranks);
             r = train(ranks, many, c.sets);
             ASSERT_EQ(r.exit_code, 0) << c.name << " ranks " << ranks << ": " << r.err;
@@ -226,7 +231,7 @@ TEST(Mpi, RefusalsAreOneLine) {
     const std::string dir = sae_test::temp_dir("mpi_refuse");
     const std::string data = sae_test::two_blob_npy(dir, 250, 12);
     const std::string base = "--set data=" + data + " --set optimizer=adam --set d_sae=8 ";
-    expect_one_error(train(2, dir + "/a", base + "--set architecture=batchtopk --set k=2"), "selects over the whole batch");
+    expect_one_error(train(2, dir + "/a", base + "--set corruption=gaussian"), "denoising (corruption, dropout) draws its masks per batch");
     expect_one_error(train(2, dir + "/b", base + "--set latent_shards=3"), "does not divide the 2 ranks");
     expect_one_error(train(3, dir + "/c", base + "--set batch_size=248"), "fewer than the 3 data replicas");
     std::filesystem::remove_all(dir);
