@@ -262,6 +262,15 @@ TEST(Mpi, VariantsAreSeparateJobs) {
     for (const auto& [name, extra] : merged)
         EXPECT_EQ(sae_test::read_bytes(dir + "/multi/" + name + "/model.safetensors"),
                   sae_test::read_bytes(dir + "/parts/" + name + "/model.safetensors")) << name;
+    // One variant's checkpoint lost: it replays the stream alone until it reaches the others,
+    // on every rank alike.
+    ASSERT_EQ(train(3, dir + "/late", sets, variants + " --set epochs=1").exit_code, 0);
+    std::filesystem::remove(dir + "/late/btk/checkpoint.safetensors");
+    r = train(3, dir + "/late", sets, variants + " --resume");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    for (const auto& [name, extra] : merged)
+        EXPECT_EQ(sae_test::read_bytes(dir + "/multi/" + name + "/model.safetensors"),
+                  sae_test::read_bytes(dir + "/late/" + name + "/model.safetensors")) << name;
     // A variant's refusal under mpirun names the variant.
     expect_one_error(train(2, dir + "/bad", sets, "--variant name=a --variant name=noisy,architecture=classic,corruption=gaussian"),
                      "variant 'noisy': denoising (corruption, dropout)");
