@@ -22,6 +22,7 @@
 #include "sae/modern.hpp"
 #include "sae/objective.hpp"
 #include "sae/optim.hpp"
+#include "sae/replicas.hpp"
 #include "sae/stream.hpp"
 #include "train_data.hpp"
 
@@ -299,82 +300,6 @@ int64_t resample_latents(const ParamLayout& L, float* params, Optimizer& opt, co
         ++count;
     }
     return count;
-}
-
-// ---- data replicas: the few points where the ranks meet (one process: each is a no-op) ----
-
-// A replica's cost of its slice (m of M rows) → the whole batch's: its J terms and gradient
-// weighted by m/M (each is a mean over the slice plus terms of the parameters alone, which the
-// weights, summing to 1, keep once), then summed over the replicas. The local stop request
-// travels with them, so every rank stops after the same step. Returns the agreed stop.
-bool replicas_reduce(Comm& comm, CostTerms& J, float* grad, int64_t n, int64_t m, int64_t M, bool stop) {
-    if (comm.size() == 1) return stop;
-    const double w = double(m) / double(M);
-    double terms[6] = {J.rec * w, J.weight_decay * w, J.sparsity * w, J.aux * w, J.denoise * w, stop ? 1.0 : 0.0};
-    if (grad) {
-        const float wf = float(w);
-        for (int64_t i = 0; i < n; ++i) grad[i] *= wf;
-        comm.allreduce_sum(grad, n, "gradient");
-    }
-    comm.allreduce_sum(terms, 6, "J terms");
-    J = {terms[0], terms[1], terms[2], terms[3], terms[4]};
-    return terms[5] > 0;
-}
-
-// Statistics of each replica's rows → of the whole batch(es), on every rank.
-void replicas_reduce(Comm& comm, Stats& st) {
-    if (comm.size() == 1) return;
-    std::vector<double> b = {double(st.n), st.sq_err, st.sum_x2, st.sum_abs_h, double(st.active),
-                             st.sum_cos, st.sum_l2_ratio, st.sum_xhat2, st.sum_dot};
-    const size_t head = b.size();
-    b.insert(b.end(), st.sum_x.begin(), st.sum_x.end());
-    b.insert(b.end(), st.sum_h.begin(), st.sum_h.end());
-    for (int64_t f : st.fires) b.push_back(double(f));
-    comm.allreduce_sum(b.data(), int64_t(b.size()), "statistics");
-    st.n = int64_t(b[0]);
-    st.sq_err = b[1];
-    st.sum_x2 = b[2];
-    st.sum_abs_h = b[3];
-    st.active = int64_t(b[4]);
-    st.sum_cos = b[5];
-    st.sum_l2_ratio = b[6];
-    st.sum_xhat2 = b[7];
-    st.sum_dot = b[8];
-    size_t at = head;
-    for (auto& v : st.sum_x) v = b[at++];
-    for (auto& v : st.sum_h) v = b[at++];
-    for (auto& v : st.fires) v = int64_t(b[at++]);
-}
-
-// flags [n] (0/1) → 1 where any replica has 1.
-void replicas_any(Comm& comm, std::vector<uint8_t>& flags, std::vector<float>& scratch) {
-    if (comm.size() == 1) return;
-    scratch.assign(flags.begin(), flags.end());
-    comm.allreduce_sum(scratch.data(), int64_t(scratch.size()), "fired");
-    for (size_t j = 0; j < flags.size(); ++j) flags[j] = scratch[j] > 0;
-}
-
-// Each replica's rows [count, cols] of a batch of M rows → the whole batch, on every rank.
-void replicas_gather_rows(Comm& comm, const float* mine, int64_t M, int64_t cols, std::vector<float>& all) {
-    const int n = comm.size();
-    const RowSlice s = replica_rows(M, comm.rank(), n);
-    const int64_t block = replica_rows(M, 0, n).count * cols;  // the largest slice
-    std::vector<float> send(size_t(block), 0.0f), recv(size_t(block * n));
-    std::copy(mine, mine + s.count * cols, send.begin());
-    comm.allgather(send.data(), block * int64_t(sizeof(float)), recv.data(), "rows");
-    all.resize(size_t(M * cols));
-    for (int r = 0; r < n; ++r) {
-        const RowSlice t = replica_rows(M, r, n);
-        std::copy(recv.begin() + r * block, recv.begin() + r * block + t.count * cols, all.begin() + t.begin * cols);
-    }
-}
-
-// FNV-1a of the parameters' bytes: replicas must hold the same bits.
-uint64_t params_hash(const std::vector<float>& p) {
-    uint64_t h = 1469598103934665603ULL;
-    const auto* b = reinterpret_cast<const unsigned char*>(p.data());
-    for (size_t i = 0; i < p.size() * sizeof(float); ++i) h = (h ^ b[i]) * 1099511628211ULL;
-    return h;
 }
 
 std::string mb(double bytes) {
@@ -706,12 +631,7 @@ CostTerms Run::batch_cost(int64_t m) {
 // then summed over the replicas (one process: the cost of X).
 CostTerms Run::slice_cost(const float* X, int64_t M, float* grad) {
     mine_ = replica_rows(M, comm_.rank(), comm_.size());
-    if (comm_.size() > 1)
-        obj_->set_batch_share(M, comm_.rank(), comm_.size(),
-                              [this](double* b, int64_t k) { comm_.allreduce_sum(b, k, "batch statistics"); });
-    CostTerms J = obj_->cost(*be_, params_.data(), X + mine_.begin * d_in_, mine_.count, grad);
-    agreed_stop_ = replicas_reduce(comm_, J, grad, n_, mine_.count, M, stop_local());
-    return J;
+    return replicas_cost(comm_, *obj_, *be_, params_.data(), X, M, grad, stop_local(), &agreed_stop_);
 }
 
 void Run::skip_batch(const char* bad) {
@@ -935,12 +855,7 @@ void Run::write_metrics(const std::string& line) {
 // Several ranks: the replicas hold the same parameters (checked), and rank 0 writes.
 void Run::save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta) {
     if (comm_.size() > 1) {
-        const uint64_t h = params_hash(params_);
-        std::vector<uint64_t> all(size_t(comm_.size()));
-        comm_.allgather(&h, sizeof h, all.data(), "parameter check");
-        for (int r = 1; r < comm_.size(); ++r)
-            check(all[size_t(r)] == all[0], "step " + std::to_string(rs_.step) + ": rank " + std::to_string(r) +
-                                                "'s parameters differ from rank 0's; the replicas diverged (a bug: please report it)");
+        replicas_check_same(comm_, params_, rs_.step);
         if (!writer_) return;
         meta["ranks"] = std::to_string(comm_.size());
         meta["latent_shards"] = std::to_string(cfg_.latent_shards);

@@ -225,6 +225,24 @@ TEST(Mpi, KilledRankEndsTheJob) {
     std::filesystem::remove_all(dir);
 }
 
+// `sae bench` under mpirun times the replicas' step; rank 0 alone prints, with what each
+// collective carried: the gradient sum is 4·P bytes a step.
+TEST(Mpi, BenchTimesTheDistributedStep) {
+    REQUIRE_MPI();
+    const std::string cmd = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + kMpiexec +
+                            " --oversubscribe -np 2 " + sae_test::sae_binary() +
+                            " bench --d-in 16 --steps 3 --warmup 1 --set architecture=topk --set k=4 --set d_sae=64 "
+                            "--set optimizer=adam --set batch_size=64 --set threads=1";
+    const auto r = run(cmd);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto j = nlohmann::json::parse(r.out);  // one object: rank 0's
+    EXPECT_EQ(j["ranks"], 2);
+    EXPECT_EQ(j["rows_per_rank"], 32);
+    const double P = 2 * 16 * 64 + 64 + 16;
+    EXPECT_EQ(j["collectives"]["gradient"]["bytes_per_step"].get<double>(), 4 * P);
+    EXPECT_EQ(j["collectives"]["gradient"]["calls_per_step"].get<double>(), 1.0);
+}
+
 // Settings that data replicas cannot honour yet are refused with one line, on every rank.
 TEST(Mpi, RefusalsAreOneLine) {
     REQUIRE_MPI();
