@@ -342,6 +342,7 @@ private:
     template <class F>
     auto external(F&& f) -> decltype(f());
     void show(const TrainProgress& p);
+    void show_layout(int64_t batch, int64_t param_copies);
     void write_metrics(const std::string& line);
     void save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta);
     void finish(const std::string& reason);
@@ -593,13 +594,7 @@ void Run::minibatch_setup(bool resume) {
     const bool batch_selection = config_architecture(cfg_).find("batchtopk") != std::string::npos;
     obj_->reserve(batch_selection ? B : replica_rows(B, 0, int(comm_.size())).count);
     Xb_.resize(B, d_in_);
-    if (comm_.size() > 1 && writer_ && !hooks_.quiet)
-        std::fprintf(stderr, "%d ranks: latent_shards %lld x %lld data replicas of batch %lld (up to %lld rows each); per rank: "
-                             "parameters, gradient and optimiser state %s, data in memory %s\n",
-                     comm_.size(), (long long)cfg_.latent_shards, (long long)(comm_.size() / cfg_.latent_shards), (long long)B,
-                     (long long)replica_rows(B, 0, comm_.size()).count,
-                     mb(double(n_) * 4.0 * double(2 + opt_->state().size())).c_str(),
-                     mb(double(X_.rows) * double(X_.cols) * 4.0).c_str());
+    show_layout(B, 2 + int64_t(opt_->state().size()));
     dead_.assign(size_t(d_sae_), 0);
     fired_.assign(size_t(d_sae_), 0);
     first_step_ = rs_.step;
@@ -755,6 +750,7 @@ void Run::lbfgs(bool resume) {
     obj_->reserve(replica_rows(X_.rows, 0, comm_.size()).count);
     LbfgsOptions lbfgs_options;
     lbfgs_options.history = int(cfg_.lbfgs_history);
+    show_layout(X_.rows, 6 + 4 * cfg_.lbfgs_history);  // params, grad; x, g and the s, y pairs in double
     Lbfgs opt(n_, lbfgs_options);
     auto objective = [&](const double* x, double* g) {
         for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(x[i]);
@@ -838,6 +834,16 @@ auto Run::external(F&& f) -> decltype(f()) {
         }
         throw;
     }
+}
+
+// Several ranks: the layout and what each rank holds, once at the start (rank 0).
+void Run::show_layout(int64_t batch, int64_t param_copies) {
+    if (comm_.size() == 1 || !writer_ || hooks_.quiet) return;
+    std::fprintf(stderr, "%d ranks: latent_shards %lld x %lld data replicas of batch %lld (up to %lld rows each); per rank: "
+                         "parameters, gradient and optimiser state %s, data in memory %s\n",
+                 comm_.size(), (long long)cfg_.latent_shards, (long long)(comm_.size() / cfg_.latent_shards), (long long)batch,
+                 (long long)replica_rows(batch, 0, comm_.size()).count, mb(double(n_) * 4.0 * double(param_copies)).c_str(),
+                 mb(double(X_.rows) * double(X_.cols) * 4.0).c_str());
 }
 
 void Run::show(const TrainProgress& p) {

@@ -73,6 +73,8 @@ std::vector<Case> cases(const std::string& data) {
         {"jumprelu", base + "--set architecture=jumprelu --set d_sae=24"},
         {"standard", base + "--set architecture=standard --set d_sae=24"},
         {"gated", base + "--set architecture=gated --set d_sae=24"},
+        // streamed shards: every replica reads the same deterministic shuffle
+        {"topk_streamed", base + "--set architecture=topk --set k=3 --set d_sae=24 --set shuffle_buffer=64"},
         // a selection over the whole batch: replicas merge their histograms and ties
         {"batchtopk", base + "--set architecture=batchtopk --set k=3 --set d_sae=24"},
         {"matryoshka_batchtopk", base + "--set architecture=matryoshka_batchtopk --set k=3 --set d_sae=24"},
