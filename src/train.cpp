@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "sae/backend.hpp"
 #include "sae/comm.hpp"
@@ -389,7 +390,11 @@ Run::Run(const Config& settings, const std::string& out_dir, const TrainData& da
     : cfg_(settings), hooks_(hooks), comm_(comm_world()), writer_(comm_world().rank() == 0), out_dir_(out_dir) {
     config_validate(settings);
     cfg_.normalize = config_normalize(cfg_);  // auto resolved: cfg.json names what was applied
-    set_num_threads(int(cfg_.threads));
+    // threads = 0 under mpirun: the machine's cores shared among its ranks, not all to each.
+    if (cfg_.threads == 0 && comm_.size() > 1)
+        set_num_threads(std::max(1, int(std::thread::hardware_concurrency()) / comm_local_ranks()));
+    else
+        set_num_threads(int(cfg_.threads));
     ensure_writable_dir(out_dir_);  // before any long work
     // A run killed mid-write leaves "<output>.tmp-<pid>" behind; sweep those of our own outputs.
     if (writer_)
@@ -839,11 +844,11 @@ auto Run::external(F&& f) -> decltype(f()) {
 // Several ranks: the layout and what each rank holds, once at the start (rank 0).
 void Run::show_layout(int64_t batch, int64_t param_copies) {
     if (comm_.size() == 1 || !writer_ || hooks_.quiet) return;
-    std::fprintf(stderr, "%d ranks: latent_shards %lld x %lld data replicas of batch %lld (up to %lld rows each); per rank: "
-                         "parameters, gradient and optimiser state %s, data in memory %s\n",
-                 comm_.size(), (long long)cfg_.latent_shards, (long long)(comm_.size() / cfg_.latent_shards), (long long)batch,
-                 (long long)replica_rows(batch, 0, comm_.size()).count, mb(double(n_) * 4.0 * double(param_copies)).c_str(),
-                 mb(double(X_.rows) * double(X_.cols) * 4.0).c_str());
+    std::fprintf(stderr, "%d ranks x %d threads: latent_shards %lld x %lld data replicas of batch %lld (up to %lld rows each); "
+                         "per rank: parameters, gradient and optimiser state %s, data in memory %s\n",
+                 comm_.size(), get_num_threads(), (long long)cfg_.latent_shards, (long long)(comm_.size() / cfg_.latent_shards),
+                 (long long)batch, (long long)replica_rows(batch, 0, comm_.size()).count,
+                 mb(double(n_) * 4.0 * double(param_copies)).c_str(), mb(double(X_.rows) * double(X_.cols) * 4.0).c_str());
 }
 
 void Run::show(const TrainProgress& p) {
