@@ -344,6 +344,7 @@ private:
     auto external(F&& f) -> decltype(f());
     void show(const TrainProgress& p);
     void show_layout(int64_t batch, int64_t param_copies);
+    void reserve(int64_t M);
     void write_metrics(const std::string& line);
     void save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta);
     void finish(const std::string& reason);
@@ -397,11 +398,13 @@ Run::Run(const Config& settings, const std::string& out_dir, const TrainData& da
         set_num_threads(int(cfg_.threads));
     ensure_writable_dir(out_dir_);  // before any long work
     // A run killed mid-write leaves "<output>.tmp-<pid>" behind; sweep those of our own outputs.
-    if (writer_)
-    for (const auto& e : std::filesystem::directory_iterator(out_dir_)) {
-        const std::string name = e.path().filename().string();
-        for (const char* out : {"model.safetensors", "cfg.json", "metrics.jsonl", "checkpoint.safetensors"})
-            if (name.rfind(std::string(out) + ".tmp-", 0) == 0) std::filesystem::remove(e.path());
+    // (Several ranks: rank 0's outputs.)
+    if (writer_) {
+        for (const auto& e : std::filesystem::directory_iterator(out_dir_)) {
+            const std::string name = e.path().filename().string();
+            for (const char* out : {"model.safetensors", "cfg.json", "metrics.jsonl", "checkpoint.safetensors"})
+                if (name.rfind(std::string(out) + ".tmp-", 0) == 0) std::filesystem::remove(e.path());
+        }
     }
     be_ = backend_create(cfg_.backend);
     name_ = data.name.empty() ? cfg_.data : data.name;
@@ -594,10 +597,7 @@ void Run::minibatch_setup(bool resume) {
         if (batches_->streamed()) meta["stream_state"] = batches_->state();
         save_checkpoint(std::move(t), std::move(meta));
     };
-    // A batch-wide selection (BatchTopK) may keep any number of its M·k entries in one replica's
-    // rows: its lists get room for the whole batch.
-    const bool batch_selection = config_architecture(cfg_).find("batchtopk") != std::string::npos;
-    obj_->reserve(batch_selection ? B : replica_rows(B, 0, int(comm_.size())).count);
+    reserve(B);
     Xb_.resize(B, d_in_);
     show_layout(B, 2 + int64_t(opt_->state().size()));
     dead_.assign(size_t(d_sae_), 0);
@@ -752,7 +752,7 @@ void Run::lbfgs(bool resume) {
     // process's cost and gradient, so every rank follows its iterates.
     check(X_.rows >= comm_.size(), name_ + ": " + std::to_string(X_.rows) + " samples for " + std::to_string(comm_.size()) +
                                        " data replicas; each needs one at least");
-    obj_->reserve(replica_rows(X_.rows, 0, comm_.size()).count);
+    reserve(X_.rows);
     LbfgsOptions lbfgs_options;
     lbfgs_options.history = int(cfg_.lbfgs_history);
     show_layout(X_.rows, 6 + 4 * cfg_.lbfgs_history);  // params, grad; x, g and the s, y pairs in double
@@ -839,6 +839,14 @@ auto Run::external(F&& f) -> decltype(f()) {
         }
         throw;
     }
+}
+
+// The objective's workspace for this replica's rows of batches of up to M rows. A batch-wide
+// selection (BatchTopK) may keep any number of its M·k entries in one replica's rows: its lists
+// get room for the whole batch.
+void Run::reserve(int64_t M) {
+    const bool batch_selection = config_architecture(cfg_).find("batchtopk") != std::string::npos;
+    obj_->reserve(batch_selection ? M : replica_rows(M, 0, comm_.size()).count);
 }
 
 // Several ranks: the layout and what each rank holds, once at the start (rank 0).
