@@ -55,6 +55,15 @@ bool comm_mpi_built() {
 #endif
 }
 
+int comm_local_ranks() {
+    for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"})
+        if (const char* s = std::getenv(v)) {
+            const int n = std::atoi(s);
+            if (n > 0) return n;
+        }
+    return 1;
+}
+
 void comm_init(int* argc, char*** argv) {
 #ifdef SAE_HAVE_MPI
     if (auto c = comm_mpi_create(argc, argv)) world() = std::move(c);

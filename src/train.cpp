@@ -12,6 +12,7 @@
 #include <fstream>
 #include <utility>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "sae/backend.hpp"
 #include "sae/comm.hpp"
@@ -23,6 +24,7 @@
 #include "sae/modern.hpp"
 #include "sae/objective.hpp"
 #include "sae/optim.hpp"
+#include "sae/replicas.hpp"
 #include "sae/stream.hpp"
 #include "train_data.hpp"
 
@@ -322,82 +324,6 @@ auto guarded(const std::function<void()>& save, F&& f) -> decltype(f()) {
     }
 }
 
-// ---- data replicas: the few points where the ranks meet (one process: each is a no-op) ----
-
-// A replica's cost of its slice (m of M rows) → the whole batch's: its J terms and gradient
-// weighted by m/M (each is a mean over the slice plus terms of the parameters alone, which the
-// weights, summing to 1, keep once), then summed over the replicas. The local stop request
-// travels with them, so every rank stops after the same step. Returns the agreed stop.
-bool replicas_reduce(Comm& comm, CostTerms& J, float* grad, int64_t n, int64_t m, int64_t M, bool stop) {
-    if (comm.size() == 1) return stop;
-    const double w = double(m) / double(M);
-    double terms[6] = {J.rec * w, J.weight_decay * w, J.sparsity * w, J.aux * w, J.denoise * w, stop ? 1.0 : 0.0};
-    if (grad) {
-        const float wf = float(w);
-        for (int64_t i = 0; i < n; ++i) grad[i] *= wf;
-        comm.allreduce_sum(grad, n, "gradient");
-    }
-    comm.allreduce_sum(terms, 6, "J terms");
-    J = {terms[0], terms[1], terms[2], terms[3], terms[4]};
-    return terms[5] > 0;
-}
-
-// Statistics of each replica's rows → of the whole batch(es), on every rank.
-void replicas_reduce(Comm& comm, Stats& st) {
-    if (comm.size() == 1) return;
-    std::vector<double> b = {double(st.n), st.sq_err, st.sum_x2, st.sum_abs_h, double(st.active),
-                             st.sum_cos, st.sum_l2_ratio, st.sum_xhat2, st.sum_dot};
-    const size_t head = b.size();
-    b.insert(b.end(), st.sum_x.begin(), st.sum_x.end());
-    b.insert(b.end(), st.sum_h.begin(), st.sum_h.end());
-    for (int64_t f : st.fires) b.push_back(double(f));
-    comm.allreduce_sum(b.data(), int64_t(b.size()), "statistics");
-    st.n = int64_t(b[0]);
-    st.sq_err = b[1];
-    st.sum_x2 = b[2];
-    st.sum_abs_h = b[3];
-    st.active = int64_t(b[4]);
-    st.sum_cos = b[5];
-    st.sum_l2_ratio = b[6];
-    st.sum_xhat2 = b[7];
-    st.sum_dot = b[8];
-    size_t at = head;
-    for (auto& v : st.sum_x) v = b[at++];
-    for (auto& v : st.sum_h) v = b[at++];
-    for (auto& v : st.fires) v = int64_t(b[at++]);
-}
-
-// flags [n] (0/1) → 1 where any replica has 1.
-void replicas_any(Comm& comm, std::vector<uint8_t>& flags, std::vector<float>& scratch) {
-    if (comm.size() == 1) return;
-    scratch.assign(flags.begin(), flags.end());
-    comm.allreduce_sum(scratch.data(), int64_t(scratch.size()), "fired");
-    for (size_t j = 0; j < flags.size(); ++j) flags[j] = scratch[j] > 0;
-}
-
-// Each replica's rows [count, cols] of a batch of M rows → the whole batch, on every rank.
-void replicas_gather_rows(Comm& comm, const float* mine, int64_t M, int64_t cols, std::vector<float>& all) {
-    const int n = comm.size();
-    const RowSlice s = replica_rows(M, comm.rank(), n);
-    const int64_t block = replica_rows(M, 0, n).count * cols;  // the largest slice
-    std::vector<float> send(size_t(block), 0.0f), recv(size_t(block * n));
-    std::copy(mine, mine + s.count * cols, send.begin());
-    comm.allgather(send.data(), block * int64_t(sizeof(float)), recv.data(), "rows");
-    all.resize(size_t(M * cols));
-    for (int r = 0; r < n; ++r) {
-        const RowSlice t = replica_rows(M, r, n);
-        std::copy(recv.begin() + r * block, recv.begin() + r * block + t.count * cols, all.begin() + t.begin * cols);
-    }
-}
-
-// FNV-1a of the parameters' bytes: replicas must hold the same bits.
-uint64_t params_hash(const std::vector<float>& p) {
-    uint64_t h = 1469598103934665603ULL;
-    const auto* b = reinterpret_cast<const unsigned char*>(p.data());
-    for (size_t i = 0; i < p.size() * sizeof(float); ++i) h = (h ^ b[i]) * 1099511628211ULL;
-    return h;
-}
-
 std::string mb(double bytes) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.1f MB", bytes / 1e6);
@@ -503,8 +429,13 @@ public:
     std::function<void()> save_all;  // every variant's checkpoint (a hook's failure saves them all)
     // Several ranks: the stop request that travelled with this variant's last reduction.
     bool stop_agreed() const { return agreed_stop_; }
-    // Parameters, gradient and optimiser state of this variant, per rank.
-    double state_bytes() const { return double(n_) * 4.0 * double(2 + (opt_ ? opt_->state().size() : 0)); }
+    // Parameters, gradient and optimiser state of this variant, per rank (L-BFGS: x, g and the
+    // s, y pairs in double).
+    double state_bytes() const {
+        const double copies = cfg_.optimizer == "lbfgs" ? double(6 + 4 * cfg_.lbfgs_history)
+                                                        : double(2 + (opt_ ? opt_->state().size() : 0));
+        return double(n_) * 4.0 * copies;
+    }
 
 private:
     // the minibatch step, in order
@@ -513,6 +444,7 @@ private:
     void update(const CostTerms& J, int64_t m);
     void resample(int64_t m);
     void check_layout();
+    void reserve(int64_t M);
     CostTerms slice_cost(const float* X, int64_t M, float* grad);
     // helpers
     bool stop_local() const { return g_interrupted || (hooks_.stop && hooks_.stop->load()); }
@@ -681,7 +613,7 @@ private:
     bool stop_requested() const {
         return comm_world().size() > 1 ? stop_agreed_ : g_interrupted || (hooks_.stop && hooks_.stop->load());
     }
-    void show_layout() const;
+    void show_layout(int64_t batch) const;
 
     const TrainHooks& hooks_;
     Config cfg_;  // the stream's settings (shared by every variant)
@@ -697,7 +629,11 @@ Trainer::Trainer(const std::vector<Spec>& specs, const TrainData& data, const Tr
     for (const Spec& s : specs) config_validate(s.cfg);
     cfg_ = specs.at(0).cfg;
     cfg_.normalize = config_normalize(cfg_);
-    set_num_threads(int(cfg_.threads));
+    // threads = 0 under mpirun: the machine's cores shared among its ranks, not all to each.
+    if (cfg_.threads == 0 && comm_world().size() > 1)
+        set_num_threads(std::max(1, int(std::thread::hardware_concurrency()) / comm_local_ranks()));
+    else
+        set_num_threads(int(cfg_.threads));
     for (const Spec& s : specs) Run::prepare_dir(s.out_dir);
     data_ = std::make_unique<Stream>(cfg_, data);
     for (const Spec& s : specs) {
@@ -714,8 +650,12 @@ std::vector<TrainSummary> Trainer::train(bool resume) {
     for (auto& r : runs_) r->start(resume && (!any || r->has_checkpoint()));
     const InterruptGuard interrupts;
     bar_ = Progress();
-    if (cfg_.optimizer == "lbfgs") runs_.at(0)->lbfgs();
-    else minibatch();
+    if (cfg_.optimizer == "lbfgs") {
+        show_layout(data_->X.rows);
+        runs_.at(0)->lbfgs();
+    } else {
+        minibatch();
+    }
     if (!hooks_.progress && !hooks_.quiet && comm_world().rank() == 0) bar_.finish();
     std::vector<TrainSummary> out;
     for (auto& r : runs_) out.push_back(r->end());
@@ -726,7 +666,7 @@ std::vector<TrainSummary> Trainer::train(bool resume) {
 void Trainer::minibatch() {
     train_data::Batches& batches = *data_->batches;
     for (auto& r : runs_) r->minibatch_setup();
-    show_layout();
+    show_layout(data_->batches->batch_size());
     // Resumed, the stream restarts where the variant furthest behind stopped; the others wait
     // until it reaches their step.
     const Run& behind = **std::min_element(runs_.begin(), runs_.end(), [](auto& a, auto& b) { return a->steps() < b->steps(); });
@@ -765,16 +705,15 @@ int64_t Trainer::next_batch() {
 }
 
 // Several ranks: the layout and the memory per rank, once (rank 0).
-void Trainer::show_layout() const {
+void Trainer::show_layout(int64_t batch) const {
     const Comm& comm = comm_world();
     if (comm.size() == 1 || comm.rank() != 0 || hooks_.quiet) return;
-    const int64_t B = data_->batches->batch_size();
     double state = 0;
     for (const auto& r : runs_) state += r->state_bytes();
-    std::fprintf(stderr, "%d ranks: latent_shards %lld x %lld data replicas of batch %lld (up to %lld rows each); per rank: "
-                         "parameters, gradient and optimiser state %s%s, data in memory %s\n",
-                 comm.size(), (long long)cfg_.latent_shards, (long long)(comm.size() / cfg_.latent_shards), (long long)B,
-                 (long long)replica_rows(B, 0, comm.size()).count, mb(state).c_str(),
+    std::fprintf(stderr, "%d ranks x %d threads: latent_shards %lld x %lld data replicas of batch %lld (up to %lld rows each); "
+                         "per rank: parameters, gradient and optimiser state %s%s, data in memory %s\n",
+                 comm.size(), get_num_threads(), (long long)cfg_.latent_shards, (long long)(comm.size() / cfg_.latent_shards),
+                 (long long)batch, (long long)replica_rows(batch, 0, comm.size()).count, mb(state).c_str(),
                  runs_.size() > 1 ? (" (" + std::to_string(runs_.size()) + " variants)").c_str() : "",
                  mb(double(data_->X.rows) * double(data_->X.cols) * 4.0).c_str());
 }
@@ -819,10 +758,7 @@ void Run::minibatch_setup() {
         if (data_.batches->streamed()) meta["stream_state"] = data_.batches->state();
         save_checkpoint(std::move(t), std::move(meta));
     };
-    // A batch-wide selection (BatchTopK) may keep any number of its M·k entries in one replica's
-    // rows: its lists get room for the whole batch.
-    const bool batch_selection = config_architecture(cfg_).find("batchtopk") != std::string::npos;
-    obj_->reserve(batch_selection ? B : replica_rows(B, 0, comm_.size()).count);
+    reserve(B);
     dead_.assign(size_t(d_sae_), 0);
     fired_.assign(size_t(d_sae_), 0);
     first_step_ = rs_.step;
@@ -866,12 +802,7 @@ CostTerms Run::batch_cost(int64_t m) {
 // then summed over the replicas (one process: the cost of X).
 CostTerms Run::slice_cost(const float* X, int64_t M, float* grad) {
     mine_ = replica_rows(M, comm_.rank(), comm_.size());
-    if (comm_.size() > 1)
-        obj_->set_batch_share(M, comm_.rank(), comm_.size(),
-                              [this](double* b, int64_t k) { comm_.allreduce_sum(b, k, "batch statistics"); });
-    CostTerms J = obj_->cost(*be_, params_.data(), X + mine_.begin * d_in_, mine_.count, grad);
-    agreed_stop_ = replicas_reduce(comm_, J, grad, n_, mine_.count, M, stop_local());
-    return J;
+    return replicas_cost(comm_, *obj_, *be_, params_.data(), X, M, grad, stop_local(), &agreed_stop_);
 }
 
 void Run::skip_batch(const char* bad) {
@@ -997,7 +928,7 @@ void Run::lbfgs() {
     const int64_t N = data_.X.rows;
     check(N >= comm_.size(), data_.name + ": " + std::to_string(N) + " samples for " + std::to_string(comm_.size()) +
                                  " data replicas; each needs one at least");
-    obj_->reserve(replica_rows(N, 0, comm_.size()).count);
+    reserve(N);
     LbfgsOptions lbfgs_options;
     lbfgs_options.history = int(cfg_.lbfgs_history);
     Lbfgs opt(n_, lbfgs_options);
@@ -1068,6 +999,14 @@ void Run::lbfgs() {
     finish(opt.status() == LbfgsStatus::running ? "max_iterations" : lbfgs_status_name(opt.status()));
 }
 
+// The objective's workspace for this replica's rows of batches of up to M rows. A batch-wide
+// selection (BatchTopK) may keep any number of its M·k entries in one replica's rows: its lists
+// get room for the whole batch.
+void Run::reserve(int64_t M) {
+    const bool batch_selection = config_architecture(cfg_).find("batchtopk") != std::string::npos;
+    obj_->reserve(batch_selection ? M : replica_rows(M, 0, comm_.size()).count);
+}
+
 void Run::show(const TrainProgress& p) {
     if (!writer_) return;
     if (hooks_.progress) external([&] { hooks_.progress(p); });
@@ -1083,12 +1022,7 @@ void Run::write_metrics(const std::string& line) {
 // Several ranks: the replicas hold the same parameters (checked), and rank 0 writes.
 void Run::save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta) {
     if (comm_.size() > 1) {
-        const uint64_t h = params_hash(params_);
-        std::vector<uint64_t> all(size_t(comm_.size()));
-        comm_.allgather(&h, sizeof h, all.data(), "parameter check");
-        for (int r = 1; r < comm_.size(); ++r)
-            check(all[size_t(r)] == all[0], "step " + std::to_string(rs_.step) + ": rank " + std::to_string(r) +
-                                                "'s parameters differ from rank 0's; the replicas diverged (a bug: please report it)");
+        replicas_check_same(comm_, params_, rs_.step);
         if (!writer_) return;
         meta["ranks"] = std::to_string(comm_.size());
         meta["latent_shards"] = std::to_string(cfg_.latent_shards);

@@ -73,6 +73,8 @@ std::vector<Case> cases(const std::string& data) {
         {"jumprelu", base + "--set architecture=jumprelu --set d_sae=24"},
         {"standard", base + "--set architecture=standard --set d_sae=24"},
         {"gated", base + "--set architecture=gated --set d_sae=24"},
+        // streamed shards: every replica reads the same deterministic shuffle
+        {"topk_streamed", base + "--set architecture=topk --set k=3 --set d_sae=24 --set shuffle_buffer=64"},
         // a selection over the whole batch: replicas merge their histograms and ties
         {"batchtopk", base + "--set architecture=batchtopk --set k=3 --set d_sae=24"},
         {"matryoshka_batchtopk", base + "--set architecture=matryoshka_batchtopk --set k=3 --set d_sae=24"},
@@ -275,6 +277,52 @@ TEST(Mpi, VariantsAreSeparateJobs) {
     expect_one_error(train(2, dir + "/bad", sets, "--variant name=a --variant name=noisy,architecture=classic,corruption=gaussian"),
                      "variant 'noisy': denoising (corruption, dropout)");
     std::filesystem::remove_all(dir);
+}
+
+// SIGTERM to one rank (a scheduler's preemption): the stop request travels with the step's sums,
+// so every rank stops after the same step and the checkpoint is consistent; resuming gives the
+// bits of an uninterrupted run.
+TEST(Mpi, TermOfOneRankStopsAllAtOneStep) {
+    REQUIRE_MPI();
+    const std::string dir = sae_test::temp_dir("mpi_term");
+    const std::string data = sae_test::two_blob_npy(dir, 250, 12);
+    const std::string sets = cases(data)[1].sets + " --set epochs=400 --set checkpoint_every=50";  // 2000 steps
+    ASSERT_EQ(train(2, dir + "/whole", sets).exit_code, 0);
+    const std::string out = dir + "/parts";
+    const std::string script =
+        "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + kMpiexec + " --oversubscribe -np 2 " +
+        sae_test::sae_binary() + " train --out " + out + " --set threads=1 " + sets + " >" + dir + "/log 2>&1 & MP=$!\n"
+        "for i in $(seq 300); do [ -f " + out + "/checkpoint.safetensors ] && break; sleep 0.05; done\n"
+        "kill -TERM $(pgrep -P $MP | tail -n 1); wait $MP; echo rc=$?\n";
+    sae_test::write_bytes(dir + "/term.sh", script);
+    const auto r = run("bash " + dir + "/term.sh");
+    const std::string log = sae_test::read_bytes(dir + "/log");
+    ASSERT_NE(r.out.find("rc="), std::string::npos) << r.out << r.err;
+    ASSERT_NE(log.find("sae: error: interrupted at step "), std::string::npos) << log;
+    const auto ck = sae::safetensors_read(out + "/checkpoint.safetensors");
+    EXPECT_LT(std::stoll(ck.metadata.at("step")), 2000) << "the run ended before the signal";
+    const auto resumed = train(2, out, sets, "--resume");
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+    EXPECT_EQ(sae_test::read_bytes(dir + "/whole/model.safetensors"), sae_test::read_bytes(out + "/model.safetensors"));
+    std::filesystem::remove_all(dir);
+}
+
+// `sae bench` under mpirun times the replicas' step; rank 0 alone prints, with what each
+// collective carried: the gradient sum is 4·P bytes a step.
+TEST(Mpi, BenchTimesTheDistributedStep) {
+    REQUIRE_MPI();
+    const std::string cmd = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + kMpiexec +
+                            " --oversubscribe -np 2 " + sae_test::sae_binary() +
+                            " bench --d-in 16 --steps 3 --warmup 1 --set architecture=topk --set k=4 --set d_sae=64 "
+                            "--set optimizer=adam --set batch_size=64 --set threads=1";
+    const auto r = run(cmd);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto j = nlohmann::json::parse(r.out);  // one object: rank 0's
+    EXPECT_EQ(j["ranks"], 2);
+    EXPECT_EQ(j["rows_per_rank"], 32);
+    const double P = 2 * 16 * 64 + 64 + 16;
+    EXPECT_EQ(j["collectives"]["gradient"]["bytes_per_step"].get<double>(), 4 * P);
+    EXPECT_EQ(j["collectives"]["gradient"]["calls_per_step"].get<double>(), 1.0);
 }
 
 // Settings that data replicas cannot honour yet are refused with one line, on every rank.

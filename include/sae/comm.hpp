@@ -60,6 +60,9 @@ Comm& comm_world();
 void comm_init(int* argc, char*** argv);
 // Whether this build has MPI (-DSAE_MPI=ON).
 bool comm_mpi_built();
+// The ranks of this job on this machine, as the launcher says (OMPI_COMM_WORLD_LOCAL_SIZE,
+// MPI_LOCALNRANKS); 1 when it says nothing.
+int comm_local_ranks();
 
 // Prints "sae: error: <message>" on stderr; in a job of several ranks, then ends every rank
 // (a rank other than 0 waits a moment first, so that when every rank fails alike the job
