@@ -70,6 +70,15 @@ void comm_init(int* argc, char*** argv) {
 #else
     (void)argc;
     (void)argv;
+    // mpirun -np N of a build without MPI: N copies would each train alone into the same files.
+    for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
+        if (const char* n = std::getenv(v); n && std::atoi(n) > 1) {
+            const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
+            if (r && std::atoi(r) != 0) std::exit(1);  // rank 0 says why, once
+            std::fprintf(stderr, "sae: error: started by mpirun with %s ranks, but this sae was built without MPI "
+                                 "(-DSAE_MPI=OFF); install libopenmpi-dev and rebuild, or run one process\n", n);
+            std::exit(1);
+        }
 #endif
 }
 
