@@ -1,7 +1,9 @@
 // sae bench: times the training step of the configured model on synthetic data of its shape.
 // One step = objective cost with gradient + before_update + optimiser update + after_update,
 // exactly what `sae train` runs per minibatch (without its per-step statistics and I/O).
-// Prints one JSON object (docs/performance.md explains every field).
+// Prints one JSON object (docs/performance.md explains every field). Under mpirun it times the
+// data replicas' step (each rank costs its rows of the batch; the sums of sae/replicas.hpp) and
+// rank 0 prints, with the bytes and milliseconds of each collective per step.
 #include <sys/resource.h>
 #include <time.h>
 
@@ -14,10 +16,12 @@
 
 #include "commands.hpp"
 #include "sae/backend.hpp"
+#include "sae/comm.hpp"
 #include "sae/error.hpp"
 #include "sae/modern.hpp"
 #include "sae/objective.hpp"
 #include "sae/optim.hpp"
+#include "sae/replicas.hpp"
 #include "sae/rng.hpp"
 
 namespace sae_cli {
@@ -131,6 +135,7 @@ void add_bench(CLI::App& app) {
         obj->set_training(true);
         obj->set_dense_hidden(false);  // as `sae train` does: sparse models keep only their row lists
         obj->reserve(B);
+        sae::Comm& comm = sae::comm_world();
 
         std::vector<double> t_step, t_cost, t_update, t_cpu;
         sae::CostTerms J{}, J0{};
@@ -138,7 +143,8 @@ void add_bench(CLI::App& app) {
             const float* Xb = X.row((s % args->batches) * B);
             const double c0 = cpu_seconds();
             const auto t0 = Clock::now();
-            J = obj->cost(*be, params.data(), Xb, B, grad.data());
+            if (s == args->warmup) comm.reset_traffic();
+            J = sae::replicas_cost(comm, *obj, *be, params.data(), Xb, B, grad.data());
             const auto t1 = Clock::now();
             obj->before_update(params.data(), grad.data());
             opt->update(params.data(), grad.data(), cfg.lr);
@@ -271,6 +277,16 @@ void add_bench(CLI::App& app) {
             screen["step_over_bf16_product"] = step_s / (double(screen["bf16_encoder_product_ms"]) * 1e-3);
             j["screen"] = screen;
         }
+        if (comm.size() > 1) {  // rank 0's view; the products alone above are one rank's, on the whole batch
+            j["ranks"] = comm.size();
+            j["rows_per_rank"] = sae::replica_rows(B, 0, comm.size()).count;
+            nlohmann::ordered_json c;
+            for (const auto& [what, t] : comm.traffic())
+                c[what] = {{"bytes_per_step", double(t.bytes) / double(args->steps)},
+                           {"calls_per_step", double(t.calls) / double(args->steps)},
+                           {"ms_per_step", 1e3 * t.seconds / double(args->steps)}};
+            j["collectives"] = c;
+        }
         j["J_first"] = J0.total();
         j["J_last"] = J.total();
         j["params_mib"] = double(n) * 4 / 1048576.0;
@@ -280,7 +296,7 @@ void add_bench(CLI::App& app) {
         j["peak_rss_mib"] = peak_rss_mib();
         j["loadavg_before"] = load_before;
         j["loadavg_after"] = load_after;
-        std::printf("%s\n", j.dump(2).c_str());
+        if (comm.rank() == 0) std::printf("%s\n", j.dump(2).c_str());
     });
 }
 

@@ -4,6 +4,7 @@
 #include <new>
 
 #include "commands.hpp"
+#include "sae/comm.hpp"
 #include "sae/error.hpp"
 
 namespace sae_cli {
@@ -20,6 +21,8 @@ sae::Config load_config(const std::string& path, const std::vector<std::string>&
 int main(int argc, char** argv) {
     // A file-size limit (ulimit -f) should fail the write with a clear error, not kill us.
     std::signal(SIGXFSZ, SIG_IGN);
+    // Under mpirun: MPI started, and an error on any rank ends every rank (sae::comm_fail).
+    sae::comm_init(&argc, &argv);
     CLI::App app{"sae: fast sparse autoencoders (train, evaluate, encode, check gradients)"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "sae 0.1.0");
@@ -44,13 +47,13 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         return app.exit(e);
     } catch (const sae::Error& e) {
-        std::fprintf(stderr, "sae: error: %s\n", e.what());
+        sae::comm_fail(e.what());
         return 1;
     } catch (const std::bad_alloc&) {
-        std::fprintf(stderr, "sae: error: out of memory; use a smaller data set (max_samples) or batch_size\n");
+        sae::comm_fail("out of memory; use a smaller data set (max_samples) or batch_size");
         return 1;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "sae: error: %s\n", e.what());
+        sae::comm_fail(e.what());
         return 1;
     }
     return 0;

@@ -1,6 +1,7 @@
 #include <cstdio>
 
 #include "commands.hpp"
+#include "sae/comm.hpp"
 #include "sae/error.hpp"
 #include "sae/train.hpp"
 
@@ -14,6 +15,17 @@ void print_summary(const sae::Config& cfg, const sae::TrainSummary& s, const std
     if (s.skipped_batches > 0)
         std::printf("skipped %lld batches with non-finite values (on_nonfinite = skip)\n", (long long)s.skipped_batches);
     std::printf("outputs: %s/{model.safetensors, cfg.json, metrics.jsonl, checkpoint.safetensors}\n", out.c_str());
+}
+
+// Several ranks: what rank 0 handed to each collective, per step (of every variant together).
+void print_traffic(const sae::Config& cfg, int64_t steps) {
+    const sae::Comm& comm = sae::comm_world();
+    if (comm.size() == 1 || steps <= 0) return;
+    std::printf("%d ranks; per %s, rank 0 sent:", comm.size(), cfg.optimizer == "lbfgs" ? "iteration" : "step");
+    for (const auto& [what, t] : comm.traffic())
+        std::printf(" %s %.0f B in %.2f calls, %.3g ms;", what.c_str(), double(t.bytes) / double(steps),
+                    double(t.calls) / double(steps), 1e3 * t.seconds / double(steps));
+    std::printf("\n");
 }
 }  // namespace
 
@@ -45,17 +57,21 @@ void add_train(CLI::App& app) {
             sae::config_validate(cfg);
             const sae::TrainSummary s = sae::train_run(cfg, args->out, args->resume);
             if (s.stop_reason == "interrupted") throw sae::Error(sae::train_interrupted_message(cfg, s));
+            if (sae::comm_world().rank() != 0) return;  // rank 0 reports for the job
             print_summary(cfg, s, args->out);
+            print_traffic(cfg, s.steps);
             return;
         }
         const std::vector<sae::Variant> variants = sae::config_variants(cfg, specs);
         const auto summaries = sae::train_run_variants(variants, args->out, args->resume, sae::TrainData{}, sae::TrainHooks{});
         if (summaries[0].stop_reason == "interrupted")
             throw sae::Error(sae::train_interrupted_message(variants[0].cfg, summaries[0]));
+        if (sae::comm_world().rank() != 0) return;
         for (size_t i = 0; i < variants.size(); ++i) {
             std::printf("%s: ", variants[i].name.c_str());
             print_summary(variants[i].cfg, summaries[i], args->out + "/" + variants[i].name);
         }
+        print_traffic(variants[0].cfg, summaries[0].steps);
     });
 }
 

@@ -18,6 +18,8 @@ PACKAGES=(g++ cmake ninja-build pkg-config libdnnl-dev ocl-icd-opencl-dev libcli
 # The Python package (python/, docs/python.md) and its tests (PyTorch: Model.to_torch is tested).
 PACKAGES+=(python3-dev pybind11-dev python3-numpy python3-torch python3-pytest python3-setuptools python3-pip
            python3-venv python3-tqdm python3-matplotlib)
+# Training across processes (SAE_MPI, docs/distributed.md): OpenMPI and its mpirun.
+PACKAGES+=(libopenmpi-dev openmpi-bin)
 # Only with --bench:
 #   libopenblas0-pthread: an optimised BLAS for PyTorch (without it Debian's torch runs the
 #     reference BLAS, many times slower, and the comparison means nothing);

@@ -77,7 +77,8 @@ std::vector<OptionSpec> build_table() {
         {"lr_gamma", &C::lr_gamma, "optimiser", "step schedule: decay factor", 0, 1},
         {"min_lr", &C::min_lr, "optimiser", "cosine schedule: final learning rate", 0, kMax},
         {"seed", &C::seed, "run", "random seed (initialisation, shuffling)", 0, 9.2e18},
-        {"threads", &C::threads, "run", "threads (0 = all cores)", 0, 4096},
+        {"threads", &C::threads, "run", "threads (0 = all cores; under mpirun, the cores shared among the ranks on the machine)", 0, 4096},
+        {"latent_shards", &C::latent_shards, "run", "under mpirun: ranks that split the latents of one model; the ranks / latent_shards data replicas split each batch (docs/distributed.md)", 1, 4096},
         {"backend", &C::backend, "run", "matrix-product backend", 0, 0, {"onednn", "reference"}},
         {"screen", &C::screen, "run", "TopK training: exact selection of fixed-order fp32 values (screen_dot) found by screening a cheap product with a rigorous error bound: off (today's oneDNN fp32 values), fp32 or bf16 screening product (the same bits)", 0, 0, {"off", "fp32", "bf16"}},
         {"dtype", &C::dtype, "run", "matrix products of the modern architectures: float32, or bf16 (bf16 inputs, fp32 accumulation; weights and optimiser state stay fp32)", 0, 0, {"float32", "bf16"}},
@@ -406,7 +407,8 @@ VariantSpec variant_parse(const std::string& text) {
 
 bool config_key_is_shared(const std::string& key) {
     static const char* shared[] = {"data", "normalize", "max_samples", "shuffle_buffer", "data_dtype", "normalize_activations",
-                                   "batch_size", "epochs", "max_iterations", "seed", "threads", "log_every", "checkpoint_every"};
+                                   "batch_size", "epochs", "max_iterations", "seed", "threads", "log_every", "checkpoint_every",
+                                   "latent_shards"};
     for (const char* k : shared)
         if (key == k) return true;
     return false;

@@ -395,7 +395,12 @@ CostTerms model_cost(Backend& be, const ModelSpec& spec, const CostSpec& cost,
         std::vector<double>& acc = ws.col_acc;
         acc.assign(size_t(d_sae), 0.0);
         column_sums<T, double>(H, m, d_sae, acc.data());
-        for (int64_t j = 0; j < d_sae; ++j) ws.rho_hat[size_t(j)] = T(acc[size_t(j)] * inv_m);
+        double inv_rows = inv_m;
+        if (ws.share_rows > 0) {  // the whole batch's ρ̂, over every replica's slice
+            ws.share_sum(acc.data(), d_sae);
+            inv_rows = 1.0 / double(ws.share_rows);
+        }
+        for (int64_t j = 0; j < d_sae; ++j) ws.rho_hat[size_t(j)] = T(acc[size_t(j)] * inv_rows);
     }
 
     // Weight decay. With a gradient wanted, its term λ·W starts the gradient (tied: 2λ·W_enc,

@@ -47,7 +47,8 @@ Normalizer normalizer_from_cfg(const nlohmann::json& cfg, const std::string& nor
     return n;
 }
 
-std::string model_cfg_json(const Config& cfg, const Objective& obj, double input_scale, const Normalizer& norm) {
+std::string model_cfg_json(const Config& cfg, const Objective& obj, double input_scale, const Normalizer& norm,
+                           int64_t ranks) {
     auto j = nlohmann::ordered_json::parse(config_to_json(cfg));
     j["architecture"] = obj.architecture();
     j["d_in"] = obj.d_in();
@@ -55,23 +56,24 @@ std::string model_cfg_json(const Config& cfg, const Objective& obj, double input
     j["dtype"] = "float32";
     j["input_scale"] = input_scale;  // already folded into the saved weights
     j["normalize_stats"] = normalizer_to_json(norm);
+    j["ranks"] = ranks;
     j["format_version"] = kModelFormatVersion;
     return j.dump(2) + "\n";
 }
 
 void model_save(const std::string& dir, const Config& cfg, const Objective& obj, const float* params,
-                double input_scale, const Normalizer& norm) {
+                double input_scale, const Normalizer& norm, int64_t ranks) {
     std::vector<std::vector<float>> scratch;
     const auto tensors = obj.export_tensors(params, input_scale, scratch);
     safetensors_write(dir + "/model.safetensors", tensors, {{"format", "sae"}});
-    write_file_atomic(dir + "/cfg.json", model_cfg_json(cfg, obj, input_scale, norm));
+    write_file_atomic(dir + "/cfg.json", model_cfg_json(cfg, obj, input_scale, norm, ranks));
 }
 
 void model_save(const std::string& dir, const SavedModel& m) {
     std::vector<std::vector<float>> scratch;
     const auto tensors = m.objective->export_tensors(m.params.data(), 1.0, scratch);
     safetensors_write(dir + "/model.safetensors", tensors, {{"format", "sae"}});
-    write_file_atomic(dir + "/cfg.json", model_cfg_json(m.cfg, *m.objective, m.input_scale, m.norm));
+    write_file_atomic(dir + "/cfg.json", model_cfg_json(m.cfg, *m.objective, m.input_scale, m.norm, m.ranks));
 }
 
 std::vector<float> model_decoder_rows(const SavedModel& m) {
@@ -129,6 +131,7 @@ SavedModel model_load(const std::string& dir) {
         throw Error(w.rfind(cfg_path, 0) == 0 ? w : cfg_path + ": " + w);
     }
     if (j.contains("input_scale") && j["input_scale"].is_number()) m.input_scale = j["input_scale"].get<double>();
+    if (j.contains("ranks") && j["ranks"].is_number_integer()) m.ranks = j["ranks"].get<int64_t>();
     check(get_int("d_sae") == m.objective->d_sae(), cfg_path + ": d_sae disagrees with the settings; the model directory is damaged");
     const SafeTensors st = safetensors_read(st_path);
     m.params.assign(size_t(m.objective->layout().total), 0.0f);

@@ -306,13 +306,17 @@ inline typename KeyType<T>::type order_key(T v) {
 // row_sums [m]. The cut is found by a most-significant-digit-first radix select over order keys,
 // 11 bits per pass, each pass a parallel histogram over rows. Histograms hold integer counts, so
 // merging the per-thread ones in any order gives the same result. Used when the candidate
-// buffers of the fast selection overflow (masses of equal values).
+// buffers of the fast selection overflow (masses of equal values), and for data replicas
+// (share, not null): pre is then this replica's rows of a batch of share->rows, the histograms
+// are summed over the replicas, and the ties at the cut go to the replicas in rank order (their
+// rows come in that order), so the selection is the whole batch's, as one process makes it.
 template <class T>
-void select_batchtopk_radix(T* H, const T* pre, int64_t m, int64_t n, int64_t k, double* row_sums) {
+void select_batchtopk_radix(T* H, const T* pre, int64_t m, int64_t n, int64_t k, double* row_sums,
+                            const BatchShare* share = nullptr) {
     using U = typename KeyType<T>::type;
     constexpr int kKeyBits = int(sizeof(U)) * 8, kMaxBits = 11, kBins = 1 << kMaxBits;
     U prefix = 0, mask = 0;
-    int64_t rank = m * k;  // rank of the cut among the entries that match prefix under mask
+    int64_t rank = (share ? share->rows : m) * k;  // rank of the cut among the entries that match prefix under mask
     for (int hi = kKeyBits; hi > 0; hi -= kMaxBits) {
         const int bits = std::min(kMaxBits, hi), shift = hi - bits;
         const U digit = U((U(1) << bits) - 1);
@@ -329,6 +333,12 @@ void select_batchtopk_radix(T* H, const T* pre, int64_t m, int64_t n, int64_t k,
 #pragma omp critical(sae_batchtopk_hist)
             for (int b = 0; b < kBins; ++b) hist[b] += local[b];
         }
+        if (share) {  // counts below 2^53: exact in double
+            double all[kBins];
+            for (int b = 0; b < kBins; ++b) all[b] = double(hist[b]);
+            share->sum(all, kBins);
+            for (int b = 0; b < kBins; ++b) hist[b] = int64_t(all[b]);
+        }
         int b = int(digit);
         for (; b > 0 && hist[b] < rank; --b) rank -= hist[b];
         prefix |= U(b) << shift;
@@ -344,6 +354,13 @@ void select_batchtopk_radix(T* H, const T* pre, int64_t m, int64_t n, int64_t k,
         row_sums[i] = double(c);
     }
     int64_t ties = rank;
+    if (share) {  // the ties the replicas before this one take first
+        std::vector<double> counts(size_t(share->size), 0.0);
+        for (int64_t i = 0; i < m; ++i) counts[size_t(share->rank)] += row_sums[i];
+        share->sum(counts.data(), share->size);
+        for (int r = 0; r < share->rank; ++r) ties -= int64_t(counts[size_t(r)]);
+        ties = std::max<int64_t>(ties, 0);
+    }
     for (int64_t i = 0; i < m; ++i) {
         const int64_t take = std::min(ties, int64_t(row_sums[i]));
         row_sums[i] = double(take);
@@ -1137,6 +1154,11 @@ bool select_topk_all(Step<T>& s) {
 template <class T>
 bool select_batch(Step<T>& s) {
     if (s.batchtopk_threshold >= 0) return select_by_threshold(s, nullptr, s.batchtopk_threshold, 0.0);
+    if (s.ws.share.rows > 0) {  // data replicas: the whole batch's selection (radix, exact)
+        select_batchtopk_radix(s.ws.H.data.data(), s.pre, s.m, s.d_sae, s.spec.k, s.ws.row_sums.data(), &s.ws.share);
+        lists_from_dense(s.ws.act, s.ws.H.data.data(), s.m, s.d_sae);
+        return true;
+    }
     select_batchtopk(s.ws, s.pre, s.m, s.d_sae, s.spec.k, s.write_h, s.nt);
     return true;
 }

@@ -47,6 +47,10 @@ public:
     }
     void set_training(bool training) override { training_ = training; }
     void set_step(int64_t step) override { step_ = step; }
+    void set_batch_share(int64_t rows, int, int, std::function<void(double*, int64_t)> sum) override {
+        ws_.share_rows = rows;
+        ws_.share_sum = std::move(sum);
+    }
     const float* hidden() const override { return ws_.H.data.data(); }
     const float* reconstruction() const override { return ws_.Xhat.data.data(); }
 

@@ -95,13 +95,24 @@ public:
         for (int64_t k = 0; k < d_in_; ++k) b_dec[k] = float(b[size_t(k)]);
     }
     void reserve(int64_t max_m) override { ws_.reserve(spec_, max_m); reserved_ = max_m; }
+    void set_batch_share(int64_t rows, int rank, int size, std::function<void(double*, int64_t)> sum) override {
+        ws_.share = {rows, rank, size, std::move(sum)};
+    }
 
     CostTerms cost(Backend& be, const float* params, const float* X, int64_t m, float* grad) override {
         if (reserved_ < m) reserve(m);
         const double thr = (batch_threshold_ && !training_) ? std::max(0.0, threshold_) : -1.0;
         const CostTerms J = modern_cost<float>(be, spec_, layout_, params, X, m, grad, ws_, dead_, thr, scale_);
         if (batch_threshold_ && training_ && grad) {
-            const double t = batchtopk_min_kept(ws_, m, d_sae_);
+            double t = batchtopk_min_kept(ws_, m, d_sae_);
+            if (ws_.share.rows > 0) {  // the smallest kept over every replica's rows
+                std::vector<double> all(size_t(ws_.share.size), 0.0);
+                all[size_t(ws_.share.rank)] = t;
+                ws_.share.sum(all.data(), ws_.share.size);
+                t = -1;
+                for (double v : all)
+                    if (v >= 0 && (t < 0 || v < t)) t = v;
+            }
             if (t >= 0) threshold_ = threshold_ < 0 ? t : 0.99 * threshold_ + 0.01 * t;
         }
         return J;

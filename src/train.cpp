@@ -12,8 +12,10 @@
 #include <fstream>
 #include <utility>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "sae/backend.hpp"
+#include "sae/comm.hpp"
 #include "sae/error.hpp"
 #include "sae/eval.hpp"
 #include "sae/io.hpp"
@@ -22,6 +24,7 @@
 #include "sae/modern.hpp"
 #include "sae/objective.hpp"
 #include "sae/optim.hpp"
+#include "sae/replicas.hpp"
 #include "sae/stream.hpp"
 #include "train_data.hpp"
 
@@ -324,6 +327,12 @@ auto guarded(const std::function<void()>& save, F&& f) -> decltype(f()) {
     }
 }
 
+std::string mb(double bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f MB", bytes / 1e6);
+    return buf;
+}
+
 // The data every variant of a run trains on, read once: the samples in memory (or the first
 // samples of a stream), the normaliser fitted on them, the input scale, and the minibatches with
 // the current one. cfg: the stream's settings (normalize resolved), which all variants share.
@@ -421,6 +430,15 @@ public:
     int64_t steps() const { return rs_.step; }
     bool resumed() const { return resumed_; }
     std::function<void()> save_all;  // every variant's checkpoint (a hook's failure saves them all)
+    // Several ranks: the stop request that travelled with this variant's last reduction.
+    bool stop_agreed() const { return agreed_stop_; }
+    // Parameters, gradient and optimiser state of this variant, per rank (L-BFGS: x, g and the
+    // s, y pairs in double).
+    double state_bytes() const {
+        const double copies = cfg_.optimizer == "lbfgs" ? double(6 + 4 * cfg_.lbfgs_history)
+                                                        : double(2 + (opt_ ? opt_->state().size() : 0));
+        return double(n_) * 4.0 * copies;
+    }
 
 private:
     // the minibatch step, in order
@@ -428,8 +446,13 @@ private:
     void skip_batch(const char* bad);
     void update(const CostTerms& J, int64_t m);
     void resample(int64_t m);
+    void check_layout();
+    void reserve(int64_t M);
+    CostTerms slice_cost(const float* X, int64_t M, float* grad);
     // helpers
-    bool stop_requested() const { return g_interrupted || (hooks_.stop && hooks_.stop->load()); }
+    bool stop_local() const { return g_interrupted || (hooks_.stop && hooks_.stop->load()); }
+    // Several ranks stop together: at the request that travelled with the last reduction.
+    bool stop_requested() const { return comm_.size() > 1 ? agreed_stop_ : stop_local(); }
     template <class F>
     auto external(F&& f) -> decltype(f()) {
         return guarded(save_all ? save_all : save_, std::forward<F>(f));
@@ -440,6 +463,11 @@ private:
 
     Config cfg_;
     const TrainHooks& hooks_;
+    Comm& comm_;              // the ranks (one process: every collective a no-op)
+    bool writer_ = true;      // rank 0 writes the files and shows progress
+    RowSlice mine_;           // this replica's rows of the current batch
+    bool agreed_stop_ = false;
+    std::vector<float> scratch_;
     std::string out_dir_, label_, ckpt_path_, metrics_path_, cfg_json_;
     Stream& data_;
     Progress& bar_;
@@ -465,11 +493,14 @@ private:
     Clock::time_point win_start_;
     double lr_ = 0;
     int64_t last_m_ = 0;  // rows of the last batch used (resampling draws from it)
+    int64_t win_samples_ = 0;  // samples of all replicas since the last metrics line
 };
 
 void Run::prepare_dir(const std::string& out_dir) {
     ensure_writable_dir(out_dir);
-    // A run killed mid-write leaves "<output>.tmp-<pid>" behind; sweep those of our own outputs.
+    // A run killed mid-write leaves "<output>.tmp-<pid>" behind; sweep those of our own outputs
+    // (rank 0, which alone writes them).
+    if (comm_world().rank() != 0) return;
     for (const auto& e : std::filesystem::directory_iterator(out_dir)) {
         const std::string name = e.path().filename().string();
         for (const char* out : {"model.safetensors", "cfg.json", "metrics.jsonl", "checkpoint.safetensors"})
@@ -479,7 +510,8 @@ void Run::prepare_dir(const std::string& out_dir) {
 
 Run::Run(const Config& settings, const std::string& out_dir, const std::string& label, Stream& data,
          const TrainHooks& hooks, Progress& bar)
-    : cfg_(settings), hooks_(hooks), out_dir_(out_dir), label_(label), data_(data), bar_(bar) {
+    : cfg_(settings), hooks_(hooks), comm_(comm_world()), writer_(comm_world().rank() == 0), out_dir_(out_dir),
+      label_(label), data_(data), bar_(bar) {
     cfg_.normalize = config_normalize(cfg_);  // auto resolved: cfg.json names what was applied
     const ScheduleKind k = schedule_parse(cfg_.lr_schedule);
     check(!(data_.batches && data_.batches->external()) || (k != ScheduleKind::cosine && k != ScheduleKind::linear),
@@ -496,6 +528,22 @@ Run::Run(const Config& settings, const std::string& out_dir, const std::string& 
     cfg_json_ = config_to_json(cfg_);
     rs_.since_fired.assign(size_t(d_sae_), 0);
     rs_.input_scale = data_.input_scale;
+    check_layout();
+}
+
+// Several ranks (mpirun): latent_shards x data replicas. Every replica reads the same data and
+// holds the same parameters of every variant; it computes the cost of its slice of each batch.
+void Run::check_layout() {
+    const std::string who = label_.empty() ? "" : "variant '" + label_ + "': ";
+    const int64_t ranks = comm_.size();
+    check(ranks % cfg_.latent_shards == 0, who + "latent_shards = " + std::to_string(cfg_.latent_shards) + " does not divide the " +
+                                               std::to_string(ranks) + " ranks; pick a divisor (mpirun -np N)");
+    check(cfg_.latent_shards == 1, who + "latent_shards = " + std::to_string(cfg_.latent_shards) +
+                                       ": latent shards are not built yet; use latent_shards = 1 (data replicas only)");
+    if (ranks == 1) return;
+    const std::string arch = config_architecture(cfg_);
+    check(!(arch == "classic" && (cfg_.corruption != "none" || cfg_.dropout > 0)),
+          who + "denoising (corruption, dropout) draws its masks per batch, which data replicas do not share yet; train it in one process");
 }
 
 // Parameters initialised (or restored from the checkpoint), cfg.json, metrics.jsonl opened.
@@ -505,6 +553,14 @@ void Run::start(bool resume) {
     grad_.resize(size_t(n_));
     if (resume) {
         ckpt_ = checkpoint_load(ckpt_path_, cfg_);
+        // The layout: data replicas would resume alike, but not to the same bits (sums in
+        // another order); latent shards hold other slices. Refused, not re-sharded.
+        const auto r = ckpt_.st.metadata.find("ranks");
+        const int64_t saved_ranks = r == ckpt_.st.metadata.end() ? 1 : ckpt_.get_int("ranks");
+        check(saved_ranks == comm_.size(), ckpt_path_ + ": the checkpoint was made by " + std::to_string(saved_ranks) +
+                                               " ranks but this run has " + std::to_string(comm_.size()) +
+                                               "; resume with mpirun -np " + std::to_string(saved_ranks) +
+                                               " (the same layout) or train into a new directory");
         const auto& p = ckpt_.tensor("params", n_).f32;
         std::copy(p.begin(), p.end(), params_.begin());
         rs_.step = ckpt_.get_int("step");
@@ -519,12 +575,14 @@ void Run::start(bool resume) {
     } else {
         Rng rng(uint64_t(cfg_.seed));
         obj_->init(params_.data(), rng, data_.X.head(4096));
-        write_file_atomic(metrics_path_, "");
+        if (writer_) write_file_atomic(metrics_path_, "");
     }
-    write_file_atomic(out_dir_ + "/cfg.json", model_cfg_json(cfg_, *obj_, rs_.input_scale, data_.norm));
-    if (resume) metrics_truncate(metrics_path_, rs_.step);
-    metrics_ = std::fopen(metrics_path_.c_str(), "a");
-    check(metrics_ != nullptr, metrics_path_ + ": cannot open for appending (" + std::strerror(errno) + ")");
+    if (writer_) {
+        write_file_atomic(out_dir_ + "/cfg.json", model_cfg_json(cfg_, *obj_, rs_.input_scale, data_.norm, comm_.size()));
+        if (resume) metrics_truncate(metrics_path_, rs_.step);
+        metrics_ = std::fopen(metrics_path_.c_str(), "a");
+        check(metrics_ != nullptr, metrics_path_ + ": cannot open for appending (" + std::strerror(errno) + ")");
+    }
     win_.reset(d_in_, d_sae_);
     obj_->set_training(true);
     t0_ = Clock::now();
@@ -532,8 +590,8 @@ void Run::start(bool resume) {
 
 TrainSummary Run::end() {
     summary_.skipped_batches = rs_.skipped;
-    if (summary_.stop_reason != "interrupted")
-        model_save(out_dir_, cfg_, *obj_, params_.data(), rs_.input_scale, data_.norm);
+    if (summary_.stop_reason != "interrupted" && writer_)
+        model_save(out_dir_, cfg_, *obj_, params_.data(), rs_.input_scale, data_.norm, comm_.size());
     summary_.seconds = seconds_since(t0_);
     return summary_;
 }
@@ -554,7 +612,11 @@ private:
     int64_t next_batch();
     bool in_step(const Run& r) const { return r.steps() == step_; }
     void save_all();  // the checkpoint of every variant at the stream's step
-    bool stop_requested() const { return g_interrupted || (hooks_.stop && hooks_.stop->load()); }
+    // Several ranks: the stop request agreed in the reductions of this step's variants.
+    bool stop_requested() const {
+        return comm_world().size() > 1 ? stop_agreed_ : g_interrupted || (hooks_.stop && hooks_.stop->load());
+    }
+    void show_layout(int64_t batch) const;
 
     const TrainHooks& hooks_;
     Config cfg_;  // the stream's settings (shared by every variant)
@@ -563,13 +625,18 @@ private:
     std::vector<std::unique_ptr<Run>> runs_;
     std::function<void()> save_all_ = [this] { save_all(); };
     int64_t step_ = 0;  // minibatch: the stream's step (every variant in step takes it)
+    bool stop_agreed_ = false;
 };
 
 Trainer::Trainer(const std::vector<Spec>& specs, const TrainData& data, const TrainHooks& hooks) : hooks_(hooks) {
     for (const Spec& s : specs) config_validate(s.cfg);
     cfg_ = specs.at(0).cfg;
     cfg_.normalize = config_normalize(cfg_);
-    set_num_threads(int(cfg_.threads));
+    // threads = 0 under mpirun: the machine's cores shared among its ranks, not all to each.
+    if (cfg_.threads == 0 && comm_world().size() > 1)
+        set_num_threads(std::max(1, int(std::thread::hardware_concurrency()) / comm_local_ranks()));
+    else
+        set_num_threads(int(cfg_.threads));
     for (const Spec& s : specs) Run::prepare_dir(s.out_dir);
     data_ = std::make_unique<Stream>(cfg_, data);
     for (const Spec& s : specs) {
@@ -586,9 +653,13 @@ std::vector<TrainSummary> Trainer::train(bool resume) {
     for (auto& r : runs_) r->start(resume && (!any || r->has_checkpoint()));
     const InterruptGuard interrupts;
     bar_ = Progress();
-    if (cfg_.optimizer == "lbfgs") runs_.at(0)->lbfgs();
-    else minibatch();
-    if (!hooks_.progress && !hooks_.quiet) bar_.finish();
+    if (cfg_.optimizer == "lbfgs") {
+        show_layout(data_->X.rows);
+        runs_.at(0)->lbfgs();
+    } else {
+        minibatch();
+    }
+    if (!hooks_.progress && !hooks_.quiet && comm_world().rank() == 0) bar_.finish();
     std::vector<TrainSummary> out;
     for (auto& r : runs_) out.push_back(r->end());
     return out;
@@ -598,6 +669,7 @@ std::vector<TrainSummary> Trainer::train(bool resume) {
 void Trainer::minibatch() {
     train_data::Batches& batches = *data_->batches;
     for (auto& r : runs_) r->minibatch_setup();
+    show_layout(data_->batches->batch_size());
     // Resumed, the stream restarts where the variant furthest behind stopped; the others wait
     // until it reaches their step.
     const Run& behind = **std::min_element(runs_.begin(), runs_.end(), [](auto& a, auto& b) { return a->steps() < b->steps(); });
@@ -605,8 +677,12 @@ void Trainer::minibatch() {
     if (behind.resumed()) batches.set_state(behind.stream_position());
     while (!batches.done(step_)) {
         const int64_t m = next_batch();
+        stop_agreed_ = false;
         for (auto& r : runs_)
-            if (in_step(*r)) r->step(m);
+            if (in_step(*r)) {
+                r->step(m);
+                stop_agreed_ |= r->stop_agreed();
+            }
         ++step_;
         const bool last = batches.done(step_) || stop_requested();
         bool display = true;  // the first variant in step shows the progress
@@ -631,6 +707,20 @@ int64_t Trainer::next_batch() {
     return b.external() ? guarded(save_all_, [&] { return b.next(Xb); }) : b.next(Xb);
 }
 
+// Several ranks: the layout and the memory per rank, once (rank 0).
+void Trainer::show_layout(int64_t batch) const {
+    const Comm& comm = comm_world();
+    if (comm.size() == 1 || comm.rank() != 0 || hooks_.quiet) return;
+    double state = 0;
+    for (const auto& r : runs_) state += r->state_bytes();
+    std::fprintf(stderr, "%d ranks x %d threads: latent_shards %lld x %lld data replicas of batch %lld (up to %lld rows each); "
+                         "per rank: parameters, gradient and optimiser state %s%s, data in memory %s\n",
+                 comm.size(), get_num_threads(), (long long)cfg_.latent_shards, (long long)(comm.size() / cfg_.latent_shards),
+                 (long long)batch, (long long)replica_rows(batch, 0, comm.size()).count, mb(state).c_str(),
+                 runs_.size() > 1 ? (" (" + std::to_string(runs_.size()) + " variants)").c_str() : "",
+                 mb(double(data_->X.rows) * double(data_->X.cols) * 4.0).c_str());
+}
+
 // A variant ahead of the stream (catching up after a resume) keeps the checkpoint it has.
 void Trainer::save_all() {
     for (auto& r : runs_)
@@ -639,6 +729,14 @@ void Trainer::save_all() {
 
 void Run::minibatch_setup() {
     const int64_t B = data_.batches->batch_size();
+    if (comm_.size() > 1) {  // every replica needs a row of every batch (in memory, the last one may be short)
+        const int64_t rows = data_.X.rows;
+        const int64_t last = data_.batches->streamed() ? B : (rows % B == 0 ? B : rows % B);
+        check(std::min(B, last) >= comm_.size(),
+              "batch_size = " + std::to_string(B) + " over " + std::to_string(rows) + " samples makes batches of " +
+                  std::to_string(std::min(B, last)) + " rows, fewer than the " + std::to_string(comm_.size()) +
+                  " data replicas; pick a batch_size that leaves each replica a row");
+    }
     // Per-step statistics read the sparse models' row lists, not a dense [B, d_sae].
     if (threshold_ >= 0) obj_->set_dense_hidden(false);
     opt_ = optimizer_create(cfg_.optimizer, n_, config_optimizer_hyper(cfg_));
@@ -663,7 +761,7 @@ void Run::minibatch_setup() {
         if (data_.batches->streamed()) meta["stream_state"] = data_.batches->state();
         save_checkpoint(std::move(t), std::move(meta));
     };
-    obj_->reserve(B);
+    reserve(B);
     dead_.assign(size_t(d_sae_), 0);
     fired_.assign(size_t(d_sae_), 0);
     first_step_ = rs_.step;
@@ -700,7 +798,14 @@ CostTerms Run::batch_cost(int64_t m) {
                                  ? std::min(1.0, double(rs_.step + 1) / double(cfg_.sparsity_warmup_steps))
                                  : 1.0);
     obj_->set_step(rs_.step);  // denoising masks drawn from (seed, step)
-    return obj_->cost(*be_, params_.data(), data_.Xb.data.data(), m, grad_.data());
+    return slice_cost(data_.Xb.data.data(), m, grad_.data());
+}
+
+// The cost of the batch X [M, d_in] and its gradient (when grad): this replica's rows of it,
+// then summed over the replicas (one process: the cost of X).
+CostTerms Run::slice_cost(const float* X, int64_t M, float* grad) {
+    mine_ = replica_rows(M, comm_.rank(), comm_.size());
+    return replicas_cost(comm_, *obj_, *be_, params_.data(), X, M, grad, stop_local(), &agreed_stop_);
 }
 
 void Run::skip_batch(const char* bad) {
@@ -732,17 +837,21 @@ void Run::update(const CostTerms& J, int64_t m) {
                         std::to_string(lr_) + " is too large?); training stopped. The last good checkpoint is " +
                         ckpt_path_ + "; lower lr or set grad_clip_norm");
 
+    // Firing and statistics from this replica's rows (one process: the batch).
     std::fill(fired_.begin(), fired_.end(), 0);
+    const int64_t mr = mine_.count;
+    const float* Xr = data_.Xb.data.data() + mine_.begin * d_in_;
     if (const ActiveRows* A = obj_->active_rows()) {  // sparse model: its row lists
-        for (int64_t i = 0; i < m; ++i)
+        for (int64_t i = 0; i < mr; ++i)
             for (int64_t e = A->beg[i]; e < A->end[i]; ++e) fired_[size_t(A->col[e])] |= double(A->val[e]) > threshold_;
-        win_.add(data_.Xb.data.data(), obj_->reconstruction(), *A, m, threshold_);
+        win_.add(Xr, obj_->reconstruction(), *A, mr, threshold_);
     } else {
         const float* H = obj_->hidden();
-        for (int64_t i = 0; i < m; ++i)
+        for (int64_t i = 0; i < mr; ++i)
             for (int64_t j = 0; j < d_sae_; ++j) fired_[size_t(j)] |= double(H[i * d_sae_ + j]) > threshold_;
-        win_.add(data_.Xb.data.data(), obj_->reconstruction(), H, m, threshold_);
+        win_.add(Xr, obj_->reconstruction(), H, mr, threshold_);
     }
+    replicas_any(comm_, fired_, scratch_);  // fired on any replica's rows
     for (int64_t j = 0; j < d_sae_; ++j)
         rs_.since_fired[size_t(j)] = fired_[size_t(j)] ? 0 : rs_.since_fired[size_t(j)] + m;
     J_sum_.rec += J.rec;
@@ -751,6 +860,7 @@ void Run::update(const CostTerms& J, int64_t m) {
     J_sum_.aux += J.aux;
     J_sum_.denoise += J.denoise;
     ++win_steps_;
+    win_samples_ += m;
     summary_.samples += m;
 }
 
@@ -762,13 +872,14 @@ void Run::log(bool last, bool display) {
     const double w = 1.0 / double(win_steps_);
     const CostTerms Jm{J_sum_.rec * w, J_sum_.weight_decay * w, J_sum_.sparsity * w, J_sum_.aux * w, J_sum_.denoise * w};
     const double secs = seconds_since(win_start_);
-    const double sps = secs > 0 ? double(win_.n) / secs : 0;
+    const double sps = secs > 0 ? double(win_samples_) / secs : 0;
     // At multiples of log_every only: not at a run's last or interrupted step, which a longer or
     // uninterrupted run does not resample at (resume stays bit-identical).
     if (rs_.step % cfg_.log_every == 0 && (cfg_.resample_dead || cfg_.resample_duplicates > 0) && config_is_modern(cfg_))
         resample(last_m_);
     std::string line;
     if (log_line) {
+        replicas_reduce(comm_, win_);  // every replica's rows
         line = metrics_line(rs_.step, data_.batches->epoch(rs_.step), Jm, win_, lr_, sps, rs_, cfg_.dead_threshold_samples);
         write_metrics(line);
         summary_.J = Jm;
@@ -777,6 +888,7 @@ void Run::log(bool last, bool display) {
         win_.reset(d_in_, d_sae_);
         J_sum_ = {};
         win_steps_ = 0;
+        win_samples_ = 0;
         win_start_ = Clock::now();
     }
     if (display) show({rs_.step, first_step_, data_.batches->total(), Jm, sps, log_line});
@@ -804,20 +916,29 @@ void Run::resample(int64_t m) {
             if (rs_.since_fired[size_t(j)] >= cfg_.dead_threshold_samples) redo[size_t(j)] = 1;
     // Deterministic: the draw depends on (seed, step) only.
     Rng rrng(uint64_t(cfg_.seed) * 0x2545f4914f6cdd1dULL + uint64_t(rs_.step));
-    rs_.resampled += resample_latents(obj_->layout(), params_.data(), *opt_, data_.Xb.data.data(), obj_->reconstruction(), m,
-                                      redo, rs_, rrng);
+    const float* Xhat = obj_->reconstruction();
+    if (comm_.size() > 1) {  // every replica draws from the whole batch, alike
+        replicas_gather_rows(comm_, Xhat, m, d_in_, scratch_);
+        Xhat = scratch_.data();
+    }
+    rs_.resampled += resample_latents(obj_->layout(), params_.data(), *opt_, data_.Xb.data.data(), Xhat, m, redo, rs_, rrng);
 }
 
 // ---- full-batch L-BFGS: for each iteration, iterate (cost and line search) → log → checkpoint ----
 void Run::lbfgs() {
-    obj_->reserve(data_.X.rows);
+    // Replicas: each computes the cost of its rows of the whole set; summed, it is the one
+    // process's cost and gradient, so every rank follows its iterates.
+    const int64_t N = data_.X.rows;
+    check(N >= comm_.size(), data_.name + ": " + std::to_string(N) + " samples for " + std::to_string(comm_.size()) +
+                                 " data replicas; each needs one at least");
+    reserve(N);
     LbfgsOptions lbfgs_options;
     lbfgs_options.history = int(cfg_.lbfgs_history);
     Lbfgs opt(n_, lbfgs_options);
     auto objective = [&](const double* x, double* g) {
         for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(x[i]);
         obj_->set_step(0);  // denoising: one corruption for the whole run, a fixed function for L-BFGS
-        const CostTerms J = obj_->cost(*be_, params_.data(), data_.X.data, data_.X.rows, grad_.data());
+        const CostTerms J = slice_cost(data_.X.data, N, grad_.data());
         for (int64_t i = 0; i < n_; ++i) g[i] = grad_[size_t(i)];
         return J.total();
     };
@@ -848,9 +969,10 @@ void Run::lbfgs() {
     // Metrics at the current point: one extra forward pass, only on logging steps.
     auto log_now = [&](int64_t it) {
         for (int64_t i = 0; i < n_; ++i) params_[size_t(i)] = float(opt.x()[size_t(i)]);
-        const CostTerms J = obj_->cost(*be_, params_.data(), data_.X.data, data_.X.rows, nullptr);
+        const CostTerms J = slice_cost(data_.X.data, N, nullptr);
         win_.reset(d_in_, d_sae_);
-        win_.add(data_.X.data, obj_->reconstruction(), obj_->hidden(), data_.X.rows, threshold_);
+        win_.add(data_.X.data + mine_.begin * d_in_, obj_->reconstruction(), obj_->hidden(), mine_.count, threshold_);
+        replicas_reduce(comm_, win_);
         for (int64_t j = 0; j < d_sae_; ++j) rs_.since_fired[size_t(j)] = win_.fires[size_t(j)] ? 0 : data_.X.rows;
         const double secs = seconds_since(t0_);
         const double sps = secs > 0 ? double((opt.evaluations() - evals0) * data_.X.rows) / secs : 0;
@@ -880,17 +1002,34 @@ void Run::lbfgs() {
     finish(opt.status() == LbfgsStatus::running ? "max_iterations" : lbfgs_status_name(opt.status()));
 }
 
+// The objective's workspace for this replica's rows of batches of up to M rows. A batch-wide
+// selection (BatchTopK) may keep any number of its M·k entries in one replica's rows: its lists
+// get room for the whole batch.
+void Run::reserve(int64_t M) {
+    const bool batch_selection = config_architecture(cfg_).find("batchtopk") != std::string::npos;
+    obj_->reserve(batch_selection ? M : replica_rows(M, 0, comm_.size()).count);
+}
+
 void Run::show(const TrainProgress& p) {
+    if (!writer_) return;
     if (hooks_.progress) external([&] { hooks_.progress(p); });
     else if (!hooks_.quiet) bar_.update(p, label_);
 }
 
 void Run::write_metrics(const std::string& line) {
+    if (!writer_) return;
     check(std::fputs(line.c_str(), metrics_) >= 0 && std::fflush(metrics_) == 0, metrics_path_ + ": write failed (disk full?)");
 }
 
 // Checkpoint = parameters + optimiser state (given as named buffers) + run state.
+// Several ranks: the replicas hold the same parameters (checked), and rank 0 writes.
 void Run::save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta) {
+    if (comm_.size() > 1) {
+        replicas_check_same(comm_, params_, rs_.step);
+        if (!writer_) return;
+        meta["ranks"] = std::to_string(comm_.size());
+        meta["latent_shards"] = std::to_string(cfg_.latent_shards);
+    }
     std::vector<TensorOut> t = {{"params", {n_}, DType::f32, params_.data()},
                                 {"since_fired", {d_sae_}, DType::i64, rs_.since_fired.data()}};
     for (auto& o : opt_tensors) t.push_back(std::move(o));

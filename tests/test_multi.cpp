@@ -262,7 +262,8 @@ TEST(Multi, RefusedCombinationsGiveOneLineEach) {
     Config base = modern_base("x.npy");
     // Each setting that defines the stream, changed by a variant.
     for (const char* key : {"data", "normalize", "max_samples", "shuffle_buffer", "data_dtype", "normalize_activations",
-                            "batch_size", "epochs", "max_iterations", "seed", "threads", "log_every", "checkpoint_every"}) {
+                            "batch_size", "epochs", "max_iterations", "seed", "threads", "log_every", "checkpoint_every",
+                            "latent_shards"}) {
         EXPECT_TRUE(config_key_is_shared(key));
         sae_test::expect_error_line([&] { config_variants(base, {spec("a", {}), spec("b", {{key, "1"}})}); }, "variant 'b'",
                                     {std::string("'") + key + "' defines the data stream", "set it outside the variants"});

@@ -74,6 +74,7 @@ struct Config {
     // run
     int64_t seed = 0;
     int64_t threads = 0;
+    int64_t latent_shards = 1;  // ranks that split the latents (mpirun; docs/distributed.md)
     std::string backend = "onednn";
     std::string screen = "off";      // TopK: screened exact selection (off, fp32, bf16)
     std::string dtype = "float32";   // products: float32, or bf16 (fp32 master weights and state)

@@ -20,6 +20,7 @@
 // Everything is templated on the scalar (float for training, double for gradient checks).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -143,6 +144,11 @@ struct Workspace {
     Matrix<T> Hdrop;   // [m, d_sae] r ⊙ h(x′), the decoder's input under dropout
     Matrix<T> Hclean;  // [m, d_sae] h(x) of the clean input, for D
     Matrix<T> dHclean; // [m, d_sae] gradient w.r.t. the clean pre-activation
+    // Data replicas (a batch split across ranks, train.cpp): the batch given to model_cost is a
+    // slice of one of share_rows rows, and ρ̂ is that whole batch's: its column sums are summed
+    // over the replicas by share_sum(sums [d_sae]) before dividing by share_rows. 0 = no split.
+    int64_t share_rows = 0;
+    std::function<void(double*, int64_t)> share_sum;
     void reserve(const ModelSpec& spec, int64_t max_m, bool denoising = false);
 };
 

@@ -22,15 +22,18 @@ struct SavedModel {
     Config cfg;
     std::unique_ptr<Objective> objective;
     std::vector<float> params;  // [objective->layout().total]
+    int64_t ranks = 1;          // cfg.json "ranks": the processes that trained it
     Normalizer norm;            // what inputs get before the encoder (saved statistics)
     double input_scale = 1.0;   // as cfg.json records it (already folded into params)
 };
 
 // The cfg.json text.
+// ranks: the processes that trained it (cfg.json "ranks"; with the setting latent_shards, the
+// layout of an mpirun run).
 std::string model_cfg_json(const Config& cfg, const Objective& obj, double input_scale,
-                           const Normalizer& norm);
+                           const Normalizer& norm, int64_t ranks = 1);
 void model_save(const std::string& dir, const Config& cfg, const Objective& obj, const float* params,
-                double input_scale, const Normalizer& norm);
+                double input_scale, const Normalizer& norm, int64_t ranks = 1);
 // A loaded model written again (its tensors and cfg.json as loaded; `Model.save` in Python).
 void model_save(const std::string& dir, const SavedModel& m);
 // The decoder rows W_dec [d_sae, d_in] as saved (tied weights give W_encᵀ; any architecture).

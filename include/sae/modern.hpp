@@ -163,8 +163,18 @@ struct SparseRows {
     int64_t nnz(int64_t m) const;
 };
 
+// Data replicas (a batch split across ranks, train.cpp): this replica (rank of size) costs a
+// contiguous slice of a batch of `rows` rows; batch-wide selections are made over the whole
+// batch, with sum(buf [n], n) summing buffers over the replicas. rows = 0: no split.
+struct BatchShare {
+    int64_t rows = 0;
+    int rank = 0, size = 1;
+    std::function<void(double*, int64_t)> sum;
+};
+
 template <class T>
 struct ModernWorkspace {
+    BatchShare share;  // BatchTopK's selection over every replica's rows (see BatchShare)
     // Execution options; set before reserve().
     Precision precision = Precision::f32;  // float products in f32 or bf16 (double: always double)
     ProductPath path = ProductPath::automatic;

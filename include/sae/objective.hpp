@@ -3,6 +3,7 @@
 // The optimiser sees only the flat buffers; the trainer sees only this interface.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -52,6 +53,11 @@ public:
     // The training step the next cost() belongs to: random training-time masks (denoising
     // corruption, dropout) are drawn from (seed, step), so runs are deterministic and resumable.
     virtual void set_step(int64_t step) {}
+    // Data replicas (train.cpp): the next cost() gets replica `rank`'s (of `size`) slice of a
+    // batch of `rows` rows, and what the cost needs of the whole batch (the classic ρ̂, BatchTopK's
+    // selection and threshold) is summed over the replicas with sum(buf [n], n). rows = 0: no
+    // split. (The trainer refuses replicas for denoising, whose masks are drawn per batch.)
+    virtual void set_batch_share(int64_t rows, int rank, int size, std::function<void(double*, int64_t)> sum) {}
 
     // Named scalars that are part of the model's state but not optimised (e.g. BatchTopK's
     // running threshold): saved in checkpoints and restored exactly.
