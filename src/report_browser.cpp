@@ -383,6 +383,34 @@ private:
 };
 
 // The latents to show: the most often firing first (then by number), at most `latents` (< 0: all).
+// A chosen latent's summary: firing count and density over `rows`, its largest activation, an
+// empty histogram of `bins` bins (filled by the caller's pass over the codes).
+BrowserLatent latent_summary(int64_t j, const std::vector<int64_t>& fires, int64_t rows, const TopRows& top, int bins) {
+    BrowserLatent L;
+    L.index = j;
+    L.fires = fires[size_t(j)];
+    L.density = double(L.fires) / double(std::max<int64_t>(1, rows));
+    L.max_activation = top.count(j) ? top.act(j, 0) : 0.0f;
+    L.hist.assign(size_t(std::max(1, bins)), 0);
+    return L;
+}
+
+// A top row's context [begin, end): up to `before` rows before and `after` after, within the
+// row's sequence (seq: sequence index of each row; empty = one sequence).
+BrowserContext context_of(const TopRows& top, int64_t j, int64_t c, const std::vector<int64_t>& seq, int64_t rows,
+                          int64_t before, int64_t after) {
+    BrowserContext C;
+    C.row = top.row(j, c);
+    C.activation = top.act(j, c);
+    C.begin = C.row;
+    C.end = C.row + 1;
+    while (C.begin > 0 && C.row - C.begin < before && (seq.empty() || seq[size_t(C.begin - 1)] == seq[size_t(C.row)]))
+        --C.begin;
+    while (C.end < rows && C.end - 1 - C.row < after && (seq.empty() || seq[size_t(C.end)] == seq[size_t(C.row)]))
+        ++C.end;
+    return C;
+}
+
 std::vector<int64_t> choose_latents(const std::vector<int64_t>& fires, int64_t latents) {
     std::vector<int64_t> order(fires.size());
     for (size_t j = 0; j < order.size(); ++j) order[j] = int64_t(j);
@@ -556,22 +584,9 @@ Browser browser_from_harvest(const SavedModel& model, const Harvest& h, const st
     std::vector<Need> needs;
     for (int64_t li = 0; li < int64_t(chosen.size()); ++li) {
         const int64_t j = chosen[size_t(li)];
-        BrowserLatent L;
-        L.index = j;
-        L.fires = fires[size_t(j)];
-        L.density = double(L.fires) / double(rows);
-        L.max_activation = top.count(j) ? top.act(j, 0) : 0.0f;
-        L.hist.assign(size_t(std::max(1, opt.bins)), 0);
+        BrowserLatent L = latent_summary(j, fires, rows, top, opt.bins);
         for (int64_t c = 0; c < top.count(j); ++c) {
-            BrowserContext C;
-            C.row = top.row(j, c);
-            C.activation = top.act(j, c);
-            C.begin = C.row;
-            C.end = C.row + 1;
-            while (C.begin > 0 && C.row - C.begin < opt.before && (seq.empty() || seq[size_t(C.begin - 1)] == seq[size_t(C.row)]))
-                --C.begin;
-            while (C.end < rows && C.end - 1 - C.row < opt.after && (seq.empty() || seq[size_t(C.end)] == seq[size_t(C.row)]))
-                ++C.end;
+            BrowserContext C = context_of(top, j, c, seq, rows, opt.before, opt.after);
             C.shade.assign(size_t(C.end - C.begin), 0);
             if (!tokens.empty()) C.tokens.assign(tokens.begin() + C.begin, tokens.begin() + C.end);
             for (int64_t r = C.begin; r < C.end; ++r) needs.push_back({r, int32_t(li), int32_t(c)});
@@ -643,12 +658,7 @@ Browser browser_from_images(const float* H, const float* X, int64_t rows, int64_
         }
     const int64_t px = side * side;
     for (int64_t j : choose_latents(fires, opt.latents)) {
-        BrowserLatent L;
-        L.index = j;
-        L.fires = fires[size_t(j)];
-        L.density = double(L.fires) / double(std::max<int64_t>(1, rows));
-        L.max_activation = top.count(j) ? top.act(j, 0) : 0.0f;
-        L.hist.assign(size_t(std::max(1, opt.bins)), 0);
+        BrowserLatent L = latent_summary(j, fires, rows, top, opt.bins);
         for (int64_t i = 0; i < rows; ++i)
             if (H[i * d_sae + j] > threshold) bin(L.hist, H[i * d_sae + j], L.max_activation);
         std::vector<float> tiles;
