@@ -377,7 +377,7 @@ void config_validate(const Config& cfg) {
         throw Error("normalize_activations = \"" + cfg.normalize_activations +
                     "\" needs a modern architecture (linear decoder); use normalize instead for the classic model");
     if (cfg.screen != "off" && (arch != "topk" || cfg.optimizer == "lbfgs"))
-        throw Error("screen = \"" + cfg.screen + "\" screens TopK's minibatch training step only, not architecture \"" + arch +
+        throw Error("screen = \"" + cfg.screen + "\" screens TopK only (minibatch training, encode, eval), not architecture \"" + arch +
                     "\" with optimizer \"" + cfg.optimizer + "\"; set screen = \"off\" (or use topk with adam, sgd or rmsprop)");
     if (arch != "classic" && (cfg.corruption != "none" || cfg.dropout > 0 || cfg.gamma > 0))
         throw Error("corruption, dropout and gamma (denoising) apply to the classic architecture only, not \"" + arch +

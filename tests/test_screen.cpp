@@ -12,6 +12,9 @@
 #include <vector>
 
 #include "sae/backend.hpp"
+#include "sae/config.hpp"
+#include "sae/eval.hpp"
+#include "sae/objective.hpp"
 #include "sae/modern.hpp"
 #include "sae/rng.hpp"
 #include "test_util.hpp"
@@ -303,6 +306,51 @@ TEST(Screen, TrainingIsBitIdenticalBetweenScreeningProducts) {
     }
 }
 
+// encode / eval of a TopK model with screening: the dense codes are the definition's (columns and
+// value bits, zero elsewhere) for either screening product, in chunks that split the batch and the
+// encoder blocks; screen = off is today's oneDNN path.
+TEST(Screen, EncodeGivesTheDefinitionsCodes) {
+    auto be = backend_create("onednn");
+    for (int kind = 0; kind < 5; ++kind) {
+        const Case c = make_case(kind, 40, 512, 6, 300, false, 500 + kind);
+        const Lists ref = reference(c);
+        for (const char* sc : {"bf16", "fp32"}) {
+            Config cfg;
+            cfg.architecture = "topk";
+            cfg.d_sae = c.spec.d_sae;
+            cfg.k = c.spec.k;
+            cfg.optimizer = "adam";
+            cfg.screen = sc;
+            config_validate(cfg);
+            auto obj = objective_create(cfg, c.spec.d_in);
+            ASSERT_EQ(obj->layout().total, c.layout.total);
+            std::vector<float> H(size_t(c.m * c.spec.d_sae), -1.0f);
+            for (int64_t chunk : {int64_t(64), int64_t(4096)}) {
+                encode(*be, *obj, c.params.data(), c.X.data(), c.m, c.spec.d_in, H.data(), chunk);
+                SCOPED_TRACE(::testing::Message() << "kind " << kind << " " << sc << " chunk " << chunk);
+                for (int64_t i = 0; i < c.m; ++i) {
+                    size_t e = 0;
+                    for (int64_t j = 0; j < c.spec.d_sae; ++j) {
+                        const float h = H[size_t(i * c.spec.d_sae + j)];
+                        if (e < ref.act[size_t(i)].size() && ref.act[size_t(i)][e].first == j) {
+                            ASSERT_EQ(bits(h), bits(ref.act[size_t(i)][e].second)) << i << " " << j;
+                            ++e;
+                        } else {
+                            ASSERT_EQ(bits(h), 0u) << i << " " << j;
+                        }
+                    }
+                    ASSERT_EQ(e, ref.act[size_t(i)].size()) << i;
+                }
+                // eval sees the same codes: its l0 is the definition's
+                const EvalResult r = evaluate(*be, *obj, cfg, c.params.data(), c.X.data(), c.m, c.spec.d_in, 0.0, chunk);
+                double l0 = 0;
+                for (const auto& row : ref.act) l0 += double(row.size());
+                EXPECT_DOUBLE_EQ(r.l0, l0 / double(c.m));
+            }
+        }
+    }
+}
+
 TEST(Screen, ParsesItsNames) {
     EXPECT_EQ(screen_parse("off"), Screen::off);
     EXPECT_EQ(screen_parse("fp32"), Screen::fp32);
@@ -334,4 +382,20 @@ TEST(Screen, TrainWritesTheSameModelWithEitherScreeningProduct) {
     // oneDNN's values differ from screen_dot's in low bits, so the unscreened run differs: the
     // screened runs did screen (minibatch training keeps lists only; L-BFGS does not screen).
     EXPECT_NE(models[0], models[2]);
+    // encode follows the model's saved screen (bf16 here); --set screen=fp32 gives the same bytes,
+    // and eval the same JSON
+    const std::string model = dir + "/r_bf16", data = dir + "/d/data.npy";
+    ASSERT_EQ(run(sae + " encode --model " + model + " --data " + data + " --out " + dir + "/h1.npy").exit_code, 0);
+    ASSERT_EQ(run(sae + " encode --model " + model + " --data " + data + " --set screen=fp32 --out " + dir + "/h2.npy")
+                  .exit_code,
+              0);
+    EXPECT_EQ(read_bytes(dir + "/h1.npy"), read_bytes(dir + "/h2.npy"));
+    const CommandResult e1 = run(sae + " eval --model " + model + " --data " + data);
+    const CommandResult e2 = run(sae + " eval --model " + model + " --data " + data + " --set screen=fp32");
+    ASSERT_EQ(e1.exit_code, 0) << e1.err;
+    EXPECT_EQ(e1.out, e2.out);
+    // --set cannot change the parameters' shape
+    EXPECT_NE(run(sae + " encode --model " + model + " --data " + data + " --set d_sae=64 --out " + dir + "/h3.npy")
+                  .exit_code,
+              0);
 }
