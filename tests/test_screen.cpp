@@ -554,6 +554,58 @@ TEST(Screen, BatchTopKAndJumpReLUTrainTheSameWithEitherProduct) {
     }
 }
 
+// encode of BatchTopK (its inference threshold) and JumpReLU models with screening: the
+// definition's codes, for either product.
+TEST(Screen, EncodeBatchTopKAndJumpReLUGiveTheDefinitionsCodes) {
+    auto be = backend_create("onednn");
+    for (Arch arch : {Arch::batchtopk, Arch::jumprelu})
+        for (int kind : {0, 3}) {
+            const Case c = as_arch(make_case(kind, 40, 512, 6, 150, false, 60 + kind), arch, 61);
+            const double theta = 0.15;
+            const Dense D = dense_definition(c, theta);
+            for (const char* sc : {"bf16", "fp32"}) {
+                Config cfg;
+                cfg.architecture = arch_name(arch);
+                cfg.d_sae = c.spec.d_sae;
+                cfg.k = c.spec.k;
+                cfg.optimizer = "adam";
+                cfg.bandwidth = c.spec.bandwidth;
+                cfg.screen = sc;
+                config_validate(cfg);
+                auto obj = objective_create(cfg, c.spec.d_in);
+                ASSERT_EQ(obj->layout().total, c.layout.total);
+                if (arch == Arch::batchtopk) obj->set_extra_state({{"threshold", theta}});
+                std::vector<float> H(size_t(c.m * c.spec.d_sae), -1.0f);
+                encode(*be, *obj, c.params.data(), c.X.data(), c.m, c.spec.d_in, H.data(), 64);
+                SCOPED_TRACE(::testing::Message() << arch_name(arch) << " kind " << kind << " " << sc);
+                expect_same_bits(H, D.H, "codes");
+            }
+        }
+}
+
+// End to end: `sae train` of BatchTopK and JumpReLU with screen = fp32 and bf16 writes the same
+// model bytes (and not the unscreened run's).
+TEST(Screen, TrainBatchTopKAndJumpReLUTheSameWithEitherProduct) {
+    const std::string dir = temp_dir("screen_train_bt");
+    const std::string sae = sae_binary();
+    ASSERT_EQ(run(sae + " synth --out " + dir + "/d --features 64 --dim 32 --samples 1000").exit_code, 0);
+    for (const char* arch : {"batchtopk", "jumprelu"}) {
+        std::string models[3];
+        int t = 0;
+        for (const char* sc : {"fp32", "bf16", "off"}) {
+            const std::string out = dir + "/" + arch + "_" + sc;
+            const CommandResult r = run(sae + " train --set data=" + dir + "/d/data.npy --set architecture=" + arch +
+                                        " --set d_sae=128 --set k=4 --set batch_size=100 --set epochs=2 --set threads=1" +
+                                        " --set optimizer=adam --set screen=" + sc + " --out " + out);
+            ASSERT_EQ(r.exit_code, 0) << r.err;
+            models[t++] = read_bytes(out + "/model.safetensors");
+        }
+        EXPECT_FALSE(models[0].empty());
+        EXPECT_EQ(models[0], models[1]) << arch;
+        EXPECT_NE(models[0], models[2]) << arch;  // the screened runs did screen
+    }
+}
+
 TEST(Screen, ParsesItsNames) {
     EXPECT_EQ(screen_parse("off"), Screen::off);
     EXPECT_EQ(screen_parse("fp32"), Screen::fp32);
