@@ -684,14 +684,6 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     screen_wn.resize(screening ? size_t(d_sae) : 0);
     screen_cb.resize(screening ? size_t(d_sae) : 0);
     screen_col.resize(screening ? size_t(threads * 2 * d_sae) : 0);
-    // TopK's block of candidate slots (C per row for TopK, C for AuxK; C ≤ d_sae / 2).
-    const int64_t sblk = lists_only && encoder_block > 0 ? std::min(max_m, encoder_block) : max_m;
-    screen_slots = screening && lists_only ? std::min(d_sae / 2, std::max<int64_t>(64, 16 * spec.k)) : 0;
-    screen_bcnt.resize(screening && lists_only ? size_t(2 * sblk) : 0);
-    screen_bcol.resize(size_t(2 * sblk * screen_slots));
-    screen_bval.resize(size_t(2 * sblk * screen_slots));
-    screen_bidx.resize(size_t(2 * sblk * screen_slots));
-    screen_cptr.resize(screening && lists_only ? size_t(d_sae + 1) : 0);
     if (screening && screen == Screen::bf16) w_bf16.resize(size_t(d_in * d_sae));
     iscratch.resize(row.lists ? size_t(threads * d_sae) : 0);
     const bool bt = row.threshold == ThresholdKind::batch;  // the batch selection's candidates
@@ -1430,19 +1422,6 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
             product(s.be, Trans::no, Trans::no, rows, n, d_in, s.xin + r0 * d_in, d_in, W, n, 0.0f, s.pre, n, b,
                     Precision::f32);
         clock.mark(1);
-        // Rows whose candidates fit their slots (C each for TopK and AuxK) have their candidates'
-        // values computed column by column over the block (each column of W_enc read once while
-        // the block's rows sit in cache), into bval; the others (a non-finite bound, or too many
-        // candidates) compute their own, row by row. The values do not depend on the order.
-        int64_t* bcnt = ws.screen_bcnt.data();   // [blk · 2]: TopK, AuxK candidates of the row; < 0: own
-        int32_t* bcol = ws.screen_bcol.data();   // [blk · 2C]: the row's candidate columns
-        float* bval = ws.screen_bval.data();     // [blk · 2C]: their values
-        int32_t* bidx = ws.screen_bidx.data();   // [blk · 2C]: slots ordered by column
-        int64_t* cptr = ws.screen_cptr.data();   // [n + 1]
-        const int64_t C = ws.screen_slots;
-        require(int64_t(ws.screen_bcnt.size()) >= 2 * rows && int64_t(ws.screen_bval.size()) >= 2 * C * rows &&
-                    int64_t(ws.screen_cptr.size()) == n + 1 && int64_t(ws.cursor.size()) >= n,
-                "modern_cost: workspace not reserved for screening");
 #pragma omp parallel num_threads(s.nt) reduction(+ : st_cand, st_fall, st_aux)
         {
             const int tid = omp_get_thread_num();
@@ -1454,7 +1433,6 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
             int32_t* cidx = ws.iscratch.data() + int64_t(tid) * n;
             int32_t* cols = ws.screen_col.data() + int64_t(tid) * 2 * n;  // TopK candidates
             int32_t* acols = cols + n;                                      // AuxK candidates
-            // 1. Per row: the bound, the candidates (into the row's slots when they fit).
 #pragma omp for schedule(static)
             for (int64_t i = r0; i < r0 + rows; ++i) {
                 const float* x = s.xin + i * d_in;
@@ -1464,99 +1442,11 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
                 const double xn = std::sqrt(q);
                 const float alpha = screen_up(bound.coef_s * xn);
                 const float tau = screen_up(bound.tau_scale * (2.0 * double(d_in) + 4 + 2 * sqrt_n * (xn + wn_max)));
-                const bool all = !(std::isfinite(alpha) && std::isfinite(tau)) || !screen_lower(srow, wn, cb, alpha, tau, n, lo);
-                int64_t* cnt = bcnt + 2 * (i - r0);
-                cnt[0] = cnt[1] = -1;
-                if (all) continue;
-                // A lower bound L of the k-th largest value: every entry whose upper bound is
-                // below L (or not positive) is below the k-th largest, so never selected.
-                float L;
-                if (8 * k <= n) L = topk_lower_bound(lo, n, k, gmax);
-                else {
-                    std::copy(lo, lo + n, cval);
-                    L = kth_largest(cval, n, k);
-                }
-                const float thr = std::max(L, std::numeric_limits<float>::denorm_min());
-                int32_t* slot = bcol + 2 * C * (i - r0);
-                const int64_t nc = screen_candidates(srow, wn, cb, alpha, tau, n, thr, cols);
-                int64_t na = 0;
-                if (ka > 0) {  // the same among the dead latents, against their ka-th largest
-                    for (int64_t t = 0; t < n_dead; ++t) cval[t] = lo[di[t]];
-                    const float La = 8 * ka <= n_dead ? topk_lower_bound(cval, n_dead, ka, gmax)
-                                                      : kth_largest(cval, n_dead, ka);
-                    for (int64_t t = 0; t < n_dead; ++t) {
-                        const int32_t j = di[t];
-                        if (srow[j] + (alpha * wn[j] + (cb[j] + tau)) >= La) acols[na++] = j;
-                    }
-                }
-                if (nc > C || na > C) {  // too many for the slots: the row redoes its lists in pass 3
-                    cnt[0] = -2;
-                    continue;
-                }
-                std::copy(cols, cols + nc, slot);
-                std::copy(acols, acols + na, slot + C);
-                cnt[0] = nc;
-                cnt[1] = na;
-            }
-            // 2. The block's slots ordered by column (counting sort), then the values column by column.
-#pragma omp single
-            {
-                std::fill(cptr, cptr + n + 1, int64_t(0));
-                for (int64_t r = 0; r < rows; ++r)
-                    for (int h = 0; h < 2; ++h)
-                        for (int64_t t = 0; t < std::max<int64_t>(0, bcnt[2 * r + h]) && bcnt[2 * r] >= 0; ++t)
-                            ++cptr[bcol[2 * C * r + h * C + t] + 1];
-                for (int64_t j = 0; j < n; ++j) cptr[j + 1] += cptr[j];
-                std::copy(cptr, cptr + n, ws.cursor.data());
-                for (int64_t r = 0; r < rows; ++r)
-                    for (int h = 0; h < 2; ++h)
-                        for (int64_t t = 0; t < std::max<int64_t>(0, bcnt[2 * r + h]) && bcnt[2 * r] >= 0; ++t) {
-                            const int64_t e = 2 * C * r + h * C + t;
-                            bidx[ws.cursor[size_t(bcol[e])]++] = int32_t(e);
-                        }
-            }
-#pragma omp for schedule(dynamic, 64)
-            for (int64_t j = 0; j < n; ++j) {
-                if (cptr[j] == cptr[j + 1]) continue;
-                const float* w = wt + j * d_in;
-                if (j + 1 < n) prefetch_floats(wt + (j + 1) * d_in, d_in);
-                for (int64_t e = cptr[j]; e < cptr[j + 1]; ++e) {
-                    const int64_t slot = bidx[e];
-                    bval[slot] = screen_dot(s.xin + (r0 + slot / (2 * C)) * d_in, w, d_in, b[j]);
-                }
-            }
-            // 3. Per row: the exact TopK and AuxK among the candidates.
-#pragma omp for schedule(static)
-            for (int64_t i = r0; i < r0 + rows; ++i) {
-                const float* x = s.xin + i * d_in;
-                const int64_t* cnt = bcnt + 2 * (i - r0);
-                const int32_t* slot = bcol + 2 * C * (i - r0);
-                const float* sval = bval + 2 * C * (i - r0);
-                bool all = cnt[0] == -1, own = cnt[0] < -1;
+                bool all = !(std::isfinite(alpha) && std::isfinite(tau)) || !screen_lower(srow, wn, cb, alpha, tau, n, lo);
                 int64_t nc = 0, na = 0;
-                bool finite = true;
-                if (!all && !own) {
-                    nc = cnt[0];
-                    na = cnt[1];
-                    for (int64_t t = 0; t < nc; ++t) {
-                        cols[t] = slot[t];
-                        lo[t] = sval[t];
-                        finite = finite && std::isfinite(lo[t]);
-                    }
-                    for (int64_t t = 0; t < na; ++t) {
-                        acols[t] = slot[C + t];
-                        cval[t] = sval[C + t];
-                    }
-                    all = !finite;
-                } else if (own) {
-                    // rebuild the lists from the row's screening values (the same as in pass 1)
-                    const float* srow = s.pre + (i - r0) * n;
-                    double q = 0;
-                    for (int64_t c = 0; c < d_in; ++c) q += double(x[c]) * double(x[c]);
-                    const double xn = std::sqrt(q);
-                    const float alpha = screen_up(bound.coef_s * xn);
-                    const float tau = screen_up(bound.tau_scale * (2.0 * double(d_in) + 4 + 2 * sqrt_n * (xn + wn_max)));
-                    screen_lower(srow, wn, cb, alpha, tau, n, lo);
+                if (!all) {
+                    // A lower bound L of the k-th largest value: every entry whose upper bound is
+                    // below L (or not positive) is below the k-th largest, so never selected.
                     float L;
                     if (8 * k <= n) L = topk_lower_bound(lo, n, k, gmax);
                     else {
@@ -1565,7 +1455,7 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
                     }
                     const float thr = std::max(L, std::numeric_limits<float>::denorm_min());
                     nc = screen_candidates(srow, wn, cb, alpha, tau, n, thr, cols);
-                    if (ka > 0) {
+                    if (ka > 0) {  // the same among the dead latents, against their ka-th largest
                         for (int64_t t = 0; t < n_dead; ++t) cval[t] = lo[di[t]];
                         const float La = 8 * ka <= n_dead ? topk_lower_bound(cval, n_dead, ka, gmax)
                                                           : kth_largest(cval, n_dead, ka);
@@ -1574,58 +1464,63 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
                             if (srow[j] + (alpha * wn[j] + (cb[j] + tau)) >= La) acols[na++] = j;
                         }
                     }
+                }
+                // Exact values of the candidates; a non-finite one sends the row to the fallback.
+                for (int pass = 0; pass < 2; ++pass) {
+                    if (all) {
+                        nc = n;
+                        for (int64_t j = 0; j < n; ++j) cols[j] = int32_t(j);
+                        na = n_dead;
+                        for (int64_t t = 0; t < n_dead; ++t) acols[t] = di[t];
+                    }
+                    bool finite = true;
                     for (int64_t t = 0; t < nc; ++t) {
+                        const int32_t j = cols[t];
                         if (t + 2 < nc) prefetch_floats(wt + int64_t(cols[t + 2]) * d_in, d_in);
-                        lo[t] = screen_dot(x, wt + int64_t(cols[t]) * d_in, d_in, b[cols[t]]);
+                        lo[t] = screen_dot(x, wt + int64_t(j) * d_in, d_in, b[j]);
                         finite = finite && std::isfinite(lo[t]);
                     }
-                    for (int64_t t = 0; t < na; ++t)
-                        cval[t] = screen_dot(x, wt + int64_t(acols[t]) * d_in, d_in, b[acols[t]]);
-                    all = !finite;
-                }
-                if (all) {  // every entry with screen_dot
-                    nc = n;
-                    for (int64_t j = 0; j < n; ++j) {
-                        cols[j] = int32_t(j);
-                        lo[j] = screen_dot(x, wt + j * d_in, d_in, b[j]);
+                    if (!finite && !all) {
+                        all = true;
+                        continue;
                     }
-                    na = n_dead;
-                    for (int64_t t = 0; t < n_dead; ++t) acols[t] = di[t];
+                    break;
                 }
                 st_cand += nc;
                 st_fall += all;
-                if (ka > 0) {
-                    // AuxK on the candidates (values in cval): the ka largest (ties to the lower
-                    // column), kept if > 0. Before TopK, whose selection uses cval as scratch.
-                    if (all)
-                        for (int64_t t = 0; t < n_dead; ++t) cval[t] = lo[di[t]];
-                    st_aux += na;
-                    for (int64_t t = 0; t < na; ++t) tmp[t] = key(cval[t]);
-                    const float v = kth_largest(tmp, na, ka);
-                    int64_t above = 0;
-                    for (int64_t t = 0; t < na; ++t) above += key(cval[t]) > v;
-                    int64_t ties = ka - above, ca = 0;
-                    const int64_t ba = i * s.spec.k_aux;
-                    for (int64_t t = 0; t < na; ++t) {
-                        const float q2 = key(cval[t]);
-                        bool keep = q2 > v;
-                        if (!keep && q2 == v && ties > 0) {
-                            keep = true;
-                            --ties;
-                        }
-                        if (keep && cval[t] > 0.0f) {
-                            X.col[size_t(ba + ca)] = acols[t];
-                            X.val[size_t(ba + ca++)] = cval[t];
-                        }
-                    }
-                    X.beg[size_t(i)] = ba;
-                    X.end[size_t(i)] = ba + ca;
-                }
                 const int64_t bo = i * k;
                 const int64_t c = topk_row(lo, nc, k, gmax, cidx, cval, tmp, A.col.data() + bo, A.val.data() + bo);
                 for (int64_t e = 0; e < c; ++e) A.col[size_t(bo + e)] = cols[A.col[size_t(bo + e)]];
                 A.beg[size_t(i)] = bo;
                 A.end[size_t(i)] = bo + c;
+                if (ka > 0) {
+                    // AuxK on the candidates: the ka largest (ties to the lower column), kept if > 0
+                    st_aux += na;
+                    for (int64_t t = 0; t < na; ++t) {
+                        const int32_t j = acols[t];
+                        lo[t] = screen_dot(x, wt + int64_t(j) * d_in, d_in, b[j]);
+                        tmp[t] = key(lo[t]);
+                    }
+                    const float v = kth_largest(tmp, na, ka);
+                    int64_t above = 0;
+                    for (int64_t t = 0; t < na; ++t) above += key(lo[t]) > v;
+                    int64_t ties = ka - above, ca = 0;
+                    const int64_t ba = i * s.spec.k_aux;
+                    for (int64_t t = 0; t < na; ++t) {
+                        const float q2 = key(lo[t]);
+                        bool keep = q2 > v;
+                        if (!keep && q2 == v && ties > 0) {
+                            keep = true;
+                            --ties;
+                        }
+                        if (keep && lo[t] > 0.0f) {
+                            X.col[size_t(ba + ca)] = acols[t];
+                            X.val[size_t(ba + ca++)] = lo[t];
+                        }
+                    }
+                    X.beg[size_t(i)] = ba;
+                    X.end[size_t(i)] = ba + ca;
+                }
             }
         }
         clock.mark(2);

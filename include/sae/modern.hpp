@@ -197,13 +197,6 @@ struct ModernWorkspace {
     std::vector<float> screen_cb;   // coef_b·|b_enc[j]| rounded up [d_sae]
     std::vector<int32_t> screen_col;  // per-thread candidate columns [threads · 2 · d_sae]
     std::vector<float> screen_thr;    // screening jumprelu: the largest float ≤ θ_j − ε [d_sae]
-    // Screened TopK: per encoder block, each row's candidates in slots (screen_slots for TopK,
-    // as many for AuxK), their values, the slots ordered by column, the column offsets.
-    int64_t screen_slots = 0;
-    std::vector<int64_t> screen_bcnt;  // [block · 2]
-    std::vector<int32_t> screen_bcol, screen_bidx;  // [block · 2 · screen_slots]
-    std::vector<float> screen_bval;    // [block · 2 · screen_slots]
-    std::vector<int64_t> screen_cptr;  // [d_sae + 1]
     ScreenStats screen_stats;
     std::vector<T> scratch;       // per-thread selection and tile buffers [threads · per_thread]
     std::vector<int32_t> iscratch;  // per-thread index buffers [threads · d_sae]
