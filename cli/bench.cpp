@@ -18,6 +18,7 @@
 #include "sae/backend.hpp"
 #include "sae/comm.hpp"
 #include "sae/error.hpp"
+#include "sae/eval.hpp"
 #include "sae/modern.hpp"
 #include "sae/objective.hpp"
 #include "sae/optim.hpp"
@@ -97,6 +98,7 @@ void add_bench(CLI::App& app) {
         int64_t steps = 20, warmup = 3, d_in = 784, batches = 4;
         bool profile = false;
         int64_t encoder_block = 256;
+        int64_t encode_rows = 0;
     };
     auto args = std::make_shared<Args>();
     cmd->add_option("CONFIG", args->config, "TOML file of settings (optional; defaults otherwise)");
@@ -108,6 +110,10 @@ void add_bench(CLI::App& app) {
     cmd->add_flag("--profile", args->profile, "modern architectures: also time each phase of the cost (phases_ms)");
     cmd->add_option("--encoder-block", args->encoder_block,
                     "with --profile: rows per fused encoder+TopK block in the profiled cost (0 = whole batch)")
+        ->capture_default_str();
+    cmd->add_option("--encode", args->encode_rows,
+                    "time `sae encode` (sae::encode in chunks of 4096 into a dense [N, d_sae]) of this many synthetic rows "
+                    "on the initialised model instead of training steps (a pool of 16384 rows encoded repeatedly)")
         ->capture_default_str();
     cmd->callback([args]() {
         const sae::Config cfg = load_config(args->config, args->sets);
@@ -130,6 +136,40 @@ void add_bench(CLI::App& app) {
             sae::Matrix<float> sample(std::min<int64_t>(X.rows, 4096), d_in);
             std::copy(X.data.begin(), X.data.begin() + sample.size(), sample.data.begin());
             obj->init(params.data(), rng, sample);
+        }
+        if (args->encode_rows > 0) {  // encode: the forward of the saved model, dense codes out
+            const int64_t pool = std::min<int64_t>(16384, args->encode_rows);
+            const sae::Matrix<float> P = synthetic(pool, d_in, modern, uint64_t(cfg.seed) + 2);
+            std::vector<float> H(size_t(pool * d_sae));
+            sae::encode(*be, *obj, params.data(), P.data.data(), std::min<int64_t>(pool, 4096), d_in, H.data());  // warm-up
+            const auto t0 = Clock::now();
+            const double c0 = cpu_seconds();
+            int64_t done = 0, last = 0;
+            while (done < args->encode_rows) {
+                last = std::min(pool, args->encode_rows - done);
+                sae::encode(*be, *obj, params.data(), P.data.data(), last, d_in, H.data());
+                done += last;
+            }
+            const double s = since(t0), cpu = cpu_seconds() - c0;
+            double nnz = 0;  // of the last pass
+            for (int64_t t = 0; t < last * d_sae; ++t) nnz += H[size_t(t)] != 0.0f;
+            nlohmann::ordered_json j;
+            j["architecture"] = obj->architecture();
+            j["screen"] = cfg.screen;
+            j["threads"] = sae::get_num_threads();
+            j["d_in"] = d_in;
+            j["d_sae"] = d_sae;
+            if (modern) j["k"] = cfg.k;
+            j["encode_rows"] = done;
+            j["encode_s"] = s;
+            j["rows_per_s"] = double(done) / s;
+            j["cpu_s"] = cpu;
+            j["l0"] = nnz / double(last);
+            j["peak_rss_mib"] = peak_rss_mib();
+            j["loadavg_before"] = load_before;
+            j["loadavg_after"] = loadavg();
+            std::printf("%s\n", j.dump(2).c_str());
+            return;
         }
         auto opt = sae::optimizer_create(cfg.optimizer, n, sae::config_optimizer_hyper(cfg));
         obj->set_training(true);

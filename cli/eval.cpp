@@ -87,13 +87,17 @@ void add_encode(CLI::App& app) {
     auto* cmd = app.add_subcommand("encode", "write the hidden activations of a data set as float32 .npy [N, d_sae]");
     struct Args {
         std::string model, data, out;
+        std::vector<std::string> sets;
     };
     auto args = std::make_shared<Args>();
     cmd->add_option("--model", args->model, "model directory written by `sae train`")->required();
     cmd->add_option("--data", args->data, "data file")->required();
     cmd->add_option("--out", args->out, "output .npy file")->required();
+    cmd->add_option("--set", args->sets,
+                    "override a saved setting that does not change the parameters, e.g. --set screen=bf16 or "
+                    "--set threads=4");
     cmd->callback([args]() {
-        const sae::SavedModel m = load_model(args->model, {});
+        const sae::SavedModel m = load_model(args->model, args->sets);
         sae::set_num_threads(int(m.cfg.threads));
         const auto X = sae::dataset_load(args->data, m.norm, 0);
         sae::check(X.cols == m.objective->d_in(), args->data + ": samples have " + std::to_string(X.cols) +

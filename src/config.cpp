@@ -80,7 +80,7 @@ std::vector<OptionSpec> build_table() {
         {"threads", &C::threads, "run", "threads (0 = all cores; under mpirun, the cores shared among the ranks on the machine)", 0, 4096},
         {"latent_shards", &C::latent_shards, "run", "under mpirun: ranks that split the latents of one model; the ranks / latent_shards data replicas split each batch (docs/distributed.md)", 1, 4096},
         {"backend", &C::backend, "run", "matrix-product backend", 0, 0, {"onednn", "reference"}},
-        {"screen", &C::screen, "run", "TopK training: exact selection of fixed-order fp32 values (screen_dot) found by screening a cheap product with a rigorous error bound: off (today's oneDNN fp32 values), fp32 or bf16 screening product (the same bits)", 0, 0, {"off", "fp32", "bf16"}},
+        {"screen", &C::screen, "run", "topk, batchtopk, jumprelu (training, encode, eval): exact selection of fixed-order fp32 values (screen_dot) found by screening a cheap product with a rigorous error bound: off (today's oneDNN fp32 values), fp32 or bf16 screening product (the same bits)", 0, 0, {"off", "fp32", "bf16"}},
         {"dtype", &C::dtype, "run", "matrix products of the modern architectures: float32, or bf16 (bf16 inputs, fp32 accumulation; weights and optimiser state stay fp32)", 0, 0, {"float32", "bf16"}},
         {"log_every", &C::log_every, "run", "steps between metrics lines", 1, 1e12},
         {"checkpoint_every", &C::checkpoint_every, "run", "steps between checkpoints", 1, 1e12},
@@ -488,9 +488,9 @@ void config_validate(const Config& cfg) {
     if (arch == "classic" && cfg.normalize_activations != "none")
         throw Error("normalize_activations = \"" + cfg.normalize_activations +
                     "\" needs a modern architecture (linear decoder); use normalize instead for the classic model");
-    if (cfg.screen != "off" && (arch != "topk" || cfg.optimizer == "lbfgs"))
-        throw Error("screen = \"" + cfg.screen + "\" screens TopK's minibatch training step only, not architecture \"" + arch +
-                    "\" with optimizer \"" + cfg.optimizer + "\"; set screen = \"off\" (or use topk with adam, sgd or rmsprop)");
+    if (cfg.screen != "off" && ((arch != "topk" && arch != "batchtopk" && arch != "jumprelu") || cfg.optimizer == "lbfgs"))
+        throw Error("screen = \"" + cfg.screen + "\" screens topk, batchtopk and jumprelu (minibatch training, encode, eval), not architecture \"" + arch +
+                    "\" with optimizer \"" + cfg.optimizer + "\"; set screen = \"off\" (or use one of those with adam, sgd or rmsprop)");
     if (arch != "classic" && (cfg.corruption != "none" || cfg.dropout > 0 || cfg.gamma > 0))
         throw Error("corruption, dropout and gamma (denoising) apply to the classic architecture only, not \"" + arch +
                     "\"; set corruption = \"none\", dropout = 0, gamma = 0");

@@ -694,7 +694,9 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     scratch.resize(size_t(threads * per_thread));
     // Screened TopK (float, lists only): W_enc transposed, column norms, bias terms, and two
     // candidate lists per thread (TopK, AuxK).
-    const bool screening = std::is_same_v<T, float> && lists_only && screen != Screen::off;
+    const bool screening = std::is_same_v<T, float> && screen != Screen::off &&
+                           (lists_only || spec.arch == Arch::batchtopk || spec.arch == Arch::jumprelu);
+    screen_thr.resize(screening && spec.arch == Arch::jumprelu ? size_t(d_sae) : 0);
     screen_wt.resize(screening ? size_t(d_in * d_sae) : 0);
     screen_wn.resize(screening ? size_t(d_sae) : 0);
     screen_cb.resize(screening ? size_t(d_sae) : 0);
@@ -1376,22 +1378,16 @@ inline float screen_up(double v) {
     return f;
 }
 
-// The screening product for a block and the exact TopK (and AuxK) of screen_dot values; the
-// bound decides which entries need screen_dot. Rows the bound cannot serve (a non-finite
-// screening value or bound) compute every entry with screen_dot (counted as fallbacks).
-inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int64_t blk) {
+// Per step: W_enc transposed (columns contiguous for screen_dot), the column norms and bias
+// terms of the bound, W_enc rounded to bf16 (bf16 screening). Returns the largest column norm.
+inline double screen_prepare(Step<float>& s, const ScreenBound& bound) {
     ModernWorkspace<float>& ws = s.ws;
-    const int64_t m = s.m, d_in = s.d_in, n = s.d_sae, k = s.spec.k;
-    require(int64_t(ws.screen_wt.size()) >= d_in * n && int64_t(ws.screen_col.size()) >= 2 * ws.threads * n &&
-                s.nt <= ws.threads && (ws.screen == Screen::fp32 || int64_t(ws.w_bf16.size()) >= d_in * n),
-            "modern_cost: workspace not reserved for screening");
-    const ScreenBound bound = screen_bound(ws.screen, d_in);
+    const int64_t d_in = s.d_in, n = s.d_sae;
     const float* W = s.P.W_enc;
     const float* b = s.P.b_enc;
     float* wt = ws.screen_wt.data();
     float* wn = ws.screen_wn.data();
     float* cb = ws.screen_cb.data();
-    // W_enc transposed (columns contiguous for screen_dot), column norms, bias terms.
 #pragma omp parallel for schedule(static) num_threads(s.nt)
     for (int64_t j0 = 0; j0 < n; j0 += 64) {
         const int64_t j1 = std::min(n, j0 + 64);
@@ -1407,6 +1403,32 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
     double wn_max = 0;
     for (int64_t j = 0; j < n; ++j) wn_max = std::max(wn_max, double(wn[j]));
     if (ws.screen == Screen::bf16) round_to_bf16(W, d_in, n, n, ws.w_bf16.data());
+    return wn_max;
+}
+
+// The largest float ≤ v (−∞ below the float range).
+inline float float_down(double v) {
+    float f = float(v);
+    if (double(f) > v) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+    return f;
+}
+
+// The screening product for a block and the exact TopK (and AuxK) of screen_dot values; the
+// bound decides which entries need screen_dot. Rows the bound cannot serve (a non-finite
+// screening value or bound) compute every entry with screen_dot (counted as fallbacks).
+inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int64_t blk) {
+    ModernWorkspace<float>& ws = s.ws;
+    const int64_t m = s.m, d_in = s.d_in, n = s.d_sae, k = s.spec.k;
+    require(int64_t(ws.screen_wt.size()) >= d_in * n && int64_t(ws.screen_col.size()) >= 2 * ws.threads * n &&
+                s.nt <= ws.threads && (ws.screen == Screen::fp32 || int64_t(ws.w_bf16.size()) >= d_in * n),
+            "modern_cost: workspace not reserved for screening");
+    const ScreenBound bound = screen_bound(ws.screen, d_in);
+    const float* W = s.P.W_enc;
+    const float* b = s.P.b_enc;
+    const float* wt = ws.screen_wt.data();
+    const float* wn = ws.screen_wn.data();
+    const float* cb = ws.screen_cb.data();
+    const double wn_max = screen_prepare(s, bound);
     const double sqrt_n = std::sqrt(double(d_in));
     const int64_t n_dead = s.aux ? s.n_dead : 0;
     const int64_t ka = s.aux ? std::min(s.spec.k_aux, n_dead) : 0;
@@ -1524,6 +1546,133 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
             }
         }
         clock.mark(2);
+    }
+    ws.screen_stats = ScreenStats{.rows = m, .candidates = st_cand, .fallback_rows = st_fall,
+                                  .aux_rows = ka > 0 ? m : 0, .aux_candidates = st_aux};
+}
+
+// Screened BatchTopK (training's batch cut and AuxK, or the inference threshold) and JumpReLU
+// (θ_j, and the straight-through window |v − θ_j| < ε/2 in training): the screening product
+// into the whole pre [m, d_sae], then every entry whose upper bound s + e reaches the rule's
+// lower bound t is replaced by its screen_dot value (rows the bound cannot serve: every entry).
+// An entry left alone has its value v and its s both below t, and t is below everything the
+// rule can keep or list:
+//   BatchTopK training: t = max(L, smallest positive float), L the (m·k)-th largest of the rows'
+//     4k group maxima of s − e (a lower bound of the batch's (m·k)-th largest value); AuxK: per
+//     row the k_aux-th largest lower bound among the dead latents, as for TopK;
+//   BatchTopK inference: t = the largest float ≤ θ (kept: v > θ);
+//   JumpReLU: t_j = the largest float ≤ θ_j − ε (kept: v > θ_j; listed: |v − θ_j|/ε < ½).
+// So the unchanged selection, penalty and dense backward read pre as they would read the
+// definition's values everywhere: the same selections, ties and value bits.
+inline void stage_encoder_screened(Step<float>& s) {
+    ModernWorkspace<float>& ws = s.ws;
+    const int64_t m = s.m, d_in = s.d_in, n = s.d_sae;
+    const ArchInfo& row = arch_info(s.spec.arch);
+    const bool batch = row.threshold == ThresholdKind::batch && s.batchtopk_threshold < 0;
+    const bool jump = row.threshold == ThresholdKind::learnt;
+    const int64_t k = s.spec.k, G = 8 * k <= n ? 4 * k : n;
+    require(int64_t(ws.screen_wt.size()) >= d_in * n && int64_t(ws.screen_col.size()) >= 2 * ws.threads * n &&
+                s.nt <= ws.threads && ws.pre.rows >= m &&
+                (ws.screen == Screen::fp32 || int64_t(ws.w_bf16.size()) >= d_in * n) &&
+                (!jump || int64_t(ws.screen_thr.size()) == n) && (!batch || int64_t(ws.cand_tmp.size()) >= m * G) &&
+                ws.per_thread >= 3 * n,
+            "modern_cost: workspace not reserved for screening");
+    const ScreenBound bound = screen_bound(ws.screen, d_in);
+    const float* b = s.P.b_enc;
+    const float* wt = ws.screen_wt.data();
+    const float* wn = ws.screen_wn.data();
+    const float* cb = ws.screen_cb.data();
+    const double wn_max = screen_prepare(s, bound);
+    float* pre = s.pre;
+    if (ws.screen == Screen::bf16)
+        s.be.gemm_bf16_b(Trans::no, m, n, d_in, s.xin, d_in, ws.w_bf16.data(), 0.0f, pre, n, b);
+    else
+        product(s.be, Trans::no, Trans::no, m, n, d_in, s.xin, d_in, s.P.W_enc, n, 0.0f, pre, n, b, Precision::f32);
+    float* tj = ws.screen_thr.data();
+    if (jump)
+        for (int64_t j = 0; j < n; ++j)
+            tj[j] = float_down(std::exp(double(s.P.log_threshold[j])) - s.spec.bandwidth);
+    const double sqrt_n = std::sqrt(double(d_in));
+    // The row's bound: e_j = alpha·wn[j] + (cb[j] + tau); false when it is not finite.
+    auto row_bound = [&](int64_t i, float& alpha, float& tau) {
+        const float* x = s.xin + i * d_in;
+        double q = 0;
+        for (int64_t c = 0; c < d_in; ++c) q += double(x[c]) * double(x[c]);
+        const double xn = std::sqrt(q);
+        alpha = screen_up(bound.coef_s * xn);
+        tau = screen_up(bound.tau_scale * (2.0 * double(d_in) + 4 + 2 * sqrt_n * (xn + wn_max)));
+        return std::isfinite(alpha) && std::isfinite(tau);
+    };
+    double* fell = ws.row_sums.data();  // 1 for a row every entry of which is recomputed
+    float t = 0;
+    if (batch) {  // the batch cut's lower bound from the group maxima of the lower bounds
+        float* gm = ws.cand_tmp.data();
+#pragma omp parallel for schedule(static) num_threads(s.nt)
+        for (int64_t i = 0; i < m; ++i) {
+            float* lo = ws.scratch.data() + omp_get_thread_num() * ws.per_thread;
+            float alpha, tau;
+            const bool ok = row_bound(i, alpha, tau) && screen_lower(pre + i * n, wn, cb, alpha, tau, n, lo);
+            fell[i] = ok ? 0.0 : 1.0;
+            if (ok) group_max(lo, n, G, gm + i * G);
+            else std::fill(gm + i * G, gm + (i + 1) * G, -std::numeric_limits<float>::infinity());
+        }
+        t = std::max(kth_largest(gm, m * G, m * k), std::numeric_limits<float>::denorm_min());
+    } else if (!jump) {
+        t = float_down(s.batchtopk_threshold);
+    }
+    const int64_t n_dead = s.aux && batch ? s.n_dead : 0;
+    const int64_t ka = n_dead > 0 ? std::min(s.spec.k_aux, n_dead) : 0;
+    const int32_t* di = ws.dead_idx.data();
+    int64_t st_cand = 0, st_fall = 0, st_aux = 0;
+#pragma omp parallel num_threads(s.nt) reduction(+ : st_cand, st_fall, st_aux)
+    {
+        const int tid = omp_get_thread_num();
+        float* lo = ws.scratch.data() + tid * ws.per_thread;  // [n]
+        float* cval = lo + n;                                  // [n]
+        float* gmax = cval + n;                                // [n / 2]
+        int32_t* cols = ws.screen_col.data() + int64_t(tid) * 2 * n;
+        int32_t* acols = cols + n;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < m; ++i) {
+            const float* x = s.xin + i * d_in;
+            float* srow = pre + i * n;
+            float alpha = 0, tau = 0;
+            bool all = batch ? fell[i] != 0.0 : !row_bound(i, alpha, tau);
+            if (!batch && !all) all = !screen_lower(srow, wn, cb, alpha, tau, n, lo);
+            if (batch && !all) row_bound(i, alpha, tau);
+            int64_t nc = 0, na = 0;
+            if (!all) {
+                nc = jump ? screen_candidates_each(srow, wn, cb, alpha, tau, n, tj, cols)
+                          : screen_candidates(srow, wn, cb, alpha, tau, n, t, cols);
+                if (ka > 0) {  // AuxK: the same among the dead latents, against their ka-th largest
+                    screen_lower(srow, wn, cb, alpha, tau, n, lo);
+                    for (int64_t q = 0; q < n_dead; ++q) cval[q] = lo[di[q]];
+                    const float La = 8 * ka <= n_dead ? topk_lower_bound(cval, n_dead, ka, gmax)
+                                                      : kth_largest(cval, n_dead, ka);
+                    for (int64_t q = 0; q < n_dead; ++q) {
+                        const int32_t j = di[q];
+                        if (srow[j] + (alpha * wn[j] + (cb[j] + tau)) >= La) acols[na++] = j;
+                    }
+                }
+            }
+            if (all) {
+                for (int64_t j = 0; j < n; ++j) srow[j] = screen_dot(x, wt + j * d_in, d_in, b[j]);
+                nc = n;
+            } else {
+                // the values first (the candidate tests above read s), then into pre
+                for (int64_t q = 0; q < nc; ++q) {
+                    if (q + 2 < nc) prefetch_floats(wt + int64_t(cols[q + 2]) * d_in, d_in);
+                    lo[q] = screen_dot(x, wt + int64_t(cols[q]) * d_in, d_in, b[cols[q]]);
+                }
+                for (int64_t q = 0; q < na; ++q)
+                    cval[q] = screen_dot(x, wt + int64_t(acols[q]) * d_in, d_in, b[acols[q]]);
+                for (int64_t q = 0; q < nc; ++q) srow[cols[q]] = lo[q];
+                for (int64_t q = 0; q < na; ++q) srow[acols[q]] = cval[q];
+            }
+            st_cand += nc;
+            st_fall += all;
+            st_aux += na;
+        }
     }
     ws.screen_stats = ScreenStats{.rows = m, .candidates = st_cand, .fallback_rows = st_fall,
                                   .aux_rows = ka > 0 ? m : 0, .aux_candidates = st_aux};
@@ -1939,7 +2088,13 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     if (fused) {
         stage_encode_select_fused(s, clock);
     } else {
-        stage_encoder(s);
+        bool screened = false;
+        if constexpr (std::is_same_v<T, float>)
+            if (screening_on(ws) && (spec.arch == Arch::batchtopk || spec.arch == Arch::jumprelu)) {
+                stage_encoder_screened(s);
+                screened = true;
+            }
+        if (!screened) stage_encoder(s);
         clock.mark(1);
         sparse = ops.select(s) && s.want_sparse;
     }

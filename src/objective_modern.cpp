@@ -1,6 +1,7 @@
 // Modern interpretability SAEs (standard/L1, TopK, BatchTopK, JumpReLU) as an Objective, with
 // today's training practice: b_dec initialised from the data, unit-norm decoder rows, AuxK on
 // dead latents, BatchTopK's inference threshold learnt as a running mean.
+#include <algorithm>
 #include <cmath>
 
 #include "sae/error.hpp"
@@ -78,6 +79,7 @@ public:
         layout_ = modern_layout(spec_);
         ws_.precision = precision_parse(cfg.dtype);  // bf16: products only; params stay fp32
         ws_.screen = screen_parse(cfg.screen);
+        ws_.dense_h = !screened_dense();
     }
     std::string architecture() const override { return arch_name(spec_.arch); }
 
@@ -94,8 +96,18 @@ public:
         }
         for (int64_t k = 0; k < d_in_; ++k) b_dec[k] = float(b[size_t(k)]);
     }
-    void reserve(int64_t max_m) override { ws_.reserve(spec_, max_m); reserved_ = max_m; }
+    void reserve(int64_t max_m) override {
+        ws_.reserve(spec_, max_m);
+        hdense_.resize(screened_dense() ? size_t(max_m * d_sae_) : 0);
+        reserved_ = max_m;
+    }
     void set_batch_share(int64_t rows, int rank, int size, std::function<void(double*, int64_t)> sum) override {
+        // Screened BatchTopK bounds the batch's cut from this process's rows alone; with replicas
+        // the cut is the whole batch's, which that bound does not cover.
+        if (size > 1 && spec_.arch == Arch::batchtopk && ws_.screen != Screen::off)
+            throw Error("screen = " + screen_name(ws_.screen) + " with batchtopk is not supported across " +
+                        std::to_string(size) + " data replicas (the screened cut is bounded per process); "
+                        "use screen = off under mpirun, or one process");
         ws_.share = {rows, rank, size, std::move(sum)};
     }
 
@@ -115,17 +127,26 @@ public:
             }
             if (t >= 0) threshold_ = threshold_ < 0 ? t : 0.99 * threshold_ + 0.01 * t;
         }
+        if (screened_dense()) {  // the screened lists scattered into the dense hidden()
+            float* H = hdense_.data();
+            std::fill(H, H + m * d_sae_, 0.0f);
+            const SparseRows<float>& A = ws_.act;
+            for (int64_t i = 0; i < m; ++i)
+                for (int64_t e = A.beg[size_t(i)]; e < A.end[size_t(i)]; ++e)
+                    H[i * d_sae_ + A.col[size_t(e)]] = A.val[size_t(e)];
+        }
         return J;
     }
-    const float* hidden() const override { return ws_.H.data.data(); }
+    const float* hidden() const override { return screened_dense() ? hdense_.data() : ws_.H.data.data(); }
     const float* reconstruction() const override { return ws_.Xhat.data.data(); }
     void set_dense_hidden(bool on) override {
-        if (ws_.dense_h == on) return;
-        ws_.dense_h = on;
-        if (reserved_ > 0) ws_.reserve(spec_, reserved_);  // buffers differ (see ModernWorkspace)
+        if (want_dense_ == on) return;
+        want_dense_ = on;
+        ws_.dense_h = on && !screened_dense();
+        if (reserved_ > 0) reserve(reserved_);  // buffers differ (see ModernWorkspace)
     }
     const ActiveRows* active_rows() const override {
-        if (ws_.dense_h || !ws_.sparse_used) return nullptr;
+        if (want_dense_ || !ws_.sparse_used) return nullptr;
         rows_ = {ws_.act.beg.data(), ws_.act.end.data(), ws_.act.col.data(), ws_.act.val.data()};
         return &rows_;
     }
@@ -208,10 +229,18 @@ public:
     }
 
 private:
+    // Screened TopK asked for a dense hidden() (encode, eval): the screened path keeps lists only
+    // and cost() scatters them into hdense_, so every use of the model sees the values and
+    // selections of the screening definition (docs/performance.md "Screened TopK").
+    bool screened_dense() const {
+        return want_dense_ && spec_.arch == Arch::topk && ws_.screen != Screen::off && ws_.path != ProductPath::dense;
+    }
     Config cfg_;
     ModernSpec spec_;
     ModernWorkspace<float> ws_;
     mutable ActiveRows rows_;  // active_rows() view of ws_.act
+    bool want_dense_ = true;   // set_dense_hidden
+    std::vector<float> hdense_;  // [reserved, d_sae] when screened_dense()
     int64_t reserved_ = 0;
     const uint8_t* dead_ = nullptr;
     double scale_ = 1.0;

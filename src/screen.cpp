@@ -158,6 +158,14 @@ int64_t screen_candidates(const float* s, const float* wn, const float* cb, floa
     return screen_candidates_plain(s, wn, cb, alpha, tau, n, thr, out);
 }
 
+int64_t screen_candidates_each(const float* s, const float* wn, const float* cb, float alpha, float tau, int64_t n,
+                               const float* thr, int32_t* out) {
+    int64_t c = 0;
+    for (int64_t j = 0; j < n; ++j)
+        if (s[j] + (alpha * wn[j] + (cb[j] + tau)) >= thr[j]) out[c++] = int32_t(j);
+    return c;
+}
+
 // u = 2⁻²⁴ (fp32), u_b = 2⁻⁸ (bf16 inputs, nearest even), γ = (n + 2)·u / (1 − (n + 2)·u) for
 // the n products, n additions and the bias addition of either path, in any order.
 //   value v = screen_dot:   |v − t| ≤ γ·(Σ|x||w| + |b|)             t = Σ x·w + b (exact)

@@ -137,19 +137,22 @@ TEST(Config, HelpListsEveryKeyWithDefault) {
 }  // namespace
 
 // screen applies to TopK's minibatch step only; anywhere else it is refused, not ignored.
-TEST(Config, ScreenOutsideTopkMinibatchIsRefused) {
+TEST(Config, ScreenOutsideItsArchitecturesIsRefused) {
     Config c;
-    c.architecture = "topk";
     c.optimizer = "adam";
     c.screen = "bf16";
-    EXPECT_NO_THROW(config_validate(c));
+    for (const char* arch : {"topk", "batchtopk", "jumprelu"}) {
+        c.architecture = arch;
+        EXPECT_NO_THROW(config_validate(c)) << arch;
+    }
     for (const auto& [arch, opt] : std::vector<std::pair<std::string, std::string>>{
-             {"jumprelu", "adam"}, {"batchtopk", "adam"}, {"classic", "adam"}, {"topk", "lbfgs"}}) {
+             {"standard", "adam"}, {"gated", "adam"}, {"matryoshka_batchtopk", "adam"}, {"classic", "adam"},
+             {"topk", "lbfgs"}}) {
         Config d = c;
         d.architecture = arch;
         d.optimizer = opt;
         const std::string msg = sae_test::error_of([&] { config_validate(d); });
-        EXPECT_NE(msg.find("screen = \"bf16\" screens TopK's minibatch training step only"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("screen = \"bf16\" screens topk, batchtopk and jumprelu"), std::string::npos) << msg;
         EXPECT_EQ(msg.find('\n'), std::string::npos);
     }
 }

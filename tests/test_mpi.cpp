@@ -334,6 +334,8 @@ TEST(Mpi, RefusalsAreOneLine) {
     expect_one_error(train(2, dir + "/a", base + "--set corruption=gaussian"), "denoising (corruption, dropout) draws its masks per batch");
     expect_one_error(train(2, dir + "/b", base + "--set latent_shards=3"), "does not divide the 2 ranks");
     expect_one_error(train(3, dir + "/c", base + "--set batch_size=248"), "fewer than the 3 data replicas");
+    expect_one_error(train(2, dir + "/d", base + "--set architecture=batchtopk --set k=2 --set screen=bf16"),
+                     "screen = bf16 with batchtopk is not supported across 2 data replicas");
     std::filesystem::remove_all(dir);
 }
 

@@ -12,6 +12,9 @@
 #include <vector>
 
 #include "sae/backend.hpp"
+#include "sae/config.hpp"
+#include "sae/eval.hpp"
+#include "sae/objective.hpp"
 #include "sae/modern.hpp"
 #include "sae/rng.hpp"
 #include "test_util.hpp"
@@ -303,6 +306,306 @@ TEST(Screen, TrainingIsBitIdenticalBetweenScreeningProducts) {
     }
 }
 
+// encode / eval of a TopK model with screening: the dense codes are the definition's (columns and
+// value bits, zero elsewhere) for either screening product, in chunks that split the batch and the
+// encoder blocks; screen = off is today's oneDNN path.
+TEST(Screen, EncodeGivesTheDefinitionsCodes) {
+    auto be = backend_create("onednn");
+    for (int kind = 0; kind < 5; ++kind) {
+        const Case c = make_case(kind, 40, 512, 6, 300, false, 500 + kind);
+        const Lists ref = reference(c);
+        for (const char* sc : {"bf16", "fp32"}) {
+            Config cfg;
+            cfg.architecture = "topk";
+            cfg.d_sae = c.spec.d_sae;
+            cfg.k = c.spec.k;
+            cfg.optimizer = "adam";
+            cfg.screen = sc;
+            config_validate(cfg);
+            auto obj = objective_create(cfg, c.spec.d_in);
+            ASSERT_EQ(obj->layout().total, c.layout.total);
+            std::vector<float> H(size_t(c.m * c.spec.d_sae), -1.0f);
+            for (int64_t chunk : {int64_t(64), int64_t(4096)}) {
+                encode(*be, *obj, c.params.data(), c.X.data(), c.m, c.spec.d_in, H.data(), chunk);
+                SCOPED_TRACE(::testing::Message() << "kind " << kind << " " << sc << " chunk " << chunk);
+                for (int64_t i = 0; i < c.m; ++i) {
+                    size_t e = 0;
+                    for (int64_t j = 0; j < c.spec.d_sae; ++j) {
+                        const float h = H[size_t(i * c.spec.d_sae + j)];
+                        if (e < ref.act[size_t(i)].size() && ref.act[size_t(i)][e].first == j) {
+                            ASSERT_EQ(bits(h), bits(ref.act[size_t(i)][e].second)) << i << " " << j;
+                            ++e;
+                        } else {
+                            ASSERT_EQ(bits(h), 0u) << i << " " << j;
+                        }
+                    }
+                    ASSERT_EQ(e, ref.act[size_t(i)].size()) << i;
+                }
+                // eval sees the same codes: its l0 is the definition's
+                const EvalResult r = evaluate(*be, *obj, cfg, c.params.data(), c.X.data(), c.m, c.spec.d_in, 0.0, chunk);
+                double l0 = 0;
+                for (const auto& row : ref.act) l0 += double(row.size());
+                EXPECT_DOUBLE_EQ(r.l0, l0 / double(c.m));
+            }
+        }
+    }
+}
+
+// --- BatchTopK and JumpReLU -----------------------------------------------------------------
+// The case's parameters under another architecture (the layouts share W_enc, b_enc, W_dec, b_dec;
+// jumprelu adds log_threshold: θ_j in [0.05, 0.4], so rows have open gates and window entries).
+Case as_arch(const Case& c0, Arch arch, uint64_t seed) {
+    Case c = c0;
+    c.spec.arch = arch;
+    c.spec.bandwidth = 0.05;
+    c.spec.l0_coefficient = 0.01;
+    if (arch == Arch::jumprelu) c.spec.k_aux = 0;
+    validate(c.spec);
+    c.layout = modern_layout(c.spec);
+    c.params.resize(size_t(c.layout.total));
+    if (arch == Arch::jumprelu) {
+        Rng rng(seed);
+        const auto& v = c.layout.get("log_threshold");
+        for (int64_t j = 0; j < v.numel(); ++j) c.params[size_t(v.offset + j)] = float(std::log(rng.uniform(0.05, 0.4)));
+        c.dead.clear();
+    }
+    return c;
+}
+
+// The definition's values v [m, d_sae] (screen_dot of every entry).
+std::vector<float> exact_values(const Case& c) {
+    const int64_t d_in = c.spec.d_in, n = c.spec.d_sae;
+    const float* W = c.params.data() + c.layout.get("W_enc").offset;
+    const float* b = c.params.data() + c.layout.get("b_enc").offset;
+    const float* bd = c.params.data() + c.layout.get("b_dec").offset;
+    std::vector<float> wt(size_t(n * d_in)), x(static_cast<size_t>(d_in)), V(size_t(c.m * n));
+    for (int64_t r = 0; r < d_in; ++r)
+        for (int64_t j = 0; j < n; ++j) wt[size_t(j * d_in + r)] = W[r * n + j];
+    for (int64_t i = 0; i < c.m; ++i) {
+        for (int64_t r = 0; r < d_in; ++r) x[size_t(r)] = c.X[size_t(i * d_in + r)] - bd[r];
+        for (int64_t j = 0; j < n; ++j)
+            V[size_t(i * n + j)] = screen_dot_plain(x.data(), wt.data() + j * d_in, d_in, b[j]);
+    }
+    return V;
+}
+
+// The definitions, densely: BatchTopK training keeps the m·k largest values of the batch (ties
+// to the lower flattened index), then those > 0; inference (theta ≥ 0) and JumpReLU keep v > θ.
+// JumpReLU also lists (value 0) the closed entries in the window |v − θ|/ε < ½.
+struct Dense {
+    std::vector<float> H;
+    Lists lists;  // act: (jumprelu) open and window entries; aux: BatchTopK's AuxK
+};
+Dense dense_definition(const Case& c, double theta) {
+    const int64_t n = c.spec.d_sae, m = c.m;
+    const std::vector<float> V = exact_values(c);
+    Dense D;
+    D.H.assign(size_t(m * n), 0.0f);
+    D.lists.act.resize(size_t(m));
+    if (c.spec.arch == Arch::batchtopk && theta < 0) {
+        std::vector<int64_t> idx(size_t(m * n));
+        std::iota(idx.begin(), idx.end(), 0);
+        std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return V[size_t(a)] > V[size_t(b)]; });
+        for (int64_t t = 0; t < m * c.spec.k; ++t)
+            if (V[size_t(idx[size_t(t)])] > 0) D.H[size_t(idx[size_t(t)])] = V[size_t(idx[size_t(t)])];
+        if (!c.dead.empty())
+            for (int64_t i = 0; i < m; ++i) {
+                std::vector<int32_t> d;
+                for (int64_t j = 0; j < n; ++j)
+                    if (c.dead[size_t(j)]) d.push_back(int32_t(j));
+                std::stable_sort(d.begin(), d.end(), [&](int32_t a, int32_t b) { return V[size_t(i * n + a)] > V[size_t(i * n + b)]; });
+                std::vector<std::pair<int32_t, float>> row;
+                for (int64_t t = 0; t < std::min<int64_t>(c.spec.k_aux, int64_t(d.size())); ++t)
+                    if (V[size_t(i * n + d[size_t(t)])] > 0) row.push_back({d[size_t(t)], V[size_t(i * n + d[size_t(t)])]});
+                std::sort(row.begin(), row.end());
+                D.lists.aux.push_back(row);
+            }
+        return D;
+    }
+    const float* lt = c.spec.arch == Arch::jumprelu ? c.params.data() + c.layout.get("log_threshold").offset : nullptr;
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+            const double th = lt ? std::exp(double(lt[j])) : theta;
+            const float v = V[size_t(i * n + j)];
+            const bool on = double(v) > th;
+            if (on) D.H[size_t(i * n + j)] = v;
+            if (lt && (on || std::fabs((double(v) - th) / c.spec.bandwidth) < 0.5))
+                D.lists.act[size_t(i)].push_back({int32_t(j), on ? v : 0.0f});
+        }
+    return D;
+}
+
+struct ArchRun {
+    std::vector<float> H, grad;
+    Lists lists;
+    CostTerms J;
+    ScreenStats stats;
+    bool sparse = false;
+};
+// One modern_cost with the dense H written; lists from the sparse path (path sparse: complete).
+ArchRun run_arch(Backend& be, const Case& c, Screen sc, double theta, ProductPath path = ProductPath::sparse) {
+    ModernWorkspace<float> ws;
+    ws.dense_h = true;
+    ws.path = path;
+    ws.screen = sc;
+    ws.reserve(c.spec, c.m);
+    ArchRun r;
+    r.grad.assign(size_t(c.layout.total), 0.0f);
+    const bool train = theta < 0 || c.spec.arch == Arch::jumprelu;
+    r.J = modern_cost<float>(be, c.spec, c.layout, c.params.data(), c.X.data(), c.m, train ? r.grad.data() : nullptr, ws,
+                             c.dead.empty() ? nullptr : c.dead.data(), theta);
+    r.stats = ws.screen_stats;
+    r.sparse = ws.sparse_used;
+    r.H.assign(ws.H.data.begin(), ws.H.data.begin() + c.m * c.spec.d_sae);
+    auto grab = [&](const SparseRows<float>& S, std::vector<std::vector<std::pair<int32_t, float>>>& out) {
+        for (int64_t i = 0; i < c.m; ++i) {
+            std::vector<std::pair<int32_t, float>> row;
+            for (int64_t e = S.beg[size_t(i)]; e < S.end[size_t(i)]; ++e) row.push_back({S.col[size_t(e)], S.val[size_t(e)]});
+            std::sort(row.begin(), row.end());
+            out.push_back(row);
+        }
+    };
+    if (r.sparse) grab(ws.act, r.lists.act);
+    if (!c.dead.empty() && train) grab(ws.aux, r.lists.aux);
+    return r;
+}
+
+void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b, const char* what) {
+    ASSERT_EQ(a.size(), b.size()) << what;
+    for (size_t t = 0; t < a.size(); ++t) ASSERT_EQ(bits(a[t]), bits(b[t])) << what << " entry " << t;
+}
+
+// BatchTopK training (with AuxK), BatchTopK inference and JumpReLU (training: the window lists):
+// the dense H, the lists and AuxK's lists are the definition's, bit for bit, on random and
+// adversarial data at batch sizes 1 to 130; fp32 and bf16 screening give the same cost and
+// gradient bits; the dense path reads the same pre-activations as the sparse one.
+TEST(Screen, BatchTopKAndJumpReLUAreTheDefinitions) {
+    auto be = backend_create("onednn");
+    for (Arch arch : {Arch::batchtopk, Arch::jumprelu})
+        for (int kind = 0; kind < 5; ++kind)
+            for (int64_t m : {1, 63, 64, 65, 130}) {
+                const Case c = as_arch(make_case(kind, 40, 512, 6, m, kind != 4, 300 * kind + m), arch, 17 + m);
+                for (double theta : arch == Arch::batchtopk ? std::vector<double>{-1.0, 0.0, 0.15} : std::vector<double>{-1.0}) {
+                    SCOPED_TRACE(::testing::Message() << arch_name(arch) << " kind " << kind << " m " << m << " theta " << theta);
+                    const Dense D = dense_definition(c, theta);
+                    const ArchRun a = run_arch(*be, c, Screen::bf16, theta);
+                    const ArchRun f = run_arch(*be, c, Screen::fp32, theta);
+                    expect_same_bits(a.H, D.H, "bf16 H");
+                    expect_same_bits(f.H, D.H, "fp32 H");
+                    if (arch == Arch::jumprelu) {
+                        ASSERT_TRUE(a.sparse && f.sparse);
+                        expect_same(a.lists.act, D.lists.act, "bf16 lists");
+                        expect_same(f.lists.act, D.lists.act, "fp32 lists");
+                        int64_t window = 0;
+                        for (const auto& row : D.lists.act)
+                            for (const auto& [j, v] : row) window += v == 0.0f;
+                        if (kind == 0 && m >= 63) EXPECT_GT(window, 0);
+                    }
+                    if (!c.dead.empty() && theta < 0 && arch == Arch::batchtopk) {
+                        expect_same(a.lists.aux, D.lists.aux, "bf16 AuxK");
+                        expect_same(f.lists.aux, D.lists.aux, "fp32 AuxK");
+                    }
+                    EXPECT_EQ(a.J.rec, f.J.rec);
+                    EXPECT_EQ(a.J.aux, f.J.aux);
+                    EXPECT_EQ(a.J.sparsity, f.J.sparsity);
+                    expect_same_bits(a.grad, f.grad, "gradient");
+                    if (kind == 0) {
+                        const ArchRun d = run_arch(*be, c, Screen::bf16, theta, ProductPath::dense);
+                        expect_same_bits(d.H, D.H, "dense-path H");
+                        if (theta < 0) EXPECT_LT(a.stats.candidates, m * 512 / 2);  // the screen does screen
+                    }
+                }
+            }
+}
+
+// The definition is not oneDNN's: unscreened, some value differs in its low bits (so the tests
+// above would see a path that did not screen).
+TEST(Screen, UnscreenedValuesDifferFromTheDefinition) {
+    auto be = backend_create("onednn");
+    const Case c = as_arch(make_case(0, 200, 512, 6, 130, false, 5), Arch::jumprelu, 6);
+    const Dense D = dense_definition(c, -1);
+    const ArchRun off = run_arch(*be, c, Screen::off, -1);
+    const ArchRun on = run_arch(*be, c, Screen::bf16, -1);
+    expect_same_bits(on.H, D.H, "screened");
+    bool differs = false;
+    for (size_t t = 0; t < D.H.size(); ++t) differs = differs || bits(off.H[t]) != bits(D.H[t]);
+    EXPECT_TRUE(differs);
+}
+
+// Training: the same parameters step after step with fp32 or bf16 screening (SGD on the gradient,
+// which depends on every selection, value and window entry).
+TEST(Screen, BatchTopKAndJumpReLUTrainTheSameWithEitherProduct) {
+    auto be = backend_create("onednn");
+    for (Arch arch : {Arch::batchtopk, Arch::jumprelu}) {
+        Case c = as_arch(make_case(0, 48, 384, 8, 200, true, 41), arch, 42);
+        Case d = c;
+        for (int step = 0; step < 6; ++step) {
+            const ArchRun a = run_arch(*be, c, Screen::bf16, -1, ProductPath::automatic);
+            const ArchRun f = run_arch(*be, d, Screen::fp32, -1, ProductPath::automatic);
+            ASSERT_EQ(a.J.rec, f.J.rec) << arch_name(arch) << " " << step;
+            ASSERT_EQ(a.J.aux, f.J.aux) << step;
+            ASSERT_EQ(a.J.sparsity, f.J.sparsity) << step;
+            for (size_t t = 0; t < c.params.size(); ++t) {
+                c.params[t] -= 0.05f * a.grad[t];
+                d.params[t] -= 0.05f * f.grad[t];
+            }
+            for (size_t t = 0; t < c.params.size(); ++t) ASSERT_EQ(bits(c.params[t]), bits(d.params[t])) << step;
+        }
+    }
+}
+
+// encode of BatchTopK (its inference threshold) and JumpReLU models with screening: the
+// definition's codes, for either product.
+TEST(Screen, EncodeBatchTopKAndJumpReLUGiveTheDefinitionsCodes) {
+    auto be = backend_create("onednn");
+    for (Arch arch : {Arch::batchtopk, Arch::jumprelu})
+        for (int kind : {0, 3}) {
+            const Case c = as_arch(make_case(kind, 40, 512, 6, 150, false, 60 + kind), arch, 61);
+            const double theta = 0.15;
+            const Dense D = dense_definition(c, theta);
+            for (const char* sc : {"bf16", "fp32"}) {
+                Config cfg;
+                cfg.architecture = arch_name(arch);
+                cfg.d_sae = c.spec.d_sae;
+                cfg.k = c.spec.k;
+                cfg.optimizer = "adam";
+                cfg.bandwidth = c.spec.bandwidth;
+                cfg.screen = sc;
+                config_validate(cfg);
+                auto obj = objective_create(cfg, c.spec.d_in);
+                ASSERT_EQ(obj->layout().total, c.layout.total);
+                if (arch == Arch::batchtopk) obj->set_extra_state({{"threshold", theta}});
+                std::vector<float> H(size_t(c.m * c.spec.d_sae), -1.0f);
+                encode(*be, *obj, c.params.data(), c.X.data(), c.m, c.spec.d_in, H.data(), 64);
+                SCOPED_TRACE(::testing::Message() << arch_name(arch) << " kind " << kind << " " << sc);
+                expect_same_bits(H, D.H, "codes");
+            }
+        }
+}
+
+// End to end: `sae train` of BatchTopK and JumpReLU with screen = fp32 and bf16 writes the same
+// model bytes (and not the unscreened run's).
+TEST(Screen, TrainBatchTopKAndJumpReLUTheSameWithEitherProduct) {
+    const std::string dir = temp_dir("screen_train_bt");
+    const std::string sae = sae_binary();
+    ASSERT_EQ(run(sae + " synth --out " + dir + "/d --features 64 --dim 32 --samples 1000").exit_code, 0);
+    for (const char* arch : {"batchtopk", "jumprelu"}) {
+        std::string models[3];
+        int t = 0;
+        for (const char* sc : {"fp32", "bf16", "off"}) {
+            const std::string out = dir + "/" + arch + "_" + sc;
+            const CommandResult r = run(sae + " train --set data=" + dir + "/d/data.npy --set architecture=" + arch +
+                                        " --set d_sae=128 --set k=4 --set batch_size=100 --set epochs=2 --set threads=1" +
+                                        " --set optimizer=adam --set screen=" + sc + " --out " + out);
+            ASSERT_EQ(r.exit_code, 0) << r.err;
+            models[t++] = read_bytes(out + "/model.safetensors");
+        }
+        EXPECT_FALSE(models[0].empty());
+        EXPECT_EQ(models[0], models[1]) << arch;
+        EXPECT_NE(models[0], models[2]) << arch;  // the screened runs did screen
+    }
+}
+
 TEST(Screen, ParsesItsNames) {
     EXPECT_EQ(screen_parse("off"), Screen::off);
     EXPECT_EQ(screen_parse("fp32"), Screen::fp32);
@@ -334,4 +637,20 @@ TEST(Screen, TrainWritesTheSameModelWithEitherScreeningProduct) {
     // oneDNN's values differ from screen_dot's in low bits, so the unscreened run differs: the
     // screened runs did screen (minibatch training keeps lists only; L-BFGS does not screen).
     EXPECT_NE(models[0], models[2]);
+    // encode follows the model's saved screen (bf16 here); --set screen=fp32 gives the same bytes,
+    // and eval the same JSON
+    const std::string model = dir + "/r_bf16", data = dir + "/d/data.npy";
+    ASSERT_EQ(run(sae + " encode --model " + model + " --data " + data + " --out " + dir + "/h1.npy").exit_code, 0);
+    ASSERT_EQ(run(sae + " encode --model " + model + " --data " + data + " --set screen=fp32 --out " + dir + "/h2.npy")
+                  .exit_code,
+              0);
+    EXPECT_EQ(read_bytes(dir + "/h1.npy"), read_bytes(dir + "/h2.npy"));
+    const CommandResult e1 = run(sae + " eval --model " + model + " --data " + data);
+    const CommandResult e2 = run(sae + " eval --model " + model + " --data " + data + " --set screen=fp32");
+    ASSERT_EQ(e1.exit_code, 0) << e1.err;
+    EXPECT_EQ(e1.out, e2.out);
+    // --set cannot change the parameters' shape
+    EXPECT_NE(run(sae + " encode --model " + model + " --data " + data + " --set d_sae=64 --out " + dir + "/h3.npy")
+                  .exit_code,
+              0);
 }

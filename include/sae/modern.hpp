@@ -183,7 +183,8 @@ struct ModernWorkspace {
     // selections run this many rows at a time, each block selected while in cache, and pre holds
     // one block (0 = the whole batch at once); H and Haux stay empty.
     int64_t encoder_block = 256;
-    Screen screen = Screen::off;  // float lists-only TopK: screened selection (see Screen)
+    Screen screen = Screen::off;  // float: screened selection (see Screen): lists-only TopK,
+                                  // BatchTopK (training and inference), JumpReLU
 
     Matrix<T> xin;    // [m, d_in] encoder input x − b_dec
     Matrix<T> pre;    // [m, d_sae]
@@ -204,7 +205,8 @@ struct ModernWorkspace {
     std::vector<float> screen_wt;   // screening: W_enc transposed [d_sae, d_in]
     std::vector<float> screen_wn;   // ‖W_enc[:, j]‖ rounded up [d_sae]
     std::vector<float> screen_cb;   // coef_b·|b_enc[j]| rounded up [d_sae]
-    std::vector<int32_t> screen_col;  // per-thread candidate columns [threads · d_sae]
+    std::vector<int32_t> screen_col;  // per-thread candidate columns [threads · 2 · d_sae]
+    std::vector<float> screen_thr;    // screening jumprelu: the largest float ≤ θ_j − ε [d_sae]
     ScreenStats screen_stats;
     std::vector<T> scratch;       // per-thread selection and tile buffers [threads · per_thread]
     std::vector<int32_t> iscratch;  // per-thread index buffers [threads · d_sae]
