@@ -137,6 +137,9 @@ def test_keyboard_interrupt_from_the_callback_saves_a_checkpoint(tmp_path, x):
 
 def test_sigint_saves_a_checkpoint_then_raises_and_python_keeps_its_handler(tmp_path, x):
     s = dict(TOPK, epochs=6, checkpoint_every=1000)
+    # Started in the background by a non-interactive shell (nohup, cmd &), Python inherits SIGINT
+    # ignored and installs no handler of its own: give it Python's, as an interactive session has.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     before = signal.getsignal(signal.SIGINT)
 
     def ctrl_c(step, m):
@@ -152,6 +155,7 @@ def test_sigint_saves_a_checkpoint_then_raises_and_python_keeps_its_handler(tmp_
         # can run a moment later: wait up to 2 s (sleep returns early when it has run)
         for _ in range(200):
             time.sleep(0.01)
+    signal.signal(signal.SIGINT, inherited)
     sae.train(x, tmp_path / "full", progress=False, **s)
     sae.train(x, tmp_path / "part", resume=True, progress=False, **s)
     assert same_bytes(tmp_path / "full/model.safetensors", tmp_path / "part/model.safetensors")
