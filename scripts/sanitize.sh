@@ -40,7 +40,11 @@ probe_out=$("$ASAN_DIR/test_simd" --gtest_filter='SimdExp.*' 2>&1) || {
     exit 1
   fi
 }
-(cd "$ASAN_DIR" && ctest --output-on-failure -j "$(nproc)" "$@")
+# The MPI tests (tests/test_mpi.cpp) run with leak checks off: OpenMPI 4.1 itself leaves
+# allocations behind at MPI_Finalize (ompi_op_base_op_select and its dlopened components), which
+# LeakSanitizer reports in every rank; AddressSanitizer and UBSan stay on for them.
+(cd "$ASAN_DIR" && ctest --output-on-failure -j "$(nproc)" -E '^Mpi\.' "$@")
+(cd "$ASAN_DIR" && ASAN_OPTIONS=${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0} ctest --output-on-failure -j "$(nproc)" -R '^Mpi\.' "$@")
 echo "sanitize: ASan + UBSan test suite passed in $((SECONDS - start)) s"
 
 start=$SECONDS
