@@ -1378,6 +1378,22 @@ inline float screen_up(double v) {
     return f;
 }
 
+// AuxK's candidates among the n_dead dead latents di of one row: those whose upper bound
+// s_j + e_j reaches a lower bound of their ka-th largest value (lo: the row's lower bounds;
+// cval [n_dead] and gmax: scratch). Writes them to acols; returns their count.
+inline int64_t screen_aux_candidates(const float* srow, const float* wn, const float* cb, float alpha, float tau,
+                                     const float* lo, const int32_t* di, int64_t n_dead, int64_t ka, float* cval,
+                                     float* gmax, int32_t* acols) {
+    for (int64_t t = 0; t < n_dead; ++t) cval[t] = lo[di[t]];
+    const float La = 8 * ka <= n_dead ? topk_lower_bound(cval, n_dead, ka, gmax) : kth_largest(cval, n_dead, ka);
+    int64_t na = 0;
+    for (int64_t t = 0; t < n_dead; ++t) {
+        const int32_t j = di[t];
+        if (srow[j] + (alpha * wn[j] + (cb[j] + tau)) >= La) acols[na++] = j;
+    }
+    return na;
+}
+
 // Per step: W_enc transposed (columns contiguous for screen_dot), the column norms and bias
 // terms of the bound, W_enc rounded to bf16 (bf16 screening). Returns the largest column norm.
 inline double screen_prepare(Step<float>& s, const ScreenBound& bound) {
@@ -1477,15 +1493,8 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
                     }
                     const float thr = std::max(L, std::numeric_limits<float>::denorm_min());
                     nc = screen_candidates(srow, wn, cb, alpha, tau, n, thr, cols);
-                    if (ka > 0) {  // the same among the dead latents, against their ka-th largest
-                        for (int64_t t = 0; t < n_dead; ++t) cval[t] = lo[di[t]];
-                        const float La = 8 * ka <= n_dead ? topk_lower_bound(cval, n_dead, ka, gmax)
-                                                          : kth_largest(cval, n_dead, ka);
-                        for (int64_t t = 0; t < n_dead; ++t) {
-                            const int32_t j = di[t];
-                            if (srow[j] + (alpha * wn[j] + (cb[j] + tau)) >= La) acols[na++] = j;
-                        }
-                    }
+                    if (ka > 0)  // the same among the dead latents, against their ka-th largest
+                        na = screen_aux_candidates(srow, wn, cb, alpha, tau, lo, di, n_dead, ka, cval, gmax, acols);
                 }
                 // Exact values of the candidates; a non-finite one sends the row to the fallback.
                 for (int pass = 0; pass < 2; ++pass) {
@@ -1646,13 +1655,7 @@ inline void stage_encoder_screened(Step<float>& s) {
                           : screen_candidates(srow, wn, cb, alpha, tau, n, t, cols);
                 if (ka > 0) {  // AuxK: the same among the dead latents, against their ka-th largest
                     screen_lower(srow, wn, cb, alpha, tau, n, lo);
-                    for (int64_t q = 0; q < n_dead; ++q) cval[q] = lo[di[q]];
-                    const float La = 8 * ka <= n_dead ? topk_lower_bound(cval, n_dead, ka, gmax)
-                                                      : kth_largest(cval, n_dead, ka);
-                    for (int64_t q = 0; q < n_dead; ++q) {
-                        const int32_t j = di[q];
-                        if (srow[j] + (alpha * wn[j] + (cb[j] + tau)) >= La) acols[na++] = j;
-                    }
+                    na = screen_aux_candidates(srow, wn, cb, alpha, tau, lo, di, n_dead, ka, cval, gmax, acols);
                 }
             }
             if (all) {
