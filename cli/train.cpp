@@ -14,7 +14,8 @@ void print_summary(const sae::Config& cfg, const sae::TrainSummary& s, const std
                 s.stop_reason.c_str(), s.J.total(), s.J.rec, s.J.weight_decay, s.J.sparsity, s.mean_rho_hat);
     if (s.skipped_batches > 0)
         std::printf("skipped %lld batches with non-finite values (on_nonfinite = skip)\n", (long long)s.skipped_batches);
-    std::printf("outputs: %s/{model.safetensors, cfg.json, metrics.jsonl, checkpoint.safetensors}\n", out.c_str());
+    std::printf("outputs: %s/{model.safetensors, cfg.json, metrics.jsonl, %s}\n", out.c_str(),
+                cfg.latent_shards > 1 ? "checkpoint.json + one checkpoint file per latent shard" : "checkpoint.safetensors");
 }
 
 // Several ranks: what rank 0 handed to each collective, per step (of every variant together).
@@ -43,9 +44,10 @@ void add_train(CLI::App& app) {
                     "train several models from one pass over the data: --variant name=k16,k=16 (repeatable; "
                     "each writes OUT/<name>/; after the file's [[variant]] tables)");
     cmd->add_option("--out", args->out, "output directory")->capture_default_str();
-    cmd->add_flag("--resume", args->resume, "continue from DIR/checkpoint.safetensors (every variant's)");
+    cmd->add_flag("--resume", args->resume, "continue from DIR/checkpoint.safetensors, or DIR/checkpoint.json with latent shards (every variant's)");
     cmd->footer("Settings (TOML keys, or --set key=value):\n" + sae::config_help() +
-                "\nOutputs in DIR: model.safetensors, cfg.json, metrics.jsonl, checkpoint.safetensors"
+                "\nOutputs in DIR: model.safetensors, cfg.json, metrics.jsonl, checkpoint.safetensors (latent shards under"
+                "\nmpirun: checkpoint.json naming one checkpoint file per shard)"
                 "\nVariants ([[variant]] tables with name = \"...\", or --variant): each variant's settings apply over"
                 "\nthe shared ones and it writes DIR/<name>/; the settings that define the data stream are shared.");
     cmd->callback([args]() {

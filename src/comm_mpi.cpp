@@ -30,9 +30,14 @@ private:
 
 class MpiComm final : public Comm {
 public:
-    MpiComm() {
-        MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-        MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    explicit MpiComm(MPI_Comm c = MPI_COMM_WORLD) : c_(c) {
+        MPI_Comm_rank(c_, &rank_);
+        MPI_Comm_size(c_, &size_);
+    }
+    ~MpiComm() override {
+        int finalized = 0;
+        MPI_Finalized(&finalized);
+        if (c_ != MPI_COMM_WORLD && !finalized) MPI_Comm_free(&c_);
     }
     int rank() const override { return rank_; }
     int size() const override { return size_; }
@@ -41,19 +46,26 @@ public:
     void allgather(const void* send, int64_t bytes, void* recv, const char* what) override {
         const Timed timed(count(what, bytes));
         check(bytes <= INT_MAX, "allgather: a block of more than 2 GiB");
-        MPI_Allgather(send, int(bytes), MPI_BYTE, recv, int(bytes), MPI_BYTE, MPI_COMM_WORLD);
+        MPI_Allgather(send, int(bytes), MPI_BYTE, recv, int(bytes), MPI_BYTE, c_);
     }
     void gather(const void* send, int64_t bytes, void* recv, int root, const char* what) override {
         const Timed timed(count(what, bytes));
         check(bytes <= INT_MAX, "gather: a block of more than 2 GiB");
-        MPI_Gather(send, int(bytes), MPI_BYTE, recv, int(bytes), MPI_BYTE, root, MPI_COMM_WORLD);
+        MPI_Gather(send, int(bytes), MPI_BYTE, recv, int(bytes), MPI_BYTE, root, c_);
     }
     void broadcast(void* buf, int64_t bytes, int root, const char* what) override {
         const Timed timed(count(what, bytes));
         for (int64_t at = 0; at < bytes; at += kPiece)
-            MPI_Bcast(static_cast<char*>(buf) + at, int(std::min(kPiece, bytes - at)), MPI_BYTE, root, MPI_COMM_WORLD);
+            MPI_Bcast(static_cast<char*>(buf) + at, int(std::min(kPiece, bytes - at)), MPI_BYTE, root, c_);
     }
-    void barrier() override { MPI_Barrier(MPI_COMM_WORLD); }
+    void barrier() override { MPI_Barrier(c_); }
+    std::unique_ptr<Comm> split(int color, int key) override {
+        MPI_Comm sub;
+        MPI_Comm_split(c_, color, key, &sub);
+        auto c = std::make_unique<MpiComm>(sub);
+        c->count_into(*this);
+        return c;
+    }
     [[noreturn]] void abort(int code) override {
         MPI_Abort(MPI_COMM_WORLD, code);
         std::_Exit(code);
@@ -68,11 +80,12 @@ private:
         for (int64_t at = 0; at < n; at += kPiece) {
             const int len = int(std::min(kPiece, n - at));
             void* chunk = p + at * elem;
-            if (rank_ == 0) MPI_Reduce(MPI_IN_PLACE, chunk, len, type, MPI_SUM, 0, MPI_COMM_WORLD);
-            else MPI_Reduce(chunk, nullptr, len, type, MPI_SUM, 0, MPI_COMM_WORLD);
-            MPI_Bcast(chunk, len, type, 0, MPI_COMM_WORLD);
+            if (rank_ == 0) MPI_Reduce(MPI_IN_PLACE, chunk, len, type, MPI_SUM, 0, c_);
+            else MPI_Reduce(chunk, nullptr, len, type, MPI_SUM, 0, c_);
+            MPI_Bcast(chunk, len, type, 0, c_);
         }
     }
+    MPI_Comm c_;
     int rank_ = 0, size_ = 1;
 };
 

@@ -1,4 +1,5 @@
 #include "sae/modern.hpp"
+#include "sae/shards.hpp"
 #include "screen_kernels.hpp"
 
 #include <algorithm>
@@ -509,6 +510,8 @@ Arch arch_parse(const std::string& name) {
 
 std::string arch_name(Arch a) { return arch_info(a).name; }
 
+bool arch_shardable(Arch a) { return a == Arch::topk || a == Arch::standard || a == Arch::jumprelu; }
+
 void validate(const ModernSpec& spec) {
     check(spec.d_in > 0, "d_in must be positive (the data has no features?)");
     check(spec.d_sae > 0, "d_sae must be positive; set d_sae to the number of latents");
@@ -603,6 +606,14 @@ void modern_init(const ModernSpec& spec, const ParamLayout& layout, T* params, R
     std::fill(params, params + layout.total, T(0));
     const auto P = tensors(layout, params);
     std::vector<double> row(static_cast<size_t>(d_in));
+    // A shard: the draws of the latents before it, as normal() consumes them (two uniforms per
+    // value, the first drawn again while it is 0). A row is never all zeros (|normal()| > 0, as
+    // the first uniform is < 1 and the cosine of a double is never exactly 0), so no row is drawn twice.
+    for (int64_t v = 0; v < spec.latent_begin * d_in; ++v) {
+        while ((rng.next_u64() >> 11) == 0) {
+        }
+        rng.next_u64();
+    }
     for (int64_t j = 0; j < d_sae; ++j) {
         double sq = 0;
         while (sq == 0) {  // a zero draw has no direction; draw again (probability ~0)
@@ -897,6 +908,13 @@ void select_aux(ModernWorkspace<T>& ws, const T* pre, int64_t pre_row0, int64_t 
     SparseRows<T>& S = ws.aux;
     const int32_t* di = ws.dead_idx.data();
     T* Haux = ws.Haux.data.data();
+    if (k == 0) {  // a latent shard with none of the dead latents: empty rows
+        for (int64_t i = r0; i < r1; ++i) {
+            S.beg[size_t(i)] = S.end[size_t(i)] = i * k_aux;
+            if (write_h) std::fill(Haux + i * n, Haux + (i + 1) * n, T(0));
+        }
+        return;
+    }
 #pragma omp parallel num_threads(nt)
     {
         T* s = ws.scratch.data() + omp_get_thread_num() * ws.per_thread;
@@ -1010,7 +1028,38 @@ struct Step {
     int64_t n_dead = 0;
     bool aux = false;        // AuxK runs this call
     T* bias_grad = nullptr;  // Σᵢ ∂J/∂preᵢ [d_sae]: the encoder bias's gradient (gated: ws.bias_sum)
+    Comm* shards = nullptr;  // latent shards (ws.shards, when more than one)
+    bool lead = true;        // the first shard (or no shards): adds b_dec to x̂ and Σ dXhat to b_dec's gradient
 };
+
+// Latent shards: buf [n] summed over every shard (every shard gets the same bits).
+template <class T>
+void shards_sum(Step<T>& s, T* buf, int64_t n, const char* what) {
+    if constexpr (std::is_same_v<T, float>)
+        if (s.shards) s.shards->allreduce_sum(buf, n, what);
+}
+inline double shards_sum_value(Comm* shards, double v, const char* what) {
+    if (shards) shards->allreduce_sum(&v, 1, what);
+    return v;
+}
+
+// Latent shards: each shard's k best of each row (S, as a TopK selection leaves it) → this
+// shard's part of the rows' exact global k best (shards_select); the dense rows when written.
+template <class T>
+void shards_merge(Step<T>& s, SparseRows<T>& S, int64_t k, T* dense) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (!s.shards) return;
+        shards_select(*s.shards, s.spec.latent_begin, s.d_sae, s.m, k, S.beg.data(), S.end.data(), S.col.data(),
+                      S.val.data(), s.ws.shard_buf);
+        if (dense)
+            for (int64_t i = 0; i < s.m; ++i) {
+                T* row = dense + i * s.d_sae;
+                std::fill(row, row + s.d_sae, T(0));
+                const int64_t b = S.beg[size_t(i)];
+                scatter_row(row, s.d_sae, S.col.data() + b, S.val.data() + b, S.end[size_t(i)] - b);
+            }
+    }
+}
 
 // The per-architecture half of a row of the table (the other half, ArchInfo, is public).
 template <class T>
@@ -1346,16 +1395,19 @@ void stage_input(Step<T>& s) {
 // Dead latents for AuxK: their count, their indices in ws.dead_idx.
 template <class T>
 void stage_dead(Step<T>& s, const uint8_t* dead, bool lists_only) {
-    if (!uses_aux(s.spec) || !dead) return;
-    for (int64_t j = 0; j < s.d_sae; ++j) s.n_dead += dead[j] != 0;
-    s.aux = s.n_dead > 0;
+    // Latent shards: every shard counts (a shard with none of the dead latents may have no mask).
+    if (!uses_aux(s.spec) || (!dead && !s.shards)) return;
+    if (dead)
+        for (int64_t j = 0; j < s.d_sae; ++j) s.n_dead += dead[j] != 0;
+    s.aux = shards_sum_value(s.shards, double(s.n_dead), "dead count") > 0;  // dead latents of every shard
     if (!s.aux) return;
     ModernWorkspace<T>& ws = s.ws;
     require((lists_only || ws.Haux.rows >= s.m) && ws.Haux.cols == s.d_sae && ws.Eaux.cols == s.d_in &&
                 int64_t(ws.dead_idx.size()) == s.d_sae && ws.aux.cap >= s.m * s.spec.k_aux,
             "modern_cost: workspace not reserved for AuxK");
-    for (int64_t j = 0, t = 0; j < s.d_sae; ++j)
-        if (dead[j]) ws.dead_idx[size_t(t++)] = int32_t(j);
+    if (dead)
+        for (int64_t j = 0, t = 0; j < s.d_sae; ++j)
+            if (dead[j]) ws.dead_idx[size_t(t++)] = int32_t(j);
 }
 
 // --- screened TopK (float, lists only; docs/performance.md "Screened TopK") -----------------
@@ -1729,11 +1781,13 @@ void stage_encoder(Step<T>& s) {
 template <class T>
 double stage_decode(Step<T>& s, bool sparse) {
     const int64_t m = s.m, d_in = s.d_in;
+    const T* bias = s.lead ? s.P.b_dec : nullptr;  // shards: every shard's partial sum, b_dec once
     if (sparse)
-        sparse_rows_times(s.ws.act, s.P.W_dec, s.P.b_dec, m, d_in, s.Xhat, s.nt);
+        sparse_rows_times(s.ws.act, s.P.W_dec, bias, m, d_in, s.Xhat, s.nt);
     else
         product(s.be, Trans::no, Trans::no, m, d_in, s.d_sae, s.H, s.d_sae, s.P.W_dec, d_in, T(0), s.Xhat, d_in,
-                s.P.b_dec, s.prec);
+                bias, s.prec);
+    shards_sum(s, s.Xhat, m * d_in, "decoder reduce");
     return half_squared_error(s, s.Xhat, s.dXhat);
 }
 
@@ -1814,11 +1868,13 @@ double stage_auxk(Step<T>& s, bool sparse, bool fused) {
     T* Eaux = ws.Eaux.data.data();
     T* dEaux = ws.dEaux.data.data();
     if (!fused) select_aux(ws, s.pre, 0, 0, m, d_sae, s.n_dead, s.spec.k_aux, s.write_h, s.nt);
+    shards_merge(s, ws.aux, s.spec.k_aux, s.write_h ? ws.Haux.data.data() : nullptr);
     if (sparse)
         sparse_rows_times<T>(ws.aux, s.P.W_dec, nullptr, m, d_in, Eaux, s.nt);
     else
         product(s.be, Trans::no, Trans::no, m, d_in, d_sae, ws.Haux.data.data(), d_sae, s.P.W_dec, d_in, T(0),
                 Eaux, d_in, nullptr, s.prec);
+    shards_sum(s, Eaux, m * d_in, "decoder reduce");
     const double c = s.spec.aux_coefficient * s.inv_m;
     const T* X = s.X;
     const T* Xhat = s.Xhat;
@@ -2032,7 +2088,12 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
                 (lists_only || ws.H.rows >= m) &&
                 int64_t(ws.row_sums.size()) >= m && int64_t(ws.latent.size()) == d_sae,
             "modern_cost: workspace not reserved for this model and batch size");
-    require(!row.uses_k || (spec.k >= 1 && spec.k <= d_sae),
+    // Latent shards: this spec holds d_sae of latents_total latents (k counts over all of them).
+    Comm* shards = ws.shards && ws.shards->size() > 1 ? ws.shards : nullptr;
+    require(!shards || (std::is_same_v<T, float> && spec.latents_total > 0 && arch_shardable(spec.arch) &&
+                        !screening_on(ws) && row.uses_k == (spec.arch == Arch::topk)),
+            "modern_cost: latent shards need float, spec.latents_total, an architecture of arch_shardable and no screening");
+    require(!row.uses_k || (spec.k >= 1 && spec.k <= (shards ? spec.latents_total : d_sae)),
             "modern_cost: k out of range; set k between 1 and d_sae");
     require(!row.lists || (int64_t(ws.act.beg.size()) >= m && int64_t(ws.act.col_ptr.size()) == d_sae + 1 &&
                            int64_t(ws.iscratch.size()) >= int64_t(ws.threads) * d_sae &&
@@ -2078,6 +2139,8 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
               .want_sparse = row.lists && ws.path != ProductPath::dense,
               .write_h = false};
     s.write_h = ws.dense_h || !s.want_sparse;
+    s.shards = shards;
+    s.lead = !shards || shards->rank() == 0;
 
     PhaseClock clock{ws.profile, ws.profile_ms};
     stage_input(s);
@@ -2101,8 +2164,9 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
         clock.mark(1);
         sparse = ops.select(s) && s.want_sparse;
     }
+    if (spec.arch == Arch::topk) shards_merge(s, ws.act, spec.k, s.write_h ? s.H : nullptr);
     ws.sparse_used = sparse;
-    if (ops.penalty) J.sparsity = ops.penalty(s);
+    if (ops.penalty) J.sparsity = shards_sum_value(shards, ops.penalty(s), "penalty");
     clock.mark(2);
 
     J.rec = row.nested ? stage_decode_nested(s, sparse) : stage_decode(s, sparse);
@@ -2118,7 +2182,10 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
         stage_backward_sparse(s, clock);
     else
         stage_backward_dense(s, ops, layout, grad, clock);
+    // Shards: Σ dXhat once (the first shard), each shard's W_enc·Σ dpre, summed.
+    if (!s.lead) std::fill(s.G.b_dec, s.G.b_dec + d_in, T(0));
     stage_b_dec(s);
+    shards_sum(s, s.G.b_dec, d_in, "b_dec gradient");
     clock.mark(7);
     return J;
 }

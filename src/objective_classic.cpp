@@ -98,6 +98,11 @@ private:
     Matrix<float> Xc_, noise_buf_, drop_;  // [m, d_in] corrupted batch and its draws, [m, d_sae] dropout
 };
 
+void Objective::set_latent_shard(Comm*, int64_t, int64_t) {
+    throw Error("latent_shards > 1: the latents of a classic model cannot be sharded (its KL penalty and "
+                "weight decay are not built for it); use latent_shards = 1 (data replicas)");
+}
+
 std::string shape_text(const std::vector<int64_t>& s) {
     std::string t = "[";
     for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);

@@ -111,6 +111,23 @@ public:
         ws_.share = {rows, rank, size, std::move(sum)};
     }
 
+    void set_latent_shard(Comm* group, int64_t begin, int64_t count) override {
+        const std::string arch = arch_name(spec_.arch);
+        check(arch_shardable(spec_.arch), "latent_shards > 1: architecture = \"" + arch +
+                                              "\" cannot be sharded yet (topk, standard and jumprelu can); "
+                                              "use latent_shards = 1 (data replicas)");
+        check(ws_.screen == Screen::off, "latent_shards > 1: screen = " + screen_name(ws_.screen) +
+                                             " is not supported with latent shards yet; use screen = off");
+        check(count >= 1, "latent_shards = " + std::to_string(group->size()) + " leaves a shard without latents (d_sae = " +
+                              std::to_string(spec_.d_sae) + "); use fewer shards");
+        spec_.latents_total = spec_.latents_total > 0 ? spec_.latents_total : spec_.d_sae;
+        spec_.latent_begin = begin;
+        spec_.d_sae = count;
+        d_sae_ = count;
+        layout_ = modern_layout(spec_);
+        ws_.shards = group;
+    }
+
     CostTerms cost(Backend& be, const float* params, const float* X, int64_t m, float* grad) override {
         if (reserved_ < m) reserve(m);
         const double thr = (batch_threshold_ && !training_) ? std::max(0.0, threshold_) : -1.0;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -48,6 +49,66 @@ void topk_merge(const float* cand_val, const int32_t* cand_col, int shards, int6
             const int64_t e = (int64_t(best) * m + i) * k + at[size_t(best)]++;
             out_val[i * k + t] = cand_val[e];
             out_col[i * k + t] = cand_col[e];
+        }
+    }
+}
+
+void shards_select(Comm& group, int64_t begin, int64_t count, int64_t m, int64_t k, const int64_t* beg, int64_t* end,
+                   int32_t* col, float* val, ShardBuffers& b) {
+    const int S = group.size();
+    if (S == 1) return;
+    const int64_t pairs = m * k;
+    b.send.resize(size_t(2 * pairs));
+    b.recv.resize(size_t(2 * pairs * S));
+    b.cand_val.resize(size_t(pairs * S));
+    b.cand_col.resize(size_t(pairs * S));
+    b.out_val.resize(size_t(pairs));
+    b.out_col.resize(size_t(pairs));
+    // Each row's entries in the selection order, padded as shard_topk pads, packed as
+    // [value, column] words for one allgather.
+#pragma omp parallel
+    {
+        std::vector<int32_t> order(static_cast<size_t>(k));
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < m; ++i) {
+            const int64_t r = beg[i], n = std::min(k, end[i] - r);
+            for (int64_t t = 0; t < n; ++t) order[size_t(t)] = int32_t(t);
+            std::sort(order.begin(), order.begin() + n,
+                      [&](int32_t a, int32_t c) { return before(val[r + a], col[r + a], val[r + c], col[r + c]); });
+            float* w = b.send.data() + 2 * i * k;
+            for (int64_t t = 0; t < k; ++t) {
+                const bool real = t < n;
+                const int32_t c = real ? int32_t(begin + col[r + order[size_t(t)]]) : INT32_MAX;
+                w[2 * t] = real ? val[r + order[size_t(t)]] : -std::numeric_limits<float>::infinity();
+                std::memcpy(w + 2 * t + 1, &c, sizeof c);
+            }
+        }
+    }
+    group.allgather(b.send.data(), 2 * pairs * int64_t(sizeof(float)), b.recv.data(), "top-k merge");
+    for (int64_t e = 0; e < pairs * S; ++e) {
+        b.cand_val[size_t(e)] = b.recv[size_t(2 * e)];
+        std::memcpy(&b.cand_col[size_t(e)], &b.recv[size_t(2 * e + 1)], sizeof(int32_t));
+    }
+    topk_merge(b.cand_val.data(), b.cand_col.data(), S, m, k, b.out_val.data(), b.out_col.data());
+    // This shard's latents among each row's k best (in selection order; they are some of its own
+    // entries, so they fit where its list was), back in column order.
+#pragma omp parallel
+    {
+        std::vector<std::pair<int32_t, float>> keep(static_cast<size_t>(k));
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < m; ++i) {
+            int64_t mine = 0;
+            for (int64_t t = 0; t < k; ++t) {
+                const int64_t c = b.out_col[size_t(i * k + t)];
+                if (c >= begin && c < begin + count) keep[size_t(mine++)] = {int32_t(c - begin), b.out_val[size_t(i * k + t)]};
+            }
+            std::sort(keep.begin(), keep.begin() + mine);
+            const int64_t r = beg[i];
+            for (int64_t t = 0; t < mine; ++t) {
+                col[r + t] = keep[size_t(t)].first;
+                val[r + t] = keep[size_t(t)].second;
+            }
+            end[i] = r + mine;
         }
     }
 }

@@ -25,6 +25,7 @@
 #include "sae/objective.hpp"
 #include "sae/optim.hpp"
 #include "sae/replicas.hpp"
+#include "sae/shards.hpp"
 #include "sae/stream.hpp"
 #include "train_data.hpp"
 
@@ -460,11 +461,28 @@ private:
     void show(const TrainProgress& p);
     void write_metrics(const std::string& line);
     void save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta);
+    // latent shards
+    std::string shard_file(int64_t step, int shard) const;
+    std::string manifest_path() const { return out_dir_ + "/checkpoint.json"; }
+    std::string resume_path();  // the checkpoint file this rank restores from
+    void check_resume_layout(const std::string& path);
+    std::vector<float> gather_params();  // world rank 0: the whole model's parameters (else empty)
+    void gather_stats(Stats& st, RunState& rs);  // every shard's latents (sums over the shards)
+    const Objective& whole() const { return whole_ ? *whole_ : *obj_; }
 
     Config cfg_;
     const TrainHooks& hooks_;
     Comm& comm_;              // the ranks (one process: every collective a no-op)
     bool writer_ = true;      // rank 0 writes the files and shows progress
+    // The layout (latent_shards S x R data replicas; world rank = replica·S + shard): the ranks
+    // holding this one's latents (comm_ itself when S = 1) and those holding its other latents
+    // of the same replica (null when S = 1).
+    int shard_ = 0, shards_ = 1, replica_ = 0;
+    RowSlice latents_{0, 0};  // this shard's latents of the whole d_sae
+    int64_t d_sae_total_ = 0;
+    std::unique_ptr<Comm> replicas_split_, shard_group_;
+    Comm* rep_ = nullptr;     // the data replicas of this shard (sums of gradients and statistics)
+    std::unique_ptr<Objective> whole_;  // shards: the whole model (cfg.json, model.safetensors)
     RowSlice mine_;           // this replica's rows of the current batch
     bool agreed_stop_ = false;
     std::vector<float> scratch_;
@@ -503,8 +521,9 @@ void Run::prepare_dir(const std::string& out_dir) {
     if (comm_world().rank() != 0) return;
     for (const auto& e : std::filesystem::directory_iterator(out_dir)) {
         const std::string name = e.path().filename().string();
-        for (const char* out : {"model.safetensors", "cfg.json", "metrics.jsonl", "checkpoint.safetensors"})
+        for (const char* out : {"model.safetensors", "cfg.json", "metrics.jsonl", "checkpoint.safetensors", "checkpoint.json"})
             if (name.rfind(std::string(out) + ".tmp-", 0) == 0) std::filesystem::remove(e.path());
+        if (name.rfind("checkpoint.step-", 0) == 0 && name.find(".tmp-") != std::string::npos) std::filesystem::remove(e.path());
     }
 }
 
@@ -519,16 +538,29 @@ Run::Run(const Config& settings, const std::string& out_dir, const std::string& 
               "\" needs the run's length, which a batch source does not know in advance; use constant or step, or give the data as an array");
     be_ = backend_create(cfg_.backend);
     obj_ = objective_create(cfg_, data_.X.cols);
+    check_layout();
+    d_sae_total_ = obj_->d_sae();
+    rep_ = &comm_;
+    if (shards_ > 1) {
+        replicas_split_ = comm_.split(shard_, replica_);
+        shard_group_ = comm_.split(replica_, shard_);
+        rep_ = replicas_split_.get();
+        latents_ = latent_slice(d_sae_total_, shard_, shards_);
+        whole_ = std::move(obj_);
+        obj_ = objective_create(cfg_, data_.X.cols);
+        obj_->set_latent_shard(shard_group_.get(), latents_.begin, latents_.count);
+    } else {
+        latents_ = {0, d_sae_total_};
+    }
     n_ = obj_->layout().total;
     d_sae_ = obj_->d_sae();
     d_in_ = obj_->d_in();
     threshold_ = config_active_threshold(cfg_);
-    ckpt_path_ = out_dir_ + "/checkpoint.safetensors";
+    ckpt_path_ = shards_ > 1 ? manifest_path() : out_dir_ + "/checkpoint.safetensors";
     metrics_path_ = out_dir_ + "/metrics.jsonl";
     cfg_json_ = config_to_json(cfg_);
     rs_.since_fired.assign(size_t(d_sae_), 0);
     rs_.input_scale = data_.input_scale;
-    check_layout();
 }
 
 // Several ranks (mpirun): latent_shards x data replicas. Every replica reads the same data and
@@ -538,10 +570,18 @@ void Run::check_layout() {
     const int64_t ranks = comm_.size();
     check(ranks % cfg_.latent_shards == 0, who + "latent_shards = " + std::to_string(cfg_.latent_shards) + " does not divide the " +
                                                std::to_string(ranks) + " ranks; pick a divisor (mpirun -np N)");
-    check(cfg_.latent_shards == 1, who + "latent_shards = " + std::to_string(cfg_.latent_shards) +
-                                       ": latent shards are not built yet; use latent_shards = 1 (data replicas only)");
+    shards_ = int(cfg_.latent_shards);
+    shard_ = comm_.rank() % shards_;
+    replica_ = comm_.rank() / shards_;
     if (ranks == 1) return;
     const std::string arch = config_architecture(cfg_);
+    if (shards_ > 1) {
+        check(cfg_.optimizer != "lbfgs", who + "latent_shards > 1 with optimizer = \"lbfgs\": L-BFGS's line search needs "
+                                               "the whole parameter vector in one process; use adam, sgd or rmsprop, or latent_shards = 1");
+        check(!cfg_.resample_dead && cfg_.resample_duplicates <= 0,
+              who + "latent_shards > 1: resample_dead and resample_duplicates are not built for latent shards yet; "
+                    "turn them off (AuxK still revives dead latents) or use latent_shards = 1");
+    }
     check(!(arch == "classic" && (cfg_.corruption != "none" || cfg_.dropout > 0)),
           who + "denoising (corruption, dropout) draws its masks per batch, which data replicas do not share yet; train it in one process");
 }
@@ -552,15 +592,11 @@ void Run::start(bool resume) {
     params_.resize(size_t(n_));
     grad_.resize(size_t(n_));
     if (resume) {
-        ckpt_ = checkpoint_load(ckpt_path_, cfg_);
-        // The layout: data replicas would resume alike, but not to the same bits (sums in
-        // another order); latent shards hold other slices. Refused, not re-sharded.
-        const auto r = ckpt_.st.metadata.find("ranks");
-        const int64_t saved_ranks = r == ckpt_.st.metadata.end() ? 1 : ckpt_.get_int("ranks");
-        check(saved_ranks == comm_.size(), ckpt_path_ + ": the checkpoint was made by " + std::to_string(saved_ranks) +
-                                               " ranks but this run has " + std::to_string(comm_.size()) +
-                                               "; resume with mpirun -np " + std::to_string(saved_ranks) +
-                                               " (the same layout) or train into a new directory");
+        const std::string path = resume_path();
+        ckpt_ = checkpoint_load(path, cfg_);
+        ckpt_path_ = path;  // (messages name the file restored)
+        check_resume_layout(path);
+        if (shards_ > 1) ckpt_path_ = manifest_path();
         const auto& p = ckpt_.tensor("params", n_).f32;
         std::copy(p.begin(), p.end(), params_.begin());
         rs_.step = ckpt_.get_int("step");
@@ -574,11 +610,11 @@ void Run::start(bool resume) {
         obj_->set_extra_state(extra);
     } else {
         Rng rng(uint64_t(cfg_.seed));
-        obj_->init(params_.data(), rng, data_.X.head(4096));
+        obj_->init(params_.data(), rng, data_.X.head(4096));  // a shard: its part of the whole model's
         if (writer_) write_file_atomic(metrics_path_, "");
     }
     if (writer_) {
-        write_file_atomic(out_dir_ + "/cfg.json", model_cfg_json(cfg_, *obj_, rs_.input_scale, data_.norm, comm_.size()));
+        write_file_atomic(out_dir_ + "/cfg.json", model_cfg_json(cfg_, whole(), rs_.input_scale, data_.norm, comm_.size()));
         if (resume) metrics_truncate(metrics_path_, rs_.step);
         metrics_ = std::fopen(metrics_path_.c_str(), "a");
         check(metrics_ != nullptr, metrics_path_ + ": cannot open for appending (" + std::strerror(errno) + ")");
@@ -588,10 +624,75 @@ void Run::start(bool resume) {
     t0_ = Clock::now();
 }
 
+// Where this rank's checkpoint is: checkpoint.safetensors, or with latent shards the file of its
+// shard that the manifest (checkpoint.json, written once every shard's file of that step is
+// complete) names.
+std::string Run::resume_path() {
+    const std::string single = out_dir_ + "/checkpoint.safetensors";
+    if (shards_ == 1) {
+        check(std::filesystem::exists(single) || !std::filesystem::exists(manifest_path()),
+              manifest_path() + ": the checkpoint was made with latent shards (see its \"latent_shards\" and \"ranks\"); "
+                                "resume with that layout or train into a new directory");
+        return single;
+    }
+    check(std::filesystem::exists(manifest_path()) || !std::filesystem::exists(single),
+          single + ": the checkpoint was made without latent shards (latent_shards = 1); resume with that layout "
+                   "or train into a new directory");
+    check(std::filesystem::exists(manifest_path()),
+          manifest_path() + ": no checkpoint to resume from; run without --resume to start afresh");
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(read_file(manifest_path()));
+    } catch (const std::exception&) {
+        throw Error(manifest_path() + ": not valid JSON; the checkpoint manifest is damaged");
+    }
+    check(j.is_object() && j.value("format", "") == "sae-checkpoint-shards" && j.contains("step") && j["step"].is_number_integer() &&
+              j.contains("ranks") && j["ranks"].is_number_integer() && j.contains("latent_shards") &&
+              j["latent_shards"].is_number_integer(),
+          manifest_path() + ": not an sae checkpoint manifest (format, step, ranks, latent_shards); it is damaged");
+    const int64_t S = j["latent_shards"], R = j["ranks"];
+    check(S == shards_ && R == comm_.size(),
+          manifest_path() + ": the checkpoint was made by " + std::to_string(R) + " ranks with latent_shards = " + std::to_string(S) +
+              " but this run has " + std::to_string(comm_.size()) + " ranks with latent_shards = " + std::to_string(shards_) +
+              "; resume with mpirun -np " + std::to_string(R) + " and latent_shards = " + std::to_string(S) +
+              " (the same layout) or train into a new directory");
+    return shard_file(j["step"].get<int64_t>(), shard_);
+}
+
+// The layout a checkpoint file was made with must be this run's: data replicas would resume
+// alike, but not to the same bits (sums in another order); latent shards hold other slices.
+// Refused, not re-sharded.
+void Run::check_resume_layout(const std::string& path) {
+    const auto r = ckpt_.st.metadata.find("ranks");
+    const int64_t saved_ranks = r == ckpt_.st.metadata.end() ? 1 : ckpt_.get_int("ranks");
+    const auto s = ckpt_.st.metadata.find("latent_shards");
+    const int64_t saved_shards = s == ckpt_.st.metadata.end() ? 1 : ckpt_.get_int("latent_shards");
+    check(saved_ranks == comm_.size() && saved_shards == shards_,
+          path + ": the checkpoint was made by " + std::to_string(saved_ranks) + " ranks" +
+              (saved_shards > 1 ? " with latent_shards = " + std::to_string(saved_shards) : "") + " but this run has " +
+              std::to_string(comm_.size()) + (shards_ > 1 ? " with latent_shards = " + std::to_string(shards_) : "") +
+              "; resume with mpirun -np " + std::to_string(saved_ranks) + " (the same layout) or train into a new directory");
+    if (shards_ > 1)
+        check(ckpt_.get_int("shard") == shard_ && ckpt_.get_int("latent_begin") == latents_.begin &&
+                  ckpt_.get_int("latent_count") == latents_.count,
+              path + ": the file holds another shard's latents; the checkpoint is damaged");
+}
+
+std::string Run::shard_file(int64_t step, int shard) const {
+    return out_dir_ + "/checkpoint.step-" + std::to_string(step) + ".shard-" + std::to_string(shard) + "-of-" +
+           std::to_string(shards_) + ".safetensors";
+}
+
 TrainSummary Run::end() {
     summary_.skipped_batches = rs_.skipped;
-    if (summary_.stop_reason != "interrupted" && writer_)
-        model_save(out_dir_, cfg_, *obj_, params_.data(), rs_.input_scale, data_.norm, comm_.size());
+    if (summary_.stop_reason != "interrupted") {
+        if (shards_ > 1) {  // the whole model, gathered on rank 0: the file one process writes
+            const std::vector<float> all = gather_params();
+            if (writer_) model_save(out_dir_, cfg_, *whole_, all.data(), rs_.input_scale, data_.norm, comm_.size());
+        } else if (writer_) {
+            model_save(out_dir_, cfg_, *obj_, params_.data(), rs_.input_scale, data_.norm, comm_.size());
+        }
+    }
     summary_.seconds = seconds_since(t0_);
     return summary_;
 }
@@ -711,12 +812,13 @@ int64_t Trainer::next_batch() {
 void Trainer::show_layout(int64_t batch) const {
     const Comm& comm = comm_world();
     if (comm.size() == 1 || comm.rank() != 0 || hooks_.quiet) return;
+    const int replicas = comm.size() / int(cfg_.latent_shards);
     double state = 0;
     for (const auto& r : runs_) state += r->state_bytes();
     std::fprintf(stderr, "%d ranks x %d threads: latent_shards %lld x %lld data replicas of batch %lld (up to %lld rows each); "
                          "per rank: parameters, gradient and optimiser state %s%s, data in memory %s\n",
-                 comm.size(), get_num_threads(), (long long)cfg_.latent_shards, (long long)(comm.size() / cfg_.latent_shards),
-                 (long long)batch, (long long)replica_rows(batch, 0, comm.size()).count, mb(state).c_str(),
+                 comm.size(), get_num_threads(), (long long)cfg_.latent_shards, (long long)replicas,
+                 (long long)batch, (long long)replica_rows(batch, 0, replicas).count, mb(state).c_str(),
                  runs_.size() > 1 ? (" (" + std::to_string(runs_.size()) + " variants)").c_str() : "",
                  mb(double(data_->X.rows) * double(data_->X.cols) * 4.0).c_str());
 }
@@ -729,12 +831,12 @@ void Trainer::save_all() {
 
 void Run::minibatch_setup() {
     const int64_t B = data_.batches->batch_size();
-    if (comm_.size() > 1) {  // every replica needs a row of every batch (in memory, the last one may be short)
+    if (rep_->size() > 1) {  // every replica needs a row of every batch (in memory, the last one may be short)
         const int64_t rows = data_.X.rows;
         const int64_t last = data_.batches->streamed() ? B : (rows % B == 0 ? B : rows % B);
-        check(std::min(B, last) >= comm_.size(),
+        check(std::min(B, last) >= rep_->size(),
               "batch_size = " + std::to_string(B) + " over " + std::to_string(rows) + " samples makes batches of " +
-                  std::to_string(std::min(B, last)) + " rows, fewer than the " + std::to_string(comm_.size()) +
+                  std::to_string(std::min(B, last)) + " rows, fewer than the " + std::to_string(rep_->size()) +
                   " data replicas; pick a batch_size that leaves each replica a row");
     }
     // Per-step statistics read the sparse models' row lists, not a dense [B, d_sae].
@@ -782,7 +884,14 @@ void Run::step(int64_t m) {
     lr_ = sched_.at(rs_.step);
     last_m_ = m;
     const CostTerms J = batch_cost(m);
-    if (const char* bad = nonfinite_term(J, grad_.data(), n_)) skip_batch(bad);
+    const char* bad = nonfinite_term(J, grad_.data(), n_);
+    if (shard_group_) {  // every shard skips the batch or none, and stops when any rank asked
+        double any[2] = {bad ? 1.0 : 0.0, agreed_stop_ ? 1.0 : 0.0};
+        shard_group_->allreduce_sum(any, 2, "non-finite check and stop request");
+        if (any[0] > 0 && !bad) bad = "the gradient (of another latent shard)";
+        agreed_stop_ = any[1] > 0;
+    }
+    if (bad) skip_batch(bad);
     else update(J, m);
     ++rs_.step;
 }
@@ -804,8 +913,8 @@ CostTerms Run::batch_cost(int64_t m) {
 // The cost of the batch X [M, d_in] and its gradient (when grad): this replica's rows of it,
 // then summed over the replicas (one process: the cost of X).
 CostTerms Run::slice_cost(const float* X, int64_t M, float* grad) {
-    mine_ = replica_rows(M, comm_.rank(), comm_.size());
-    return replicas_cost(comm_, *obj_, *be_, params_.data(), X, M, grad, stop_local(), &agreed_stop_);
+    mine_ = replica_rows(M, rep_->rank(), rep_->size());
+    return replicas_cost(*rep_, *obj_, *be_, params_.data(), X, M, grad, stop_local(), &agreed_stop_);
 }
 
 void Run::skip_batch(const char* bad) {
@@ -820,6 +929,12 @@ void Run::update(const CostTerms& J, int64_t m) {
     if (cfg_.grad_clip_norm > 0) {
         double sq = 0;
         for (int64_t i = 0; i < n_; ++i) sq += double(grad_[size_t(i)]) * grad_[size_t(i)];
+        if (shard_group_) {  // the whole model's norm: every shard's latents, b_dec (replicated) once
+            const auto& b = obj_->layout().get("b_dec");
+            if (shard_ != 0)
+                for (int64_t i = b.offset; i < b.offset + b.numel(); ++i) sq -= double(grad_[size_t(i)]) * grad_[size_t(i)];
+            shard_group_->allreduce_sum(&sq, 1, "gradient norm");
+        }
         const double norm = std::sqrt(sq);
         if (norm > cfg_.grad_clip_norm) {
             const float s = float(cfg_.grad_clip_norm / norm);
@@ -851,7 +966,7 @@ void Run::update(const CostTerms& J, int64_t m) {
             for (int64_t j = 0; j < d_sae_; ++j) fired_[size_t(j)] |= double(H[i * d_sae_ + j]) > threshold_;
         win_.add(Xr, obj_->reconstruction(), H, mr, threshold_);
     }
-    replicas_any(comm_, fired_, scratch_);  // fired on any replica's rows
+    replicas_any(*rep_, fired_, scratch_);  // fired on any replica's rows
     for (int64_t j = 0; j < d_sae_; ++j)
         rs_.since_fired[size_t(j)] = fired_[size_t(j)] ? 0 : rs_.since_fired[size_t(j)] + m;
     J_sum_.rec += J.rec;
@@ -879,12 +994,15 @@ void Run::log(bool last, bool display) {
         resample(last_m_);
     std::string line;
     if (log_line) {
-        replicas_reduce(comm_, win_);  // every replica's rows
-        line = metrics_line(rs_.step, data_.batches->epoch(rs_.step), Jm, win_, lr_, sps, rs_, cfg_.dead_threshold_samples);
+        replicas_reduce(*rep_, win_);  // every replica's rows
+        Stats all = win_;
+        RunState rs = rs_;
+        if (shard_group_) gather_stats(all, rs);  // every shard's latents
+        line = metrics_line(rs_.step, data_.batches->epoch(rs_.step), Jm, all, lr_, sps, rs, cfg_.dead_threshold_samples);
         write_metrics(line);
         summary_.J = Jm;
         summary_.mean_rho_hat = 0;
-        for (double r : win_.rho_hat()) summary_.mean_rho_hat += r / double(d_sae_);
+        for (double r : all.rho_hat()) summary_.mean_rho_hat += r / double(d_sae_total_);
         win_.reset(d_in_, d_sae_);
         J_sum_ = {};
         win_steps_ = 0;
@@ -972,7 +1090,7 @@ void Run::lbfgs() {
         const CostTerms J = slice_cost(data_.X.data, N, nullptr);
         win_.reset(d_in_, d_sae_);
         win_.add(data_.X.data + mine_.begin * d_in_, obj_->reconstruction(), obj_->hidden(), mine_.count, threshold_);
-        replicas_reduce(comm_, win_);
+        replicas_reduce(*rep_, win_);
         for (int64_t j = 0; j < d_sae_; ++j) rs_.since_fired[size_t(j)] = win_.fires[size_t(j)] ? 0 : data_.X.rows;
         const double secs = seconds_since(t0_);
         const double sps = secs > 0 ? double((opt.evaluations() - evals0) * data_.X.rows) / secs : 0;
@@ -1007,7 +1125,7 @@ void Run::lbfgs() {
 // get room for the whole batch.
 void Run::reserve(int64_t M) {
     const bool batch_selection = config_architecture(cfg_).find("batchtopk") != std::string::npos;
-    obj_->reserve(batch_selection ? M : replica_rows(M, 0, comm_.size()).count);
+    obj_->reserve(batch_selection ? M : replica_rows(M, 0, rep_->size()).count);
 }
 
 void Run::show(const TrainProgress& p) {
@@ -1023,12 +1141,23 @@ void Run::write_metrics(const std::string& line) {
 
 // Checkpoint = parameters + optimiser state (given as named buffers) + run state.
 // Several ranks: the replicas hold the same parameters (checked), and rank 0 writes.
+// Latent shards: the first replica of each shard writes its shard's file of this step (its own
+// latents' parameters, counters and optimiser state); once every one is complete (a barrier),
+// rank 0 writes the manifest checkpoint.json naming the step and layout, and then (a second
+// barrier) the files of older steps go. A job killed at any point leaves the manifest naming a
+// step whose files are all there.
 void Run::save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::string, std::string> meta) {
     if (comm_.size() > 1) {
-        replicas_check_same(comm_, params_, rs_.step);
-        if (!writer_) return;
+        replicas_check_same(*rep_, params_, rs_.step);
         meta["ranks"] = std::to_string(comm_.size());
         meta["latent_shards"] = std::to_string(cfg_.latent_shards);
+        if (shards_ > 1) {
+            meta["shard"] = std::to_string(shard_);
+            meta["latent_begin"] = std::to_string(latents_.begin);
+            meta["latent_count"] = std::to_string(latents_.count);
+        } else if (!writer_) {
+            return;
+        }
     }
     std::vector<TensorOut> t = {{"params", {n_}, DType::f32, params_.data()},
                                 {"since_fired", {d_sae_}, DType::i64, rs_.since_fired.data()}};
@@ -1045,7 +1174,109 @@ void Run::save_checkpoint(std::vector<TensorOut> opt_tensors, std::map<std::stri
         std::snprintf(buf, sizeof buf, "%.17g", value);
         meta["extra." + key] = buf;
     }
-    safetensors_write(ckpt_path_, t, meta);
+    if (shards_ == 1) return safetensors_write(ckpt_path_, t, meta);
+    const std::string mine = shard_file(rs_.step, shard_);
+    if (replica_ == 0) safetensors_write(mine, t, meta);
+    comm_.barrier();
+    if (writer_) {
+        nlohmann::ordered_json j;
+        j["format"] = "sae-checkpoint-shards";
+        j["step"] = rs_.step;
+        j["ranks"] = comm_.size();
+        j["latent_shards"] = shards_;
+        j["files"] = nlohmann::json::array();
+        for (int sh = 0; sh < shards_; ++sh)
+            j["files"].push_back(std::filesystem::path(shard_file(rs_.step, sh)).filename().string());
+        write_file_atomic(manifest_path(), j.dump(2) + "\n");
+    }
+    comm_.barrier();
+    if (replica_ != 0) return;
+    const std::string keep = std::filesystem::path(mine).filename().string();
+    const std::string tail = ".shard-" + std::to_string(shard_) + "-of-" + std::to_string(shards_) + ".safetensors";
+    for (const auto& e : std::filesystem::directory_iterator(out_dir_)) {
+        const std::string name = e.path().filename().string();
+        if (name != keep && name.rfind("checkpoint.step-", 0) == 0 && name.size() > tail.size() &&
+            name.compare(name.size() - tail.size(), tail.size(), tail) == 0)
+            std::filesystem::remove(e.path());
+    }
+}
+
+// Each shard's latents packed latent by latent (its W_enc column, then its row of every other
+// [d_sae, ...] tensor, in layout order), gathered on rank 0 and laid out as one process's
+// parameters (b_dec: the first shard's; every shard holds the same).
+std::vector<float> Run::gather_params() {
+    if (replica_ != 0) return {};
+    const ParamLayout& L = obj_->layout();
+    const ParamLayout& W = whole_->layout();
+    int64_t per = 0;  // floats per latent
+    for (const auto& v : L.views)
+        if (v.name != "b_dec") per += v.numel() / d_sae_;
+    const int64_t most = latent_slice(d_sae_total_, 0, shards_).count;
+    std::vector<float> send(size_t(most * per), 0.0f), recv(writer_ ? size_t(most * per * shards_) : 0);
+    for (int64_t j = 0; j < d_sae_; ++j) {
+        float* o = send.data() + j * per;
+        for (const auto& v : L.views) {
+            if (v.name == "b_dec") continue;
+            const float* p = params_.data() + v.offset;
+            if (v.name == "W_enc")
+                for (int64_t c = 0; c < d_in_; ++c) *o++ = p[c * d_sae_ + j];
+            else
+                for (int64_t w = v.numel() / d_sae_, c = 0; c < w; ++c) *o++ = p[j * w + c];
+        }
+    }
+    shard_group_->gather(send.data(), int64_t(send.size() * sizeof(float)), writer_ ? recv.data() : nullptr, 0, "model gather");
+    if (!writer_) return {};
+    std::vector<float> all(size_t(W.total));
+    const auto& b = L.get("b_dec");
+    std::copy(params_.begin() + b.offset, params_.begin() + b.offset + b.numel(), all.begin() + W.get("b_dec").offset);
+    for (int sh = 0; sh < shards_; ++sh) {
+        const RowSlice ls = latent_slice(d_sae_total_, sh, shards_);
+        for (int64_t j = 0; j < ls.count; ++j) {
+            const float* in = recv.data() + (int64_t(sh) * most + j) * per;
+            const int64_t g = ls.begin + j;
+            for (const auto& v : W.views) {
+                if (v.name == "b_dec") continue;
+                float* p = all.data() + v.offset;
+                if (v.name == "W_enc")
+                    for (int64_t c = 0; c < d_in_; ++c) p[c * d_sae_total_ + g] = *in++;
+                else
+                    for (int64_t w = v.numel() / d_sae_total_, c = 0; c < w; ++c) p[g * w + c] = *in++;
+            }
+        }
+    }
+    return all;
+}
+
+// A metrics line needs every latent: the shards' per-latent sums and counters side by side, the
+// activations' totals summed (the reconstruction's terms are the same on every shard).
+void Run::gather_stats(Stats& st, RunState& rs) {
+    const int64_t most = latent_slice(d_sae_total_, 0, shards_).count;
+    std::vector<double> send(size_t(3 * most + 2), 0.0), recv(size_t((3 * most + 2) * shards_));
+    for (int64_t j = 0; j < d_sae_; ++j) {
+        send[size_t(j)] = st.sum_h[size_t(j)];
+        send[size_t(most + j)] = double(st.fires[size_t(j)]);
+        send[size_t(2 * most + j)] = double(rs.since_fired[size_t(j)]);
+    }
+    send[size_t(3 * most)] = st.sum_abs_h;
+    send[size_t(3 * most + 1)] = double(st.active);
+    shard_group_->allgather(send.data(), int64_t(send.size() * sizeof(double)), recv.data(), "statistics");
+    st.sum_h.assign(size_t(d_sae_total_), 0.0);
+    st.fires.assign(size_t(d_sae_total_), 0);
+    rs.since_fired.assign(size_t(d_sae_total_), 0);
+    st.d_sae = d_sae_total_;
+    st.sum_abs_h = 0;
+    st.active = 0;
+    for (int sh = 0; sh < shards_; ++sh) {
+        const double* in = recv.data() + size_t(sh) * (3 * most + 2);
+        const RowSlice ls = latent_slice(d_sae_total_, sh, shards_);
+        for (int64_t j = 0; j < ls.count; ++j) {
+            st.sum_h[size_t(ls.begin + j)] = in[j];
+            st.fires[size_t(ls.begin + j)] = int64_t(in[most + j]);
+            rs.since_fired[size_t(ls.begin + j)] = int64_t(in[2 * most + j]);
+        }
+        st.sum_abs_h += in[3 * most];
+        st.active += int64_t(in[3 * most + 1]);
+    }
 }
 
 void Run::finish(const std::string& reason) {

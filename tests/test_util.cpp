@@ -14,7 +14,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <barrier>
 #include <cstdio>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -23,6 +29,83 @@
 namespace fs = std::filesystem;
 
 namespace sae_test {
+
+namespace {
+// The threads' meeting point: each posts its block, all wait, each reads every block, all wait.
+struct Board {
+    explicit Board(int n) : sync(n), blocks(size_t(n)) {}
+    std::barrier<> sync;
+    std::vector<std::vector<char>> blocks;
+};
+
+class ThreadComm final : public sae::Comm {
+public:
+    ThreadComm(std::shared_ptr<Board> b, int rank) : b_(std::move(b)), rank_(rank) {}
+    int rank() const override { return rank_; }
+    int size() const override { return int(b_->blocks.size()); }
+    void allreduce_sum(float* buf, int64_t n, const char* what) override { sum(buf, n, what); }
+    void allreduce_sum(double* buf, int64_t n, const char* what) override { sum(buf, n, what); }
+    void allgather(const void* send, int64_t bytes, void* recv, const char* what) override {
+        count(what, bytes);
+        exchange(send, bytes, [&](int r, const char* p) { std::memcpy(static_cast<char*>(recv) + r * bytes, p, size_t(bytes)); });
+    }
+    void gather(const void* send, int64_t bytes, void* recv, int root, const char* what) override {
+        count(what, bytes);
+        exchange(send, bytes, [&](int r, const char* p) {
+            if (rank_ == root) std::memcpy(static_cast<char*>(recv) + r * bytes, p, size_t(bytes));
+        });
+    }
+    void broadcast(void* buf, int64_t bytes, int root, const char* what) override {
+        count(what, bytes);
+        exchange(buf, bytes, [&](int r, const char* p) {
+            if (r == root && rank_ != root) std::memcpy(buf, p, size_t(bytes));
+        });
+    }
+    void barrier() override { exchange(nullptr, 0, [](int, const char*) {}); }
+    std::unique_ptr<sae::Comm> split(int, int) override { throw std::logic_error("ThreadComm: split is not built"); }
+    [[noreturn]] void abort(int) override { std::abort(); }
+
+private:
+    template <class F>
+    void exchange(const void* send, int64_t bytes, F&& take) {
+        const char* p = static_cast<const char*>(send);
+        b_->blocks[size_t(rank_)].assign(p, p + bytes);
+        b_->sync.arrive_and_wait();
+        for (int r = 0; r < size(); ++r) take(r, b_->blocks[size_t(r)].data());
+        b_->sync.arrive_and_wait();
+    }
+    template <class T>
+    void sum(T* buf, int64_t n, const char* what) {
+        count(what, n * int64_t(sizeof(T)));
+        std::vector<T> total(size_t(n), T(0));
+        exchange(buf, n * int64_t(sizeof(T)), [&](int, const char* p) {
+            const T* v = reinterpret_cast<const T*>(p);
+            for (int64_t i = 0; i < n; ++i) total[size_t(i)] += v[i];
+        });
+        std::copy(total.begin(), total.end(), buf);
+    }
+    std::shared_ptr<Board> b_;
+    int rank_;
+};
+}  // namespace
+
+void run_ranks(int ranks, const std::function<void(sae::Comm&)>& f) {
+    auto board = std::make_shared<Board>(ranks);
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(ranks));
+    std::vector<std::thread> threads;
+    for (int r = 0; r < ranks; ++r)
+        threads.emplace_back([&, r] {
+            ThreadComm comm(board, r);
+            try {
+                f(comm);
+            } catch (...) {
+                errors[size_t(r)] = std::current_exception();
+            }
+        });
+    for (auto& t : threads) t.join();
+    for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+}
 
 // What docs/formats.md says a reader applies before the encoder, in double, from cfg.json alone.
 namespace {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "sae/comm.hpp"
 #include "sae/io.hpp"
 
 namespace sae_test {
@@ -47,6 +48,13 @@ void expect_clear_error(const CommandResult& r, const std::string& needle);
 // the raw row x normalised as "Before the encoder" says (cfg.json normalize, normalize_stats),
 // then the architecture's row of "What the tensors compute".
 std::vector<double> documented_encode(const sae::SafeTensors& st, const nlohmann::json& cfg, const float* x);
+
+// Runs f(comm) on `ranks` threads, each with a communicator of its own over the others (rank r
+// of ranks): allgather, gather, broadcast, barrier and the sums (added in rank order, so every
+// rank gets the same bits) between threads, the way MPI does it between processes. Lets the
+// sharded code paths be tested in one process, in every build. An exception on any thread is
+// rethrown here after all have ended (f must not leave the others waiting in a collective).
+void run_ranks(int ranks, const std::function<void(sae::Comm&)>& f);
 
 // Path to the built `sae` binary and to the source tree (set by CMake).
 std::string sae_binary();

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 
 namespace sae {
@@ -27,6 +28,9 @@ public:
     // buf [bytes] copied from root to every rank.
     virtual void broadcast(void* buf, int64_t bytes, int root, const char* what) = 0;
     virtual void barrier() = 0;
+    // The ranks of this one with the same color, ordered by key (then by rank here): a
+    // communicator of its own (MPI_Comm_split). Every rank must call it, in the same order.
+    virtual std::unique_ptr<Comm> split(int color, int key) = 0;
     // Ends every rank of the job now (after this rank has printed why).
     [[noreturn]] virtual void abort(int code) = 0;
 
@@ -39,10 +43,13 @@ public:
     };
     const std::map<std::string, Traffic>& traffic() const { return traffic_; }
     void reset_traffic() { traffic_.clear(); }
+    // A communicator made by split() counts its traffic in its parent's account (so the world's
+    // shows every collective of this rank).
+    void count_into(Comm& parent) { ledger_ = parent.ledger_ ? parent.ledger_ : &parent; }
 
 protected:
     Traffic& count(const char* what, int64_t bytes) {
-        auto& t = traffic_[what];
+        auto& t = (ledger_ ? ledger_ : this)->traffic_[what];
         ++t.calls;
         t.bytes += bytes;
         return t;
@@ -50,6 +57,7 @@ protected:
 
 private:
     std::map<std::string, Traffic> traffic_;
+    Comm* ledger_ = nullptr;
 };
 
 // The process's communicator: MPI's world once comm_init() found an MPI launch, else one

@@ -43,7 +43,9 @@
 #include <vector>
 
 #include "sae/backend.hpp"
+#include "sae/comm.hpp"
 #include "sae/model.hpp"
+#include "sae/shards.hpp"
 #include "sae/rng.hpp"
 #include "sae/tensor.hpp"
 
@@ -95,7 +97,12 @@ struct ModernSpec {
     double aux_coefficient = 1.0 / 32;
     std::vector<int64_t> group_ends;   // matryoshka: end of each nested group, ascending, last = d_sae
     std::vector<double> group_weights; // matryoshka: weight of each prefix's reconstruction error
+    // Latent shards (docs/distributed.md): this spec's d_sae latents are latents
+    // [latent_begin, latent_begin + d_sae) of a dictionary of latents_total (0: the whole one).
+    int64_t latent_begin = 0, latents_total = 0;
 };
+// The architectures whose latents can be sharded across ranks (topk, standard, jumprelu).
+bool arch_shardable(Arch a);
 // Group ends from fractions of d_sae ("0.25,0.25,0.5": sizes, summing to 1; each group at least
 // one latent) and the prefixes' weights ("" = 1 each, else one number per group). Errors name
 // the settings matryoshka_groups and matryoshka_weights.
@@ -108,7 +115,9 @@ void validate(const ModernSpec& spec);  // throws sae::Error naming the setting
 ParamLayout modern_layout(const ModernSpec& spec);
 
 // Decoder rows: random Gaussian directions scaled to norm 0.1; W_enc = W_decᵀ; biases 0;
-// jumprelu log_threshold = log(initial_threshold).
+// jumprelu log_threshold = log(initial_threshold). A latent shard (spec.latents_total > 0) gets
+// the bits of its latents in the whole dictionary's initialisation (the draws of the latents
+// before latent_begin skipped).
 template <class T>
 void modern_init(const ModernSpec& spec, const ParamLayout& layout, T* params, Rng& rng);
 
@@ -175,6 +184,15 @@ struct BatchShare {
 template <class T>
 struct ModernWorkspace {
     BatchShare share;  // BatchTopK's selection over every replica's rows (see BatchShare)
+    // Latent shards (float; spec.latents_total > 0): the ranks holding the other latents of the
+    // dictionary, this one shard shards->rank() of shards->size(). modern_cost meets them where
+    // a step needs every latent: the TopK and AuxK selections (each shard's k best per row
+    // merged into the exact global k best), the dead count, x̂ and ê (partial sums over each
+    // shard's latents, summed), the sparsity penalty and b_dec's gradient (summed). Everything
+    // else (the encoder product, the backward of each latent) stays local. Null: no shards.
+    Comm* shards = nullptr;
+    ShardBuffers shard_buf;  // the merge's room
+
     // Execution options; set before reserve().
     Precision precision = Precision::f32;  // float products in f32 or bf16 (double: always double)
     ProductPath path = ProductPath::automatic;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "sae/backend.hpp"
+#include "sae/comm.hpp"
 #include "sae/config.hpp"
 #include "sae/io.hpp"
 #include "sae/metrics.hpp"
@@ -58,6 +59,12 @@ public:
     // selection and threshold) is summed over the replicas with sum(buf [n], n). rows = 0: no
     // split. (The trainer refuses replicas for denoising, whose masks are drawn per batch.)
     virtual void set_batch_share(int64_t rows, int rank, int size, std::function<void(double*, int64_t)> sum) {}
+    // Latent shards (train.cpp, under mpirun): from now on this objective is latents
+    // [begin, begin + count) of its dictionary, shard group->rank() of group->size(), meeting the
+    // other shards through group in cost(); d_sae() and layout() become the shard's, and init()
+    // gives the shard's part of the whole dictionary's initialisation. Call before reserve().
+    // Throws Error (naming what to change) for a model whose latents cannot be sharded.
+    virtual void set_latent_shard(Comm* group, int64_t begin, int64_t count);
 
     // Named scalars that are part of the model's state but not optimised (e.g. BatchTopK's
     // running threshold): saved in checkpoints and restored exactly.

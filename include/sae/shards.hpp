@@ -1,8 +1,9 @@
-// Latent shards (docs/distributed.md, the part of the design built so far): a rank owns a
-// contiguous slice of the latents; the pieces here are what a sharded TopK step is made of, pure
-// functions with no communication, tested against one process's selection.
+// Latent shards (docs/distributed.md): a rank owns a contiguous slice of the latents; the pieces
+// here are what a sharded TopK step's selection is made of (modern_cost calls shards_select),
+// tested against one process's selection.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "sae/comm.hpp"
 
@@ -23,5 +24,22 @@ void shard_topk(const float* pre, int64_t m, int64_t n, int64_t begin, int64_t k
 // entries, in the same order, as shard_topk over the whole row. out_val, out_col [m, k].
 void topk_merge(const float* cand_val, const int32_t* cand_col, int shards, int64_t m, int64_t k, float* out_val,
                 int32_t* out_col);
+
+// Room for shards_select (resized on first use, reused after).
+struct ShardBuffers {
+    std::vector<float> send, recv, cand_val, out_val;
+    std::vector<int32_t> cand_col, out_col;
+};
+
+// A sharded TopK (or AuxK) selection made global. This shard owns latents [begin, begin + count).
+// Rows [0, m): its list of row i holds at [beg[i], end[i]) its k best entries that the
+// selection keeps (e.g. TopK's positive values; local columns ascending; fewer when it has
+// fewer). Every shard of group sends its lists (m·k (value, column) pairs in the selection
+// order, padded as shard_topk pads: m·k·8 bytes), topk_merge gives each row's k best over every
+// shard, and row i keeps those of its entries that are among them: one process's selection
+// (larger value first, ties to the lower latent), local columns ascending, at [beg[i], end[i])
+// (end shrinks). Every shard of group must call it with the same m and k.
+void shards_select(Comm& group, int64_t begin, int64_t count, int64_t m, int64_t k, const int64_t* beg, int64_t* end,
+                   int32_t* col, float* val, ShardBuffers& b);
 
 }  // namespace sae
