@@ -24,6 +24,7 @@
 #include "sae/optim.hpp"
 #include "sae/replicas.hpp"
 #include "sae/rng.hpp"
+#include "sae/shards.hpp"
 
 namespace sae_cli {
 namespace {
@@ -128,7 +129,18 @@ void add_bench(CLI::App& app) {
 
         auto be = sae::backend_create(cfg.backend);
         auto obj = sae::objective_create(cfg, d_in);
-        const int64_t n = obj->layout().total, d_sae = obj->d_sae();
+        // Under mpirun: latent_shards x data replicas, as `sae train` lays them out.
+        sae::Comm& comm = sae::comm_world();
+        const int shards = comm.size() > 1 ? int(cfg.latent_shards) : 1;
+        sae::check(comm.size() % shards == 0, "latent_shards = " + std::to_string(shards) + " does not divide the " +
+                                                  std::to_string(comm.size()) + " ranks; pick a divisor (mpirun -np N)");
+        const int64_t d_sae_total = obj->d_sae();
+        const sae::MeshLayout mesh = sae::mesh_layout(comm, shards, d_sae_total);
+        if (shards > 1) {
+            sae::check(!args->profile && args->encode_rows == 0, "bench: --profile and --encode-rows time one process; drop latent_shards");
+            obj->set_latent_shard(mesh.shard_group.get(), mesh.latents.begin, mesh.latents.count);
+        }
+        const int64_t n = obj->layout().total, d_sae = obj->d_sae();  // (a shard's)
         std::vector<float> params(static_cast<size_t>(n)), grad(static_cast<size_t>(n));
         const sae::Matrix<float> X = synthetic(B * args->batches, d_in, modern, uint64_t(cfg.seed) + 1);
         {
@@ -175,7 +187,6 @@ void add_bench(CLI::App& app) {
         obj->set_training(true);
         obj->set_dense_hidden(false);  // as `sae train` does: sparse models keep only their row lists
         obj->reserve(B);
-        sae::Comm& comm = sae::comm_world();
 
         std::vector<double> t_step, t_cost, t_update, t_cpu;
         sae::CostTerms J{}, J0{};
@@ -184,7 +195,7 @@ void add_bench(CLI::App& app) {
             const double c0 = cpu_seconds();
             const auto t0 = Clock::now();
             if (s == args->warmup) comm.reset_traffic();
-            J = sae::replicas_cost(comm, *obj, *be, params.data(), Xb, B, grad.data());
+            J = sae::replicas_cost(*mesh.data, *obj, *be, params.data(), Xb, B, grad.data());
             const auto t1 = Clock::now();
             obj->before_update(params.data(), grad.data());
             opt->update(params.data(), grad.data(), cfg.lr);
@@ -317,9 +328,11 @@ void add_bench(CLI::App& app) {
             screen["step_over_bf16_product"] = step_s / (double(screen["bf16_encoder_product_ms"]) * 1e-3);
             j["screen"] = screen;
         }
-        if (comm.size() > 1) {  // rank 0's view; the products alone above are one rank's, on the whole batch
+        if (comm.size() > 1) {  // rank 0's view; the products alone above are one rank's latents, on the whole batch
             j["ranks"] = comm.size();
-            j["rows_per_rank"] = sae::replica_rows(B, 0, comm.size()).count;
+            j["latent_shards"] = shards;
+            j["d_sae_total"] = d_sae_total;
+            j["rows_per_rank"] = sae::replica_rows(B, 0, mesh.replicas).count;
             nlohmann::ordered_json c;
             for (const auto& [what, t] : comm.traffic())
                 c[what] = {{"bytes_per_step", double(t.bytes) / double(args->steps)},

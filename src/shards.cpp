@@ -19,6 +19,22 @@ inline bool before(float va, int32_t ca, float vb, int32_t cb) {
 
 }  // namespace
 
+MeshLayout mesh_layout(Comm& world, int shards, int64_t d_sae) {
+    MeshLayout L;
+    L.shards = shards;
+    L.shard = world.rank() % shards;
+    L.replicas = world.size() / shards;
+    L.replica = world.rank() / shards;
+    L.latents = latent_slice(d_sae, L.shard, shards);
+    L.data = &world;
+    if (shards > 1) {
+        L.replica_group = world.split(L.shard, L.replica);
+        L.shard_group = world.split(L.replica, L.shard);
+        L.data = L.replica_group.get();
+    }
+    return L;
+}
+
 void shard_topk(const float* pre, int64_t m, int64_t n, int64_t begin, int64_t k, float* out_val, int32_t* out_col) {
     std::vector<int32_t> idx(static_cast<size_t>(n));
     for (int64_t i = 0; i < m; ++i) {

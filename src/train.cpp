@@ -480,8 +480,9 @@ private:
     int shard_ = 0, shards_ = 1, replica_ = 0;
     RowSlice latents_{0, 0};  // this shard's latents of the whole d_sae
     int64_t d_sae_total_ = 0;
-    std::unique_ptr<Comm> replicas_split_, shard_group_;
+    MeshLayout mesh_;
     Comm* rep_ = nullptr;     // the data replicas of this shard (sums of gradients and statistics)
+    Comm* shard_group_ = nullptr;  // the other shards of this replica (null: S = 1)
     std::unique_ptr<Objective> whole_;  // shards: the whole model (cfg.json, model.safetensors)
     RowSlice mine_;           // this replica's rows of the current batch
     bool agreed_stop_ = false;
@@ -496,6 +497,7 @@ private:
     bool resumed_ = false;
     RunState rs_;
     std::vector<float> params_, grad_;
+    std::string ckpt_file_;  // the file restored from (resumed)
     Checkpoint ckpt_;
     std::FILE* metrics_ = nullptr;
     std::function<void()> save_;  // the optimiser family's checkpoint
@@ -540,17 +542,14 @@ Run::Run(const Config& settings, const std::string& out_dir, const std::string& 
     obj_ = objective_create(cfg_, data_.X.cols);
     check_layout();
     d_sae_total_ = obj_->d_sae();
-    rep_ = &comm_;
+    mesh_ = mesh_layout(comm_, shards_, d_sae_total_);
+    rep_ = mesh_.data;
+    shard_group_ = mesh_.shard_group.get();
+    latents_ = mesh_.latents;
     if (shards_ > 1) {
-        replicas_split_ = comm_.split(shard_, replica_);
-        shard_group_ = comm_.split(replica_, shard_);
-        rep_ = replicas_split_.get();
-        latents_ = latent_slice(d_sae_total_, shard_, shards_);
         whole_ = std::move(obj_);
         obj_ = objective_create(cfg_, data_.X.cols);
-        obj_->set_latent_shard(shard_group_.get(), latents_.begin, latents_.count);
-    } else {
-        latents_ = {0, d_sae_total_};
+        obj_->set_latent_shard(shard_group_, latents_.begin, latents_.count);
     }
     n_ = obj_->layout().total;
     d_sae_ = obj_->d_sae();
@@ -592,18 +591,16 @@ void Run::start(bool resume) {
     params_.resize(size_t(n_));
     grad_.resize(size_t(n_));
     if (resume) {
-        const std::string path = resume_path();
-        ckpt_ = checkpoint_load(path, cfg_);
-        ckpt_path_ = path;  // (messages name the file restored)
-        check_resume_layout(path);
-        if (shards_ > 1) ckpt_path_ = manifest_path();
+        ckpt_file_ = resume_path();  // (ckpt_ keeps a pointer to it for its messages)
+        ckpt_ = checkpoint_load(ckpt_file_, cfg_);
+        check_resume_layout(ckpt_file_);
         const auto& p = ckpt_.tensor("params", n_).f32;
         std::copy(p.begin(), p.end(), params_.begin());
         rs_.step = ckpt_.get_int("step");
         rs_.skipped = ckpt_.get_int("skipped_batches");
         rs_.resampled = ckpt_.get_int("resampled_latents");
         const auto& sf = ckpt_.tensor("since_fired", d_sae_).i64;
-        check(int64_t(sf.size()) == d_sae_, ckpt_path_ + ": 'since_fired' must be I64; the checkpoint is damaged");
+        check(int64_t(sf.size()) == d_sae_, ckpt_file_ + ": 'since_fired' must be I64; the checkpoint is damaged");
         std::copy(sf.begin(), sf.end(), rs_.since_fired.begin());
         std::map<std::string, double> extra;
         for (const auto& [key, value] : obj_->extra_state()) extra[key] = ckpt_.get_double("extra." + key);
@@ -875,7 +872,7 @@ void Run::minibatch_setup() {
 std::string Run::stream_position() const {
     if (!data_.batches->streamed()) return std::to_string(rs_.step);
     auto it = ckpt_.st.metadata.find("stream_state");
-    check(it != ckpt_.st.metadata.end(), ckpt_path_ + ": checkpoint lacks the stream position; it was not made by a streamed run");
+    check(it != ckpt_.st.metadata.end(), ckpt_file_ + ": checkpoint lacks the stream position; it was not made by a streamed run");
     return it->second;
 }
 

@@ -3,11 +3,24 @@
 // tested against one process's selection.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "sae/comm.hpp"
 
 namespace sae {
+
+// A job of world.size() ranks as latent_shards S x R data replicas, world rank = replica·S +
+// shard: the ranks of one replica hold the whole dictionary between them (shard_group, in shard
+// order); the ranks of one shard hold the same latents and split each batch (data, in replica
+// order: the world itself when S = 1). Every rank must call it (it splits the world).
+struct MeshLayout {
+    int shards = 1, shard = 0, replicas = 1, replica = 0;
+    RowSlice latents;  // this rank's latents of the dictionary
+    std::unique_ptr<Comm> shard_group, replica_group;  // made when S > 1
+    Comm* data = nullptr;  // the data replicas of this shard
+};
+MeshLayout mesh_layout(Comm& world, int shards, int64_t d_sae);
 
 // Latents [begin, begin + count) of d_sae that shard s of S owns: contiguous, in shard order,
 // the first d_sae % S shards one more (d_sae need not divide).
