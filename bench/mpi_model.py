@@ -4,9 +4,9 @@
 Per rank and step: encoder product 2*m*d_in*d_sae_rank flops at R; the sparse work (selection,
 decoder, backward) c_s*m*k*d_in; the optimiser (Adam + unit-norm decoder) streams 28 bytes per
 parameter at the memory rate; the collectives as their bytes over the network (ring-like sums:
-2*(n-1)/n of the buffer each way). Latent shards are the design of docs/distributed.md, not
-built: each rank's k best per row merged (allgather, 8 bytes an entry), the decoder's partial
-sums reduced (m*d_in*4), and only the rank's 1/S of the parameters in the gradient sum.
+2*(n-1)/n of the buffer each way). Latent shards as built (docs/distributed.md):
+each rank's k best per row merged (allgather, 8 bytes an entry), the decoder's partial sums
+reduced (m*d_in*4), and only the rank's 1/S of the parameters in the gradient sum.
 Prints one row per (d_in, d_sae, nodes): the cheapest layout that fits in memory.
 Efficiency: the job's work (products, sparse work, one optimiser pass over all parameters) spread
 evenly over the nodes with no exchange, over the modelled step; no overlap of exchange and work.
@@ -56,7 +56,7 @@ def step(d_in, d_sae, nodes, shards):
 
 print(f"network {a.bw:g} GB/s, {a.rate:g} TFLOP/s and {a.mem:g} GB/s memory and {a.ram:g} GB per node, "
       + (f"global batch {a.batch}" if a.batch else f"{a.rows} rows per node") + f", k {a.k}")
-print("| d_in | d_sae | nodes | replicas only (built): ms/step, efficiency | best layout (shards x replicas) | ms/step | efficiency | GB per rank | largest part | exchange share |")
+print("| d_in | d_sae | nodes | replicas only: ms/step, efficiency | best layout (shards x replicas) | ms/step | efficiency | GB per rank | largest part | exchange share |")
 print("|---:|---:|---:|---|---|---:|---:|---:|---|---:|")
 for d_in in (768, 4096):
     for d_sae in (65536, 1 << 20, 1 << 24):

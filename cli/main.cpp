@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
         sae::comm_fail(e.what());
         return 1;
     } catch (const std::bad_alloc&) {
-        sae::comm_fail("out of memory; use a smaller data set (max_samples) or batch_size");
+        sae::comm_fail("out of memory; use a smaller data set (max_samples), batch_size or d_sae, or split the latents across processes (mpirun with latent_shards, docs/distributed.md)");
         return 1;
     } catch (const std::exception& e) {
         sae::comm_fail(e.what());

@@ -684,6 +684,8 @@ TrainSummary Run::end() {
     summary_.skipped_batches = rs_.skipped;
     if (summary_.stop_reason != "interrupted") {
         if (shards_ > 1) {  // the whole model, gathered on rank 0: the file one process writes
+            opt_.reset();  // (the checkpoint holds them: room for the whole model on rank 0)
+            std::vector<float>().swap(grad_);
             const std::vector<float> all = gather_params();
             if (writer_) model_save(out_dir_, cfg_, *whole_, all.data(), rs_.input_scale, data_.norm, comm_.size());
         } else if (writer_) {
