@@ -311,9 +311,13 @@ inline typename KeyType<T>::type order_key(T v) {
 // (share, not null): pre is then this replica's rows of a batch of share->rows, the histograms
 // are summed over the replicas, and the ties at the cut go to the replicas in rank order (their
 // rows come in that order), so the selection is the whole batch's, as one process makes it.
+// Latent shards (shards, not null): pre holds this shard's columns, the histograms are summed over
+// the shards too, and within a row the ties go to the shards in order (their columns come in that
+// order in the row), so the cut and its ties are those of the whole dictionary.
 template <class T>
 void select_batchtopk_radix(T* H, const T* pre, int64_t m, int64_t n, int64_t k, double* row_sums,
-                            const BatchShare* share = nullptr) {
+                            const BatchShare* share = nullptr, Comm* shards = nullptr) {
+    if (share && share->rows == 0) share = nullptr;
     using U = typename KeyType<T>::type;
     constexpr int kKeyBits = int(sizeof(U)) * 8, kMaxBits = 11, kBins = 1 << kMaxBits;
     U prefix = 0, mask = 0;
@@ -334,10 +338,11 @@ void select_batchtopk_radix(T* H, const T* pre, int64_t m, int64_t n, int64_t k,
 #pragma omp critical(sae_batchtopk_hist)
             for (int b = 0; b < kBins; ++b) hist[b] += local[b];
         }
-        if (share) {  // counts below 2^53: exact in double
+        if (share || shards) {  // counts below 2^53: exact in double
             double all[kBins];
             for (int b = 0; b < kBins; ++b) all[b] = double(hist[b]);
-            share->sum(all, kBins);
+            if (share) share->sum(all, kBins);
+            if (shards) shards->allreduce_sum(all, kBins, "batch statistics");
             for (int b = 0; b < kBins; ++b) hist[b] = int64_t(all[b]);
         }
         int b = int(digit);
@@ -354,18 +359,32 @@ void select_batchtopk_radix(T* H, const T* pre, int64_t m, int64_t n, int64_t k,
         for (int64_t j = 0; j < n; ++j) c += order_key(pre[i * n + j]) == cut;
         row_sums[i] = double(c);
     }
+    // Each row's ties on every shard (flattened order: row, then shard, then column).
+    const int S = shards ? shards->size() : 1, me = shards ? shards->rank() : 0;
+    std::vector<double> tie_rows;
+    if (shards) {
+        std::vector<double> mine(row_sums, row_sums + m);
+        tie_rows.resize(size_t(m * S));
+        shards->allgather(mine.data(), m * int64_t(sizeof(double)), tie_rows.data(), "batch statistics");
+    }
+    auto row_ties = [&](int s, int64_t i) { return shards ? tie_rows[size_t(s * m + i)] : row_sums[i]; };
     int64_t ties = rank;
     if (share) {  // the ties the replicas before this one take first
         std::vector<double> counts(size_t(share->size), 0.0);
-        for (int64_t i = 0; i < m; ++i) counts[size_t(share->rank)] += row_sums[i];
+        for (int64_t i = 0; i < m; ++i)
+            for (int s = 0; s < S; ++s) counts[size_t(share->rank)] += row_ties(s, i);
         share->sum(counts.data(), share->size);
         for (int r = 0; r < share->rank; ++r) ties -= int64_t(counts[size_t(r)]);
         ties = std::max<int64_t>(ties, 0);
     }
     for (int64_t i = 0; i < m; ++i) {
-        const int64_t take = std::min(ties, int64_t(row_sums[i]));
-        row_sums[i] = double(take);
-        ties -= take;
+        int64_t mine = 0;
+        for (int s = 0; s < S; ++s) {
+            const int64_t take = std::min(ties, int64_t(row_ties(s, i)));
+            if (s == me) mine = take;
+            ties -= take;
+        }
+        row_sums[i] = double(mine);
     }
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < m; ++i) {
@@ -510,7 +529,9 @@ Arch arch_parse(const std::string& name) {
 
 std::string arch_name(Arch a) { return arch_info(a).name; }
 
-bool arch_shardable(Arch a) { return a == Arch::topk || a == Arch::standard || a == Arch::jumprelu; }
+bool arch_shardable(Arch a) {
+    return a == Arch::topk || a == Arch::batchtopk || a == Arch::standard || a == Arch::jumprelu;
+}
 
 void validate(const ModernSpec& spec) {
     check(spec.d_in > 0, "d_in must be positive (the data has no features?)");
@@ -1205,8 +1226,9 @@ bool select_topk_all(Step<T>& s) {
 template <class T>
 bool select_batch(Step<T>& s) {
     if (s.batchtopk_threshold >= 0) return select_by_threshold(s, nullptr, s.batchtopk_threshold, 0.0);
-    if (s.ws.share.rows > 0) {  // data replicas: the whole batch's selection (radix, exact)
-        select_batchtopk_radix(s.ws.H.data.data(), s.pre, s.m, s.d_sae, s.spec.k, s.ws.row_sums.data(), &s.ws.share);
+    if (s.ws.share.rows > 0 || s.shards) {  // replicas, shards: the whole batch's selection (radix, exact)
+        select_batchtopk_radix(s.ws.H.data.data(), s.pre, s.m, s.d_sae, s.spec.k, s.ws.row_sums.data(), &s.ws.share,
+                               s.shards);
         lists_from_dense(s.ws.act, s.ws.H.data.data(), s.m, s.d_sae);
         return true;
     }
@@ -2091,7 +2113,7 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     // Latent shards: this spec holds d_sae of latents_total latents (k counts over all of them).
     Comm* shards = ws.shards && ws.shards->size() > 1 ? ws.shards : nullptr;
     require(!shards || (std::is_same_v<T, float> && spec.latents_total > 0 && arch_shardable(spec.arch) &&
-                        !screening_on(ws) && row.uses_k == (spec.arch == Arch::topk)),
+                        !screening_on(ws)),
             "modern_cost: latent shards need float, spec.latents_total, an architecture of arch_shardable and no screening");
     require(!row.uses_k || (spec.k >= 1 && spec.k <= (shards ? spec.latents_total : d_sae)),
             "modern_cost: k out of range; set k between 1 and d_sae");

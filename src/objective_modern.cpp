@@ -114,7 +114,7 @@ public:
     void set_latent_shard(Comm* group, int64_t begin, int64_t count) override {
         const std::string arch = arch_name(spec_.arch);
         check(arch_shardable(spec_.arch), "latent_shards > 1: architecture = \"" + arch +
-                                              "\" cannot be sharded yet (topk, standard and jumprelu can); "
+                                              "\" cannot be sharded yet (topk, batchtopk, standard and jumprelu can); "
                                               "use latent_shards = 1 (data replicas)");
         check(ws_.screen == Screen::off, "latent_shards > 1: screen = " + screen_name(ws_.screen) +
                                              " is not supported with latent shards yet; use screen = off");
@@ -138,6 +138,13 @@ public:
                 std::vector<double> all(size_t(ws_.share.size), 0.0);
                 all[size_t(ws_.share.rank)] = t;
                 ws_.share.sum(all.data(), ws_.share.size);
+                t = -1;
+                for (double v : all)
+                    if (v >= 0 && (t < 0 || v < t)) t = v;
+            }
+            if (ws_.shards && ws_.shards->size() > 1) {  // and over every shard's latents
+                std::vector<double> all(size_t(ws_.shards->size()));
+                ws_.shards->allgather(&t, sizeof t, all.data(), "batch statistics");
                 t = -1;
                 for (double v : all)
                     if (v >= 0 && (t < 0 || v < t)) t = v;

@@ -687,6 +687,7 @@ TrainSummary Run::end() {
             opt_.reset();  // (the checkpoint holds them: room for the whole model on rank 0)
             std::vector<float>().swap(grad_);
             const std::vector<float> all = gather_params();
+            whole_->set_extra_state(obj_->extra_state());  // (BatchTopK's threshold: every shard's the same)
             if (writer_) model_save(out_dir_, cfg_, *whole_, all.data(), rs_.input_scale, data_.norm, comm_.size());
         } else if (writer_) {
             model_save(out_dir_, cfg_, *obj_, params_.data(), rs_.input_scale, data_.norm, comm_.size());

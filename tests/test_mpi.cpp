@@ -350,6 +350,7 @@ TEST(Mpi, LatentShardsMatchOneProcess) {
     const std::string base = "--set data=" + data + " --set optimizer=adam --set lr=0.01 --set batch_size=50 --set epochs=3 --set log_every=4 --set d_sae=25 ";
     const std::vector<Case> archs = {
         {"topk_auxk", base + "--set architecture=topk --set k=3 --set dead_threshold_samples=100"},
+        {"batchtopk", base + "--set architecture=batchtopk --set k=3 --set dead_threshold_samples=100"},
         {"jumprelu", base + "--set architecture=jumprelu"},
         {"standard", base + "--set architecture=standard --set grad_clip_norm=0.5"},
     };
@@ -363,7 +364,7 @@ TEST(Mpi, LatentShardsMatchOneProcess) {
             EXPECT_GT(aux, 0.0);
         }
         for (auto [ranks, shards] : std::vector<std::pair<int, int>>{{2, 2}, {3, 3}, {4, 4}, {4, 2}}) {
-            if (std::string(c.name) != "topk_auxk" && ranks == 2) continue;
+            if (std::string(c.name) != "topk_auxk" && std::string(c.name) != "batchtopk" && ranks == 2) continue;
             const std::string tag = std::string(c.name) + " " + std::to_string(ranks) + " ranks, latent_shards " + std::to_string(shards);
             const std::string many = dir + "/" + c.name + "_" + std::to_string(ranks) + "_" + std::to_string(shards);
             const auto r = train(ranks, many, c.sets, "--set latent_shards=" + std::to_string(shards));
@@ -486,8 +487,8 @@ TEST(Mpi, RefusalsAreOneLine) {
     expect_one_error(train(2, dir + "/d", base + "--set architecture=batchtopk --set k=2 --set screen=bf16"),
                      "screen = bf16 with batchtopk is not supported across 2 data replicas");
     // Latent shards: what is not built for them yet.
-    expect_one_error(train(2, dir + "/e", base + "--set architecture=batchtopk --set k=2 --set latent_shards=2"),
-                     "architecture = \"batchtopk\" cannot be sharded yet");
+    expect_one_error(train(2, dir + "/e", base + "--set architecture=matryoshka_batchtopk --set k=2 --set latent_shards=2"),
+                     "architecture = \"matryoshka_batchtopk\" cannot be sharded yet");
     expect_one_error(train(2, dir + "/f", base + "--set latent_shards=2"), "the latents of a classic model cannot be sharded");
     expect_one_error(train(2, dir + "/g", base + "--set architecture=topk --set k=2 --set latent_shards=2 --set resample_dead=true"),
                      "resample_dead and resample_duplicates are not built for latent shards yet");

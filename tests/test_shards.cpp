@@ -180,23 +180,26 @@ TEST(Shards, ShardInitIsItsPartOfTheWholeInit) {
 // selections (TopK, AuxK among dead latents of every shard), the same J and, up to the order of
 // sums, each shard's slice of the whole gradient (b_dec's summed over the shards).
 TEST(Shards, ShardedCostIsTheWholeCost) {
-    auto be = sae::backend_create("onednn");
     const int64_t m = 40, d_in = 9, d_sae = 25;
     sae::Rng rng(3);
-    std::vector<float> X(static_cast<size_t>(m * d_in));
-    for (auto& v : X) v = float(rng.uniform(-1, 1));
+    std::vector<float> X0(static_cast<size_t>(m * d_in));
+    for (auto& v : X0) v = float(rng.uniform(-1, 1));
     struct Case {
         sae::Arch arch;
         int64_t block;  // TopK's encoder block (fused below m)
+        bool ties;      // latents j and j mod 7 alike, rows 2i and 2i + 1 alike: masses of exact ties
     };
-    for (const Case c : {Case{sae::Arch::topk, 0}, Case{sae::Arch::topk, 16}, Case{sae::Arch::standard, 0},
-                         Case{sae::Arch::jumprelu, 0}}) {
+    for (const Case c : {Case{sae::Arch::topk, 0, false}, Case{sae::Arch::topk, 16, false}, Case{sae::Arch::batchtopk, 0, false},
+                         Case{sae::Arch::standard, 0, false}, Case{sae::Arch::jumprelu, 0, false},
+                         Case{sae::Arch::topk, 0, true}, Case{sae::Arch::batchtopk, 0, true}}) {
+        // (ties: the plain-loop backend, whose every product entry is the same sum wherever its column sits)
+        auto be = sae::backend_create(c.ties ? "reference" : "onednn");
         sae::ModernSpec whole;
         whole.d_in = d_in;
         whole.d_sae = d_sae;
         whole.arch = c.arch;
         whole.k = 4;
-        whole.k_aux = c.arch == sae::Arch::topk ? 6 : 0;
+        whole.k_aux = sae::arch_info(c.arch).aux_k ? 6 : 0;
         whole.initial_threshold = 0.02;
         whole.bandwidth = 0.05;
         const auto L = sae::modern_layout(whole);
@@ -205,6 +208,20 @@ TEST(Shards, ShardedCostIsTheWholeCost) {
         sae::modern_init(whole, L, p.data(), r);
         for (int64_t t = 0; t < d_in; ++t) p[size_t(L.get("b_dec").offset + t)] = float(0.1 * rng.uniform(-1, 1));
         for (int64_t j = 0; j < d_sae; ++j) p[size_t(L.get("b_enc").offset + j)] = float(0.05 * rng.uniform(-1, 1));
+        std::vector<float> X = X0;
+        if (c.ties) {
+            const auto& we = L.get("W_enc");
+            const auto& wd = L.get("W_dec");
+            const auto& bb = L.get("b_enc");
+            for (int64_t j = 7; j < d_sae; ++j) {
+                for (int64_t t = 0; t < d_in; ++t) {
+                    p[size_t(we.offset + t * d_sae + j)] = p[size_t(we.offset + t * d_sae + j % 7)];
+                    p[size_t(wd.offset + j * d_in + t)] = p[size_t(wd.offset + (j % 7) * d_in + t)];
+                }
+                p[size_t(bb.offset + j)] = p[size_t(bb.offset + j % 7)];
+            }
+            for (int64_t i = 1; i < m; i += 2) std::copy(X.begin() + (i - 1) * d_in, X.begin() + i * d_in, X.begin() + i * d_in);
+        }
         std::vector<uint8_t> dead(size_t(d_sae), 0);
         for (int64_t j = 0; j < d_sae; ++j) dead[size_t(j)] = j % 3 == 0 || j > 20;  // some shards have none
         const uint8_t* dmask = whole.k_aux > 0 ? dead.data() : nullptr;
@@ -227,7 +244,8 @@ TEST(Shards, ShardedCostIsTheWholeCost) {
         for (float v : g) gmax = std::max(gmax, double(std::fabs(v)));
 
         for (int S : {2, 3}) {
-            SCOPED_TRACE("arch " + sae::arch_name(c.arch) + " block " + std::to_string(c.block) + " shards " + std::to_string(S));
+            SCOPED_TRACE("arch " + sae::arch_name(c.arch) + " block " + std::to_string(c.block) + (c.ties ? " ties" : "") +
+                         " shards " + std::to_string(S));
             std::mutex mu;
             std::set<std::pair<int64_t, int32_t>> got_act, got_aux;
             std::vector<sae::CostTerms> Js(static_cast<size_t>(S));
@@ -276,7 +294,7 @@ TEST(Shards, ShardedCostIsTheWholeCost) {
                 EXPECT_EQ(Js[size_t(s)].rec, Js[0].rec) << "every shard holds the same J";
                 for (int64_t t = 0; t < d_in; ++t) EXPECT_EQ(gb[size_t(s * d_in + t)], gb[size_t(t)]) << "b_dec's gradient, the same bits";
             }
-            if (c.arch == sae::Arch::topk) EXPECT_EQ(got_act, want_act);
+            if (sae::arch_info(c.arch).uses_k) EXPECT_EQ(got_act, want_act);
             EXPECT_EQ(got_aux, want_aux);
         }
     }
