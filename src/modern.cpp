@@ -530,7 +530,8 @@ Arch arch_parse(const std::string& name) {
 std::string arch_name(Arch a) { return arch_info(a).name; }
 
 bool arch_shardable(Arch a) {
-    return a == Arch::topk || a == Arch::batchtopk || a == Arch::standard || a == Arch::jumprelu;
+    (void)a;  // every modern architecture (the classic model is not a modern Arch)
+    return true;
 }
 
 void validate(const ModernSpec& spec) {
@@ -1329,7 +1330,8 @@ double aux_gate(Step<T>& s) {
     T* Et = ws.Eaux.data.data();
     T* dE = ws.dEaux.data.data();
     product(s.be, Trans::no, Trans::no, m, d_in, s.d_sae, ws.Haux.data.data(), s.d_sae, s.P.W_dec, d_in, T(0), Et,
-            d_in, s.P.b_dec, s.prec);
+            d_in, s.lead ? s.P.b_dec : nullptr, s.prec);
+    shards_sum(s, Et, m * d_in, "decoder reduce");  // shards: every shard's partial x̃
     return half_squared_error(s, Et, dE);
 }
 
@@ -1843,7 +1845,41 @@ double stage_decode_nested(Step<T>& s, bool sparse) {
         row_sums[i] += w[g] * row;
     };
     for (int64_t i = 0; i < m; ++i) row_sums[i] = 0;
-    if (sparse) {
+    if (s.shards) {
+        // Latent shards: each shard's part of every prefix x̂⁽ᵍ⁾ (its latents below ends[g], b_dec
+        // on the first shard) into D, summed over the shards, then the errors from the sums.
+        const int64_t b = s.spec.latent_begin;
+        for (int64_t g = 0; g < G; ++g) {
+            T* Dg = D + g * m * d_in;
+            const int64_t lo = std::clamp<int64_t>((g ? ends[g - 1] : 0) - b, 0, d_sae);
+            const int64_t hi = std::clamp<int64_t>(ends[g] - b, 0, d_sae);
+            if (g == 0) {
+                for (int64_t i = 0; i < m; ++i)
+                    for (int64_t c = 0; c < d_in; ++c) Dg[i * d_in + c] = s.lead ? b_dec[c] : T(0);
+            } else {
+                std::copy(Dg - m * d_in, Dg, Dg);
+            }
+            if (hi <= lo) continue;
+            if (sparse) {
+                const SparseRows<T>& A = s.ws.act;
+#pragma omp parallel for schedule(static) num_threads(s.nt)
+                for (int64_t i = 0; i < m; ++i)
+                    for (int64_t e = A.beg[size_t(i)]; e < A.end[size_t(i)]; ++e) {
+                        const int64_t j = A.col[size_t(e)];
+                        if (j >= lo && j < hi && A.val[size_t(e)] != T(0))
+                            axpy(Dg + i * d_in, A.val[size_t(e)], W_dec + j * d_in, d_in);
+                    }
+            } else {
+                product(s.be, Trans::no, Trans::no, m, d_in, hi - lo, s.H + lo, d_sae, W_dec + lo * d_in, d_in, T(1), Dg,
+                        d_in, nullptr, s.prec);
+            }
+        }
+        shards_sum(s, D, G * m * d_in, "decoder reduce");
+        std::copy(D + (G - 1) * m * d_in, D + G * m * d_in, Xhat);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t g = 0; g < G; ++g) error_row(g, i, D + (g * m + i) * d_in);  // (in place)
+    } else if (sparse) {
         const SparseRows<T>& A = s.ws.act;
 #pragma omp parallel for schedule(static) num_threads(s.nt)
         for (int64_t i = 0; i < m; ++i) {
@@ -1942,6 +1978,7 @@ void stage_backward_sparse(Step<T>& s, PhaseClock& clock) {
     const bool jump = arch_info(s.spec.arch).threshold == ThresholdKind::learnt;
     // Nested groups: latent j's rows of ∂J/∂x̂ are those of its group in ws.dXg.
     const bool nested = arch_info(s.spec.arch).nested;
+    const int64_t latent_begin = s.spec.latent_begin;
     const int64_t* ends = s.spec.group_ends.data();
     const T* dXg = ws.dXg.data.data();
     const double eps = s.spec.bandwidth;
@@ -1966,7 +2003,7 @@ void stage_backward_sparse(Step<T>& s, PhaseClock& clock) {
                 const T* dXj = dXhat;
                 if (nested) {
                     int64_t g = 0;
-                    while (j >= ends[g]) ++g;
+                    while (j + latent_begin >= ends[g]) ++g;  // (shards: j's place in the whole dictionary)
                     dXj = dXg + g * m * d_in;
                 }
                 const int64_t q0 = A.col_ptr[size_t(j)], q1 = A.col_ptr[size_t(j + 1)];
@@ -2036,7 +2073,11 @@ void stage_backward_dense(Step<T>& s, const ArchOps<T>& ops, const ParamLayout& 
     if (arch_info(s.spec.arch).nested) {
         const int64_t* ends = s.spec.group_ends.data();
         for (int64_t g = 0; g < int64_t(s.spec.group_ends.size()); ++g) {
-            const int64_t j0 = g ? ends[g - 1] : 0, width = ends[g] - j0;
+            // (shards: the part of group g among this shard's latents)
+            const int64_t b = s.spec.latent_begin;
+            const int64_t j0 = std::clamp<int64_t>((g ? ends[g - 1] : 0) - b, 0, d_sae);
+            const int64_t width = std::clamp<int64_t>(ends[g] - b, 0, d_sae) - j0;
+            if (width <= 0) continue;
             const T* Dg = ws.dXg.data.data() + g * m * d_in;
             product(s.be, Trans::yes, Trans::no, width, d_in, m, H + j0, d_sae, Dg, d_in, T(1), G.W_dec + j0 * d_in,
                     d_in, nullptr, s.prec);
@@ -2131,7 +2172,7 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     const auto P = tensors(layout, const_cast<T*>(params));
     require(row.threshold != ThresholdKind::learnt || P.log_threshold,
             "modern_cost: jumprelu needs log_threshold in the parameter layout");
-    require(!row.nested || (!spec.group_ends.empty() && spec.group_ends.back() == d_sae &&
+    require(!row.nested || (!spec.group_ends.empty() && spec.group_ends.back() == (shards ? spec.latents_total : d_sae) &&
                             spec.group_weights.size() == spec.group_ends.size() &&
                             ws.dXg.rows >= int64_t(spec.group_ends.size()) * m),
             "modern_cost: matryoshka needs group_ends, group_weights and a workspace reserved for them");

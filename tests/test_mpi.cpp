@@ -353,6 +353,9 @@ TEST(Mpi, LatentShardsMatchOneProcess) {
         {"batchtopk", base + "--set architecture=batchtopk --set k=3 --set dead_threshold_samples=100"},
         {"jumprelu", base + "--set architecture=jumprelu"},
         {"standard", base + "--set architecture=standard --set grad_clip_norm=0.5"},
+        {"gated", base + "--set architecture=gated"},
+        // groups of 7, 6, 12 latents: shards cut through them
+        {"matryoshka", base + "--set architecture=matryoshka_batchtopk --set k=3 --set matryoshka_groups=0.28,0.24,0.48"},
     };
     for (const auto& c : archs) {
         const std::string one = dir + "/" + c.name + "_1";
@@ -487,8 +490,6 @@ TEST(Mpi, RefusalsAreOneLine) {
     expect_one_error(train(2, dir + "/d", base + "--set architecture=batchtopk --set k=2 --set screen=bf16"),
                      "screen = bf16 with batchtopk is not supported across 2 data replicas");
     // Latent shards: what is not built for them yet.
-    expect_one_error(train(2, dir + "/e", base + "--set architecture=matryoshka_batchtopk --set k=2 --set latent_shards=2"),
-                     "architecture = \"matryoshka_batchtopk\" cannot be sharded yet");
     expect_one_error(train(2, dir + "/f", base + "--set latent_shards=2"), "the latents of a classic model cannot be sharded");
     expect_one_error(train(2, dir + "/g", base + "--set architecture=topk --set k=2 --set latent_shards=2 --set resample_dead=true"),
                      "resample_dead and resample_duplicates are not built for latent shards yet");

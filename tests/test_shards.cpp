@@ -190,7 +190,8 @@ TEST(Shards, ShardedCostIsTheWholeCost) {
         bool ties;      // latents j and j mod 7 alike, rows 2i and 2i + 1 alike: masses of exact ties
     };
     for (const Case c : {Case{sae::Arch::topk, 0, false}, Case{sae::Arch::topk, 16, false}, Case{sae::Arch::batchtopk, 0, false},
-                         Case{sae::Arch::standard, 0, false}, Case{sae::Arch::jumprelu, 0, false},
+                         Case{sae::Arch::standard, 0, false}, Case{sae::Arch::jumprelu, 0, false}, Case{sae::Arch::gated, 0, false},
+                         Case{sae::Arch::matryoshka_batchtopk, 0, false},
                          Case{sae::Arch::topk, 0, true}, Case{sae::Arch::batchtopk, 0, true}}) {
         // (ties: the plain-loop backend, whose every product entry is the same sum wherever its column sits)
         auto be = sae::backend_create(c.ties ? "reference" : "onednn");
@@ -202,17 +203,21 @@ TEST(Shards, ShardedCostIsTheWholeCost) {
         whole.k_aux = sae::arch_info(c.arch).aux_k ? 6 : 0;
         whole.initial_threshold = 0.02;
         whole.bandwidth = 0.05;
+        if (sae::arch_info(c.arch).nested) {  // groups that the shards cut through
+            whole.group_ends = {7, 13, 25};
+            whole.group_weights = {1.0, 0.5, 2.0};
+        }
         const auto L = sae::modern_layout(whole);
         std::vector<float> p(static_cast<size_t>(L.total));
         sae::Rng r(7);
         sae::modern_init(whole, L, p.data(), r);
         for (int64_t t = 0; t < d_in; ++t) p[size_t(L.get("b_dec").offset + t)] = float(0.1 * rng.uniform(-1, 1));
-        for (int64_t j = 0; j < d_sae; ++j) p[size_t(L.get("b_enc").offset + j)] = float(0.05 * rng.uniform(-1, 1));
+        for (int64_t j = 0; j < d_sae; ++j) p[size_t(L.get(sae::arch_info(c.arch).enc_bias).offset + j)] = float(0.05 * rng.uniform(-1, 1));
         std::vector<float> X = X0;
         if (c.ties) {
             const auto& we = L.get("W_enc");
             const auto& wd = L.get("W_dec");
-            const auto& bb = L.get("b_enc");
+            const auto& bb = L.get(sae::arch_info(c.arch).enc_bias);
             for (int64_t j = 7; j < d_sae; ++j) {
                 for (int64_t t = 0; t < d_in; ++t) {
                     p[size_t(we.offset + t * d_sae + j)] = p[size_t(we.offset + t * d_sae + j % 7)];
@@ -270,7 +275,8 @@ TEST(Shards, ShardedCostIsTheWholeCost) {
                 w.reserve(part, m);
                 std::vector<float> gq(static_cast<size_t>(Lp.total));
                 // A shard with no dead latent passes no mask, as the trainer does.
-                Js[size_t(s)] = sae::modern_cost<float>(*be, part, Lp, q.data(), X.data(), m, gq.data(), w,
+                auto own = sae::backend_create(c.ties ? "reference" : "onednn");  // (a backend's caches are per process)
+                Js[size_t(s)] = sae::modern_cost<float>(*own, part, Lp, q.data(), X.data(), m, gq.data(), w,
                                                         dmask && any ? mydead.data() : nullptr);
                 const auto want = shard_params(L, Lp, g, d_in, d_sae, sl.begin, sl.count);
                 for (const auto& v : Lp.views)
