@@ -31,25 +31,38 @@ public:
         if (ws_.H.rows < m) reserve(m);
         if (!training_ || !noise_.active())
             return model_cost<float>(be, spec_, cost_, layout_, params, X, m, grad, ws_);
-        // The draws depend on (seed, step, m) only; kept while those stay the same (L-BFGS
-        // evaluates the same step many times), applied afresh to whatever X is.
+        // The draws depend on (seed, step, batch rows) only; kept while those stay the same
+        // (L-BFGS evaluates the same step many times), applied afresh to whatever X is. Data
+        // replicas draw the whole batch's masks, as one process does, and take their rows' part.
         const bool corrupt = noise_.corruption != Corruption::none && noise_.level > 0;
         const bool dropout = noise_.dropout > 0;
-        if (drawn_step_ != step_ || drawn_m_ != m) {
-            Rng rng = corruption_rng(seed_, step_);
-            draw_corruption(noise_, m, d_in_, d_sae_, noise_buf_.data.data(), dropout ? drop_.data.data() : nullptr, rng);
-            drawn_step_ = step_;
-            drawn_m_ = m;
+        const int64_t M = share_rows_ > 0 ? share_rows_ : m;
+        const int64_t first = share_rows_ > 0 ? replica_rows(M, share_rank_, share_size_).begin : 0;
+        check(first + m <= M, "classic denoising: this replica's rows lie outside the batch");
+        if (noise_buf_.rows < M) {  // (replicas: room for the whole batch's draws, once)
+            noise_buf_.resize(M, d_in_);
+            drop_.resize(M, d_sae_);
         }
-        if (corrupt) apply_corruption(noise_.corruption, X, noise_buf_.data.data(), m * d_in_, Xc_.data.data());
+        if (drawn_step_ != step_ || drawn_m_ != M) {
+            Rng rng = corruption_rng(seed_, step_);
+            draw_corruption(noise_, M, d_in_, d_sae_, noise_buf_.data.data(), dropout ? drop_.data.data() : nullptr, rng);
+            drawn_step_ = step_;
+            drawn_m_ = M;
+        }
+        const float* noise = noise_buf_.data.data() + first * d_in_;
+        const float* drop = drop_.data.data() + first * d_sae_;
+        if (corrupt) apply_corruption(noise_.corruption, X, noise, m * d_in_, Xc_.data.data());
         return model_cost<float>(be, spec_, cost_, layout_, params, X, m, grad, ws_, corrupt ? Xc_.data.data() : nullptr,
-                                 dropout ? drop_.data.data() : nullptr);
+                                 dropout ? drop : nullptr);
     }
     void set_training(bool training) override { training_ = training; }
     void set_step(int64_t step) override { step_ = step; }
-    void set_batch_share(int64_t rows, int, int, std::function<void(double*, int64_t)> sum) override {
+    void set_batch_share(int64_t rows, int rank, int size, std::function<void(double*, int64_t)> sum) override {
         ws_.share_rows = rows;
         ws_.share_sum = std::move(sum);
+        share_rows_ = rows;
+        share_rank_ = rank;
+        share_size_ = size;
     }
     const float* hidden() const override { return ws_.H.data.data(); }
     const float* reconstruction() const override { return ws_.Xhat.data.data(); }
@@ -95,6 +108,8 @@ private:
     Workspace<float> ws_;
     bool training_ = true;
     int64_t step_ = 0, drawn_step_ = -1, drawn_m_ = -1;
+    int64_t share_rows_ = 0;  // data replicas: the whole batch's rows (set_batch_share), 0 = none
+    int share_rank_ = 0, share_size_ = 1;
     Matrix<float> Xc_, noise_buf_, drop_;  // [m, d_in] corrupted batch and its draws, [m, d_sae] dropout
 };
 

@@ -549,7 +549,11 @@ Run::Run(const Config& settings, const std::string& out_dir, const std::string& 
     if (shards_ > 1) {
         whole_ = std::move(obj_);
         obj_ = objective_create(cfg_, data_.X.cols);
-        obj_->set_latent_shard(shard_group_, latents_.begin, latents_.count);
+        try {
+            obj_->set_latent_shard(shard_group_, latents_.begin, latents_.count);
+        } catch (const Error& e) {
+            throw Error((label_.empty() ? "" : "variant '" + label_ + "': ") + e.what());
+        }
     }
     n_ = obj_->layout().total;
     d_sae_ = obj_->d_sae();
@@ -581,8 +585,6 @@ void Run::check_layout() {
               who + "latent_shards > 1: resample_dead and resample_duplicates are not built for latent shards yet; "
                     "turn them off (AuxK still revives dead latents) or use latent_shards = 1");
     }
-    check(!(arch == "classic" && (cfg_.corruption != "none" || cfg_.dropout > 0)),
-          who + "denoising (corruption, dropout) draws its masks per batch, which data replicas do not share yet; train it in one process");
 }
 
 // Parameters initialised (or restored from the checkpoint), cfg.json, metrics.jsonl opened.

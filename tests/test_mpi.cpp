@@ -78,6 +78,9 @@ std::vector<Case> cases(const std::string& data) {
         // a selection over the whole batch: replicas merge their histograms and ties
         {"batchtopk", base + "--set architecture=batchtopk --set k=3 --set d_sae=24"},
         {"matryoshka_batchtopk", base + "--set architecture=matryoshka_batchtopk --set k=3 --set d_sae=24"},
+        // denoising: every replica draws the whole batch's masks and takes its rows'
+        {"classic_denoise", base + "--set d_sae=6 --set beta=3 --set corruption=masking --set corruption_level=0.3 --set dropout=0.2"},
+        {"classic_gaussian", base + "--set d_sae=6 --set beta=3 --set corruption=gaussian --set corruption_level=0.1"},
     };
 }
 
@@ -136,17 +139,20 @@ TEST(Mpi, LbfgsFollowsOneProcess) {
     REQUIRE_MPI();
     const std::string dir = sae_test::temp_dir("mpi_lbfgs");
     const std::string data = sae_test::two_blob_npy(dir, 250, 12);
-    const std::string sets = "--set data=" + data + " --set optimizer=lbfgs --set max_iterations=5 --set d_sae=6 --set beta=3";
-    ASSERT_EQ(train(1, dir + "/one", sets).exit_code, 0);
-    for (int ranks : {2, 3}) {
-        const std::string many = dir + "/r" + std::to_string(ranks);
-        const auto r = train(ranks, many, sets);
-        ASSERT_EQ(r.exit_code, 0) << r.err;
-        EXPECT_LT(max_rel_diff(dir + "/one", many), 1e-5) << ranks;
-        const auto m1 = sae_test::read_jsonl(dir + "/one/metrics.jsonl"), mn = sae_test::read_jsonl(many + "/metrics.jsonl");
-        ASSERT_EQ(m1.size(), mn.size());
-        for (size_t i = 0; i < m1.size(); ++i)
-            EXPECT_NEAR(m1[i]["J_total"].get<double>(), mn[i]["J_total"].get<double>(), 1e-6 * m1[i]["J_total"].get<double>());
+    // (and denoising: one corruption of the whole set, each replica its rows' part of it)
+    for (const std::string extra : {"", " --set corruption=masking --set corruption_level=0.2"}) {
+        const std::string sets = "--set data=" + data + " --set optimizer=lbfgs --set max_iterations=5 --set d_sae=6 --set beta=3" + extra;
+        ASSERT_EQ(train(1, dir + "/one", sets).exit_code, 0);
+        for (int ranks : {2, 3}) {
+            const std::string many = dir + "/r" + std::to_string(ranks);
+            const auto r = train(ranks, many, sets);
+            ASSERT_EQ(r.exit_code, 0) << r.err;
+            EXPECT_LT(max_rel_diff(dir + "/one", many), 1e-5) << ranks << extra;
+            const auto m1 = sae_test::read_jsonl(dir + "/one/metrics.jsonl"), mn = sae_test::read_jsonl(many + "/metrics.jsonl");
+            ASSERT_EQ(m1.size(), mn.size());
+            for (size_t i = 0; i < m1.size(); ++i)
+                EXPECT_NEAR(m1[i]["J_total"].get<double>(), mn[i]["J_total"].get<double>(), 1e-6 * m1[i]["J_total"].get<double>()) << extra;
+        }
     }
     std::filesystem::remove_all(dir);
 }
@@ -274,8 +280,8 @@ TEST(Mpi, VariantsAreSeparateJobs) {
         EXPECT_EQ(sae_test::read_bytes(dir + "/multi/" + name + "/model.safetensors"),
                   sae_test::read_bytes(dir + "/late/" + name + "/model.safetensors")) << name;
     // A variant's refusal under mpirun names the variant.
-    expect_one_error(train(2, dir + "/bad", sets, "--variant name=a --variant name=noisy,architecture=classic,corruption=gaussian"),
-                     "variant 'noisy': denoising (corruption, dropout)");
+    expect_one_error(train(2, dir + "/bad", sets, "--set latent_shards=2 --variant name=a --variant name=kl,architecture=classic,d_sae=6"),
+                     "variant 'kl': latent_shards > 1: the latents of a classic model cannot be sharded");
     std::filesystem::remove_all(dir);
 }
 
@@ -484,7 +490,6 @@ TEST(Mpi, RefusalsAreOneLine) {
     const std::string dir = sae_test::temp_dir("mpi_refuse");
     const std::string data = sae_test::two_blob_npy(dir, 250, 12);
     const std::string base = "--set data=" + data + " --set optimizer=adam --set d_sae=8 ";
-    expect_one_error(train(2, dir + "/a", base + "--set corruption=gaussian"), "denoising (corruption, dropout) draws its masks per batch");
     expect_one_error(train(2, dir + "/b", base + "--set latent_shards=3"), "does not divide the 2 ranks");
     expect_one_error(train(3, dir + "/c", base + "--set batch_size=248"), "fewer than the 3 data replicas");
     expect_one_error(train(2, dir + "/d", base + "--set architecture=batchtopk --set k=2 --set screen=bf16"),
