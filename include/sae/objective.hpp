@@ -57,7 +57,7 @@ public:
     // Data replicas (train.cpp): the next cost() gets replica `rank`'s (of `size`) slice of a
     // batch of `rows` rows, and what the cost needs of the whole batch (the classic ρ̂, BatchTopK's
     // selection and threshold) is summed over the replicas with sum(buf [n], n). rows = 0: no
-    // split. (The trainer refuses replicas for denoising, whose masks are drawn per batch.)
+    // split. (Denoising draws the whole batch's masks and takes this replica's rows' part.)
     virtual void set_batch_share(int64_t rows, int rank, int size, std::function<void(double*, int64_t)> sum) {}
     // Latent shards (train.cpp, under mpirun): from now on this objective is latents
     // [begin, begin + count) of its dictionary, shard group->rank() of group->size(), meeting the
