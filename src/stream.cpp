@@ -99,7 +99,8 @@ struct StreamSource::Impl {
     size_t max_item = 0;
     uint64_t page = 4096;
 
-    std::unique_ptr<float[]> buf;     // [slots, d]
+    std::unique_ptr<float[]> buf;     // [slots, d] (never touched in ids-only use: next_part)
+    bool ids_only = false;            // next_part() was used: the buffer holds ids alone
     std::unique_ptr<int64_t[]> ids;   // [slots]
     std::unique_ptr<char[]> scratch;  // one row in file bytes (seek only)
     int64_t fill = 0;                 // valid slots
@@ -248,14 +249,15 @@ struct StreamSource::Impl {
         ++emitted;
     }
 
-    // Same draws as emit(), on ids only.
-    void skip() {
+    // Same draws as emit(), on ids only; returns the emitted sample's id.
+    int64_t skip() {
         if (emitted == N) start_epoch(epoch + 1);
         if (fill == 0) {
             for (int64_t i = 0; i < slots; ++i) ids[i] = next_id();
             fill = slots;
         }
         const int64_t j = int64_t(rng.below(uint64_t(fill)));
+        const int64_t out = ids[j];
         if (read < N) {
             ids[j] = next_id();
         } else {
@@ -263,18 +265,22 @@ struct StreamSource::Impl {
             ids[j] = ids[fill];
         }
         ++emitted;
+        return out;
     }
 
     // Reads the data of the fill slots from their ids, in file order, with pread.
-    void materialise() {
-        std::vector<int64_t> order(static_cast<size_t>(fill));
-        for (int64_t i = 0; i < fill; ++i) order[size_t(i)] = i;
-        std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+    void materialise() { read_rows(ids.get(), fill, buf.get()); }
+
+    // Rows with global indices id[0..n) into out [n, d], read in file order with pread.
+    void read_rows(const int64_t* row_ids, int64_t n, float* out) {
+        std::vector<int64_t> order(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) order[size_t(i)] = i;
+        std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return row_ids[a] < row_ids[b]; });
         int fd = -1;
         size_t fd_shard = 0;
         try {
             for (int64_t slot : order) {
-                const int64_t id = ids[slot];
+                const int64_t id = row_ids[slot];
                 const size_t s = size_t(std::upper_bound(shards.begin(), shards.end(), id,
                                                          [](int64_t v, const StreamShard& sh) { return v < sh.first_row; }) -
                                         shards.begin()) - 1;
@@ -294,7 +300,7 @@ struct StreamSource::Impl {
                                                   "); the shard changed after the stream was opened");
                     got += size_t(n);
                 }
-                to_f32(scratch.get(), buf.get() + slot * d, sh.dtype, d);
+                to_f32(scratch.get(), out + slot * d, sh.dtype, d);
             }
         } catch (...) {
             if (fd >= 0) ::close(fd);
@@ -383,7 +389,27 @@ void StreamSource::next_batch(float* out, int64_t m, int64_t* ids) {
     check(m >= 0, "stream: batch size " + std::to_string(m) + " is negative");
     check(m == 0 || out != nullptr, "stream: next_batch needs an output buffer");
     Impl& s = *p_;
+    check(!s.ids_only, "stream: next_batch after next_part; use one of them per stream");
     for (int64_t i = 0; i < m; ++i) s.emit(out + i * s.d, ids ? ids + i : nullptr);
+}
+
+void StreamSource::next_part(float* out, int64_t m, int64_t begin, int64_t count, int64_t* ids) {
+    check(m >= 0 && begin >= 0 && count >= 0 && begin + count <= m,
+          "stream: rows [" + std::to_string(begin) + ", " + std::to_string(begin + count) + ") are not a part of a batch of " +
+              std::to_string(m));
+    check(ids != nullptr && (count == 0 || out != nullptr), "stream: next_part needs ids [m] and an output buffer");
+    Impl& s = *p_;
+    check(s.ids_only || (s.emitted == 0 && s.fill == 0) || s.emitted == s.N,
+          "stream: next_part after next_batch in the same epoch; use one of them per stream");
+    s.ids_only = true;
+    for (int64_t i = 0; i < m; ++i) ids[i] = s.skip();
+    s.read_rows(ids + begin, count, out + begin * s.d);
+}
+
+void StreamSource::set_ids_only() {
+    Impl& s = *p_;
+    check(s.ids_only || (s.emitted == 0 && s.fill == 0), "stream: set_ids_only on a stream already emitting data");
+    s.ids_only = true;
 }
 
 void StreamSource::seek(uint64_t epoch, int64_t position) {
@@ -394,7 +420,7 @@ void StreamSource::seek(uint64_t epoch, int64_t position) {
     s.start_epoch(epoch);
     if (position == 0) return;
     for (int64_t i = 0; i < position; ++i) s.skip();
-    s.materialise();
+    if (!s.ids_only) s.materialise();
 }
 
 std::string StreamSource::state() const {

@@ -486,7 +486,7 @@ private:
     std::unique_ptr<Objective> whole_;  // shards: the whole model (cfg.json, model.safetensors)
     RowSlice mine_;           // this replica's rows of the current batch
     bool agreed_stop_ = false;
-    std::vector<float> scratch_;
+    std::vector<float> scratch_, xrows_;
     std::string out_dir_, label_, ckpt_path_, metrics_path_, cfg_json_;
     Stream& data_;
     Progress& bar_;
@@ -775,6 +775,13 @@ void Trainer::minibatch() {
     show_layout(data_->batches->batch_size());
     // Resumed, the stream restarts where the variant furthest behind stopped; the others wait
     // until it reaches their step.
+    // Data replicas of a stream each read only their rows of every batch.
+    const Comm& world = comm_world();
+    const int replicas = world.size() / int(cfg_.latent_shards);
+    if (replicas > 1 && batches.streamed() && !batches.external()) {
+        const RowSlice part = replica_rows(batches.batch_size(), world.rank() / int(cfg_.latent_shards), replicas);
+        batches.set_part(part.begin, part.count);
+    }
     const Run& behind = **std::min_element(runs_.begin(), runs_.end(), [](auto& a, auto& b) { return a->steps() < b->steps(); });
     step_ = behind.steps();
     if (behind.resumed()) batches.set_state(behind.stream_position());
@@ -1037,11 +1044,16 @@ void Run::resample(int64_t m) {
     // Deterministic: the draw depends on (seed, step) only.
     Rng rrng(uint64_t(cfg_.seed) * 0x2545f4914f6cdd1dULL + uint64_t(rs_.step));
     const float* Xhat = obj_->reconstruction();
-    if (comm_.size() > 1) {  // every replica draws from the whole batch, alike
-        replicas_gather_rows(comm_, Xhat, m, d_in_, scratch_);
+    const float* X = data_.Xb.data.data();
+    if (rep_->size() > 1) {  // every replica draws from the whole batch, alike
+        replicas_gather_rows(*rep_, Xhat, m, d_in_, scratch_);
         Xhat = scratch_.data();
+        if (data_.batches->streamed()) {  // (each replica read only its rows of a stream)
+            replicas_gather_rows(*rep_, X + mine_.begin * d_in_, m, d_in_, xrows_);
+            X = xrows_.data();
+        }
     }
-    rs_.resampled += resample_latents(obj_->layout(), params_.data(), *opt_, data_.Xb.data.data(), Xhat, m, redo, rs_, rrng);
+    rs_.resampled += resample_latents(obj_->layout(), params_.data(), *opt_, X, Xhat, m, redo, rs_, rrng);
 }
 
 // ---- full-batch L-BFGS: for each iteration, iterate (cost and line search) → log → checkpoint ----

@@ -92,8 +92,9 @@ public:
     }
     int64_t next(float* Xb) override {
         const int64_t d = stream_.d_in();
-        stream_.next_batch(Xb, B_, ids_.data());
-        for (int64_t i = 0; i < B_; ++i)
+        if (part_) stream_.next_part(Xb, B_, begin_, count_, ids_.data());
+        else stream_.next_batch(Xb, B_, ids_.data());
+        for (int64_t i = part_ ? begin_ : 0; i < (part_ ? begin_ + count_ : B_); ++i)
             for (int64_t k = 0; k < d; ++k) {
                 float& x = Xb[i * d + k];
                 if (!std::isfinite(x))  // (not check(): its message would be built for every value)
@@ -111,9 +112,18 @@ public:
     std::string state() const override { return stream_.state(); }
     void set_state(const std::string& s) override { stream_.set_state(s); }
     void set_input_scale(double s) override { scale_ = s; }
+    void set_part(int64_t begin, int64_t count) override {
+        check(begin >= 0 && count >= 1 && begin + count <= B_, "stream: a replica's rows lie outside the batch");
+        part_ = true;
+        begin_ = begin;
+        count_ = count;
+        stream_.set_ids_only();
+    }
 
 private:
     StreamSource stream_;
+    bool part_ = false;
+    int64_t begin_ = 0, count_ = 0;
     std::string name_;
     int64_t N_ = 0, B_ = 0, total_ = 0;
     std::vector<int64_t> ids_;

@@ -40,6 +40,10 @@ public:
     virtual std::string state() const { return ""; }    // the position after the last batch
     virtual void set_state(const std::string&) {}
     virtual void set_input_scale(double) {}             // streamed: applied to every batch
+    // This process needs only rows [begin, begin + count) of each batch (a data replica): a
+    // stream of shards then reads only those (the others hold no data); memory: no change.
+    // Call before the first batch and before set_state().
+    virtual void set_part(int64_t begin, int64_t count) {}
 };
 
 // In memory: epoch e is a Fisher–Yates permutation from (seed, e); ceil(N/B) batches per epoch,

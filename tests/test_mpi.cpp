@@ -81,6 +81,9 @@ std::vector<Case> cases(const std::string& data) {
         // denoising: every replica draws the whole batch's masks and takes its rows'
         {"classic_denoise", base + "--set d_sae=6 --set beta=3 --set corruption=masking --set corruption_level=0.3 --set dropout=0.2"},
         {"classic_gaussian", base + "--set d_sae=6 --set beta=3 --set corruption=gaussian --set corruption_level=0.1"},
+        // streamed, each replica reading only its rows; resampling gathers the batch's rows
+        {"topk_streamed_resample", base + "--set architecture=topk --set k=2 --set d_sae=24 --set shuffle_buffer=64 "
+                                          "--set dead_threshold_samples=100 --set resample_dead=true"},
     };
 }
 
@@ -170,6 +173,13 @@ TEST(Mpi, ResumeSameBitsAndLayoutChecked) {
     const auto ck = sae::safetensors_read(dir + "/parts/checkpoint.safetensors");
     EXPECT_EQ(ck.metadata.at("ranks"), "2");
     EXPECT_EQ(ck.metadata.at("latent_shards"), "1");
+    // Streamed (each replica reading its rows only): the same.
+    const std::string streamed = sets + " --set shuffle_buffer=64";
+    ASSERT_EQ(train(2, dir + "/swhole", streamed).exit_code, 0);
+    ASSERT_EQ(train(2, dir + "/sparts", streamed, "--set epochs=1").exit_code, 0);
+    const auto rs = train(2, dir + "/sparts", streamed, "--resume");
+    ASSERT_EQ(rs.exit_code, 0) << rs.err;
+    EXPECT_EQ(sae_test::read_bytes(dir + "/swhole/model.safetensors"), sae_test::read_bytes(dir + "/sparts/model.safetensors"));
     // Another layout: refused with one line.
     for (int ranks : {1, 3}) {
         const auto bad = train(ranks, dir + "/parts", sets, "--resume");

@@ -422,6 +422,61 @@ TEST(Stream, RestoreGivesTheSameFollowingBatches) {
     sae_test::expect_error_line([&] { a.seek(0, N + 1); }, "stream", {"position 734", "733 samples"});
 }
 
+// A data replica's view (next_part): the same ids as the whole stream and the same values in its
+// rows of each batch, across the fill, the drain and epochs, and after a restore; the others'
+// rows are not written; mixing the two uses is refused.
+TEST(Stream, PartReadsItsRowsOfTheSameBatches) {
+    Dir fs;
+    fs.put("a.npy", shard_bytes(Dt::f32, 0, 400, 4));
+    fs.put("b.npy", shard_bytes(Dt::f16, 400, 333, 4));
+    StreamOptions o;
+    o.pattern = fs.dir + "/*.npy";
+    o.buffer_samples = 100;
+    o.block_samples = 24;
+    o.seed = 42;
+    const int64_t B = 64, d = 4;
+    for (auto [begin, count] : std::vector<std::pair<int64_t, int64_t>>{{0, 22}, {22, 21}, {43, 21}}) {
+        SCOPED_TRACE("rows " + std::to_string(begin) + " +" + std::to_string(count));
+        StreamSource whole(o), part(o);
+        std::vector<float> xw(size_t(B * d)), xp(size_t(B * d), -7.0f);
+        std::vector<int64_t> iw(static_cast<size_t>(B)), ip(static_cast<size_t>(B));
+        std::string at;
+        for (int batch = 0; batch < 30; ++batch) {  // 1920 samples: two epochs and a half
+            whole.next_batch(xw.data(), B, iw.data());
+            part.next_part(xp.data(), B, begin, count, ip.data());
+            ASSERT_EQ(ip, iw) << batch;
+            for (int64_t i = 0; i < B; ++i)
+                for (int64_t k = 0; k < d; ++k) {
+                    const float v = xp[size_t(i * d + k)];
+                    if (i >= begin && i < begin + count) ASSERT_EQ(v, xw[size_t(i * d + k)]) << batch << " " << i;
+                    else ASSERT_EQ(v, -7.0f) << "another replica's row was written";
+                }
+            if (batch == 17) at = part.state();
+        }
+        EXPECT_EQ(part.state(), whole.state());
+        // Restored (ids only, nothing read for the buffer): the same following batches.
+        StreamSource again(o), ref(o);
+        again.set_ids_only();
+        again.set_state(at);
+        ref.set_state(at);
+        for (int batch = 0; batch < 5; ++batch) {
+            ref.next_batch(xw.data(), B, iw.data());
+            again.next_part(xp.data(), B, begin, count, ip.data());
+            ASSERT_EQ(ip, iw);
+            ASSERT_EQ(std::memcmp(xp.data() + begin * d, xw.data() + begin * d, size_t(count * d) * sizeof(float)), 0);
+        }
+        EXPECT_NE(sae_test::error_of([&] { again.next_batch(xw.data(), B); }).find("next_batch after next_part"), std::string::npos);
+    }
+    StreamSource used(o);
+    std::vector<float> x(size_t(B * d));
+    std::vector<int64_t> ids(static_cast<size_t>(B));
+    used.next_batch(x.data(), 10);
+    EXPECT_NE(sae_test::error_of([&] { used.next_part(x.data(), B, 0, 4, ids.data()); }).find("next_part after next_batch"),
+              std::string::npos);
+    EXPECT_NE(sae_test::error_of([&] { StreamSource(o).next_part(x.data(), B, 60, 5, ids.data()); }).find("not a part"),
+              std::string::npos);
+}
+
 // ---------------------------------------------------------------- bad input
 
 TEST(Stream, BadInputsNameTheFile) {

@@ -86,6 +86,15 @@ public:
     // their global indices (shard first_row + row in shard) to ids[0..m). Continues into the next
     // epoch when this one ends.
     void next_batch(float* out, int64_t m, int64_t* ids = nullptr);
+    // The same m samples' ids (ids [m], required), but only rows [begin, begin + count) of them
+    // are read, into the same rows of out [m, d_in] (the others are left as they are): the
+    // buffer then holds ids alone (its data pages are never touched) and each of those rows is
+    // read from its shard when emitted (pread, in file order per call), so data replicas each
+    // read only their part of every batch. A stream uses either next_batch or next_part; the
+    // ids and rows are those next_batch would give.
+    void next_part(float* out, int64_t m, int64_t begin, int64_t count, int64_t* ids);
+    // Declares ids-only use before a set_state()/seek() (which then skips reading the buffer).
+    void set_ids_only();
 
     uint64_t epoch() const;    // counting from 0
     int64_t position() const;  // samples emitted in the current epoch, 0..num_samples()
