@@ -38,6 +38,10 @@
 // its next block is mapped (a file cut under an open mapping raises SIGBUS: do not modify shards
 // during training).
 //
+// Ids only (next_part, for data replicas): the buffer's draws run on sample ids and each caller's
+// rows are read when emitted, so the buffer's data pages are never touched; the bound above
+// still holds (it then overstates the buffer).
+//
 // No allocation per batch. Not thread-safe: use one StreamSource per thread.
 #pragma once
 #include <cstdint>
