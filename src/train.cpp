@@ -252,9 +252,11 @@ std::string metrics_line(int64_t step, double epoch, const CostTerms& J, const S
 // norm of the other encoder columns) · x/‖x‖, its encoder biases 0 (b_enc; gated: b_gate, b_mag
 // and r_mag, so the magnitude path's scale is exp(0) = 1), and those entries of every
 // optimiser moment are zeroed; its samples-since-fired count restarts. Returns the number of
-// latents re-initialised.
+// latents re-initialised. Latent shards (shards, not null): params are this shard's; the mean
+// norm is over every shard's other columns, and the draws are those of one process (the draws
+// of the latents of the shards before this one skipped), so every latent gets what it would.
 int64_t resample_latents(const ParamLayout& L, float* params, Optimizer& opt, const float* X, const float* Xhat,
-                         int64_t m, const std::vector<uint8_t>& redo, RunState& rs, Rng& rng) {
+                         int64_t m, const std::vector<uint8_t>& redo, RunState& rs, Rng& rng, Comm* shards = nullptr) {
     const auto& we = L.get("W_enc");
     const int64_t d_in = we.shape[0], d_sae = we.shape[1];
     std::vector<double> cum(static_cast<size_t>(m));
@@ -278,6 +280,20 @@ int64_t resample_latents(const ParamLayout& L, float* params, Optimizer& opt, co
         for (int64_t k = 0; k < d_in; ++k) s += double(W_enc[k * d_sae + j]) * W_enc[k * d_sae + j];
         live_norm += std::sqrt(s);
         ++live;
+    }
+    if (shards) {
+        double both[2] = {live_norm, double(live)};
+        shards->allreduce_sum(both, 2, "resampling");
+        live_norm = both[0];
+        live = int64_t(both[1]);
+        if (total > 0) {  // one uniform per latent redone, in latent order
+            double mine = 0;
+            for (int64_t j = 0; j < d_sae; ++j) mine += redo[size_t(j)] != 0;
+            std::vector<double> each(size_t(shards->size()));
+            shards->allgather(&mine, sizeof mine, each.data(), "resampling");
+            for (int s = 0; s < shards->rank(); ++s)
+                for (int64_t t = 0; t < int64_t(each[size_t(s)]); ++t) rng.uniform();
+        }
     }
     const double enc_scale = 0.2 * (live ? live_norm / double(live) : 1.0);
     auto moments = opt.state();
@@ -581,9 +597,9 @@ void Run::check_layout() {
     if (shards_ > 1) {
         check(cfg_.optimizer != "lbfgs", who + "latent_shards > 1 with optimizer = \"lbfgs\": L-BFGS's line search needs "
                                                "the whole parameter vector in one process; use adam, sgd or rmsprop, or latent_shards = 1");
-        check(!cfg_.resample_dead && cfg_.resample_duplicates <= 0,
-              who + "latent_shards > 1: resample_dead and resample_duplicates are not built for latent shards yet; "
-                    "turn them off (AuxK still revives dead latents) or use latent_shards = 1");
+        check(cfg_.resample_duplicates <= 0,
+              who + "latent_shards > 1: resample_duplicates (which compares every pair of decoder rows) is not built for "
+                    "latent shards yet; turn it off (resample_dead works) or use latent_shards = 1");
     }
 }
 
@@ -1053,7 +1069,13 @@ void Run::resample(int64_t m) {
             X = xrows_.data();
         }
     }
-    rs_.resampled += resample_latents(obj_->layout(), params_.data(), *opt_, X, Xhat, m, redo, rs_, rrng);
+    int64_t done = resample_latents(obj_->layout(), params_.data(), *opt_, X, Xhat, m, redo, rs_, rrng, shard_group_);
+    if (shard_group_) {  // every shard's count
+        double all = double(done);
+        shard_group_->allreduce_sum(&all, 1, "resampling");
+        done = int64_t(all);
+    }
+    rs_.resampled += done;
 }
 
 // ---- full-batch L-BFGS: for each iteration, iterate (cost and line search) → log → checkpoint ----

@@ -366,6 +366,7 @@ TEST(Mpi, LatentShardsMatchOneProcess) {
     const std::string base = "--set data=" + data + " --set optimizer=adam --set lr=0.01 --set batch_size=50 --set epochs=3 --set log_every=4 --set d_sae=25 ";
     const std::vector<Case> archs = {
         {"topk_auxk", base + "--set architecture=topk --set k=3 --set dead_threshold_samples=100"},
+        {"topk_resample", base + "--set architecture=topk --set k=2 --set dead_threshold_samples=100 --set resample_dead=true"},
         {"batchtopk", base + "--set architecture=batchtopk --set k=3 --set dead_threshold_samples=100"},
         {"jumprelu", base + "--set architecture=jumprelu"},
         {"standard", base + "--set architecture=standard --set grad_clip_norm=0.5"},
@@ -377,6 +378,7 @@ TEST(Mpi, LatentShardsMatchOneProcess) {
         const std::string one = dir + "/" + c.name + "_1";
         ASSERT_EQ(train(1, one, c.sets).exit_code, 0) << c.name;
         const auto m1 = sae_test::read_jsonl(one + "/metrics.jsonl");
+        if (std::string(c.name) == "topk_resample") EXPECT_GT(m1.back()["resampled_latents"].get<int64_t>(), 0);
         if (std::string(c.name) == "topk_auxk") {  // AuxK ran: dead latents on some shards
             double aux = 0;
             for (const auto& l : m1) aux = std::max(aux, l["J_aux"].get<double>());
@@ -400,6 +402,7 @@ TEST(Mpi, LatentShardsMatchOneProcess) {
                 EXPECT_NEAR(m1[i]["l0"].get<double>(), mn[i]["l0"].get<double>(), 1e-9) << tag;
                 EXPECT_NEAR(m1[i]["fvu"].get<double>(), mn[i]["fvu"].get<double>(), 1e-4) << tag;
                 EXPECT_EQ(m1[i]["dead_fraction_threshold"], mn[i]["dead_fraction_threshold"]) << tag;
+                EXPECT_EQ(m1[i]["resampled_latents"], mn[i]["resampled_latents"]) << tag;
                 EXPECT_EQ(m1[i]["density_log10_hist"]["counts"], mn[i]["density_log10_hist"]["counts"]) << tag;
                 EXPECT_NEAR(m1[i]["J_total"].get<double>(), mn[i]["J_total"].get<double>(), 1e-5 * m1[i]["J_total"].get<double>()) << tag;
             }
@@ -506,8 +509,8 @@ TEST(Mpi, RefusalsAreOneLine) {
                      "screen = bf16 with batchtopk is not supported across 2 data replicas");
     // Latent shards: what is not built for them yet.
     expect_one_error(train(2, dir + "/f", base + "--set latent_shards=2"), "the latents of a classic model cannot be sharded");
-    expect_one_error(train(2, dir + "/g", base + "--set architecture=topk --set k=2 --set latent_shards=2 --set resample_dead=true"),
-                     "resample_dead and resample_duplicates are not built for latent shards yet");
+    expect_one_error(train(2, dir + "/g", base + "--set architecture=topk --set k=2 --set latent_shards=2 --set resample_duplicates=0.9"),
+                     "resample_duplicates (which compares every pair of decoder rows) is not built for latent shards yet");
     expect_one_error(train(2, dir + "/h", base + "--set architecture=topk --set k=2 --set latent_shards=2 --set screen=fp32"),
                      "screen = fp32 is not supported with latent shards yet");
     expect_one_error(train(3, dir + "/i", base + "--set architecture=topk --set k=2 --set d_sae=2 --set latent_shards=3"),
