@@ -6,6 +6,7 @@
 #include <cstring>
 #include <dnnl.hpp>
 
+#include "bf16.hpp"
 #include "sae/error.hpp"
 
 // Hot loops are compiled for AVX-512 and AVX2 too, picked at load time by the CPU (GCC
@@ -27,22 +28,9 @@ std::string precision_name(Precision p) { return p == Precision::bf16 ? "bf16" :
 
 namespace {
 
-inline uint32_t bits_of(float x) {
-    uint32_t u;
-    std::memcpy(&u, &x, 4);
-    return u;
-}
-inline float float_of(uint32_t u) {
-    float x;
-    std::memcpy(&x, &u, 4);
-    return x;
-}
-// Branch-free so the loops below vectorise: NaN keeps its sign and gets the quiet bit.
-inline uint16_t to_bf16_bits(uint32_t u) {
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    const uint32_t nan = (u >> 16) | 0x40u;
-    return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
-}
+using bf16::bits_of;
+using bf16::float_of;
+inline uint16_t to_bf16_bits(uint32_t u) { return bf16::to_bits(u); }
 
 SAE_SIMD_CLONES
 void round_rows_bits(const float* src, int64_t rows, int64_t cols, int64_t ld, uint16_t* dst) {

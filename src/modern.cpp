@@ -1,4 +1,6 @@
 #include "sae/modern.hpp"
+
+#include "bf16.hpp"
 #include "sae/shards.hpp"
 #include "screen_kernels.hpp"
 
@@ -1480,21 +1482,33 @@ inline double screen_prepare(Step<float>& s, const ScreenBound& bound) {
     float* wt = ws.screen_wt.data();
     float* wn = ws.screen_wn.data();
     float* cb = ws.screen_cb.data();
-#pragma omp parallel for schedule(static) num_threads(s.nt)
+    const bool rounded = ws.screen == Screen::bf16;
+    uint16_t* wb = rounded ? ws.w_bf16.data() : nullptr;  // W_enc rounded, in the same pass
+    double rho = 0;  // bf16: the columns' largest relative rounding (screen_row_factor)
+#pragma omp parallel for schedule(static) num_threads(s.nt) reduction(max : rho)
     for (int64_t j0 = 0; j0 < n; j0 += 64) {
         const int64_t j1 = std::min(n, j0 + 64);
         for (int64_t c = 0; c < d_in; ++c)
-            for (int64_t j = j0; j < j1; ++j) wt[j * d_in + c] = W[c * n + j];
+            for (int64_t j = j0; j < j1; ++j) {
+                const float v = W[c * n + j];
+                wt[j * d_in + c] = v;
+                if (rounded) wb[c * n + j] = bf16::round(v);
+            }
         for (int64_t j = j0; j < j1; ++j) {
-            double q = 0;
-            for (int64_t c = 0; c < d_in; ++c) q += double(wt[j * d_in + c]) * double(wt[j * d_in + c]);
+            double q = 0, qd = 0;
+            if (rounded) {
+                q = screen_column_sq(wt + j * d_in, d_in, &qd);
+                if (q > 0) rho = std::max(rho, std::sqrt(qd / q));
+            } else {
+                for (int64_t c = 0; c < d_in; ++c) q += double(wt[j * d_in + c]) * double(wt[j * d_in + c]);
+            }
             wn[j] = screen_up(std::sqrt(q));
             cb[j] = screen_up(bound.coef_b * std::fabs(double(b[j])));
         }
     }
+    ws.screen_rho = rho;
     double wn_max = 0;
     for (int64_t j = 0; j < n; ++j) wn_max = std::max(wn_max, double(wn[j]));
-    if (ws.screen == Screen::bf16) round_to_bf16(W, d_in, n, n, ws.w_bf16.data());
     return wn_max;
 }
 
@@ -1551,10 +1565,8 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
             for (int64_t i = r0; i < r0 + rows; ++i) {
                 const float* x = s.xin + i * d_in;
                 const float* srow = s.pre + (i - r0) * n;
-                double q = 0;
-                for (int64_t c = 0; c < d_in; ++c) q += double(x[c]) * double(x[c]);
-                const double xn = std::sqrt(q);
-                const float alpha = screen_up(bound.coef_s * xn);
+                double xn = 0;
+                const float alpha = screen_up(screen_row_factor(ws.screen, x, d_in, ws.screen_rho, &xn));
                 const float tau = screen_up(bound.tau_scale * (2.0 * double(d_in) + 4 + 2 * sqrt_n * (xn + wn_max)));
                 bool all = !(std::isfinite(alpha) && std::isfinite(tau)) || !screen_lower(srow, wn, cb, alpha, tau, n, lo);
                 int64_t nc = 0, na = 0;
@@ -1681,10 +1693,8 @@ inline void stage_encoder_screened(Step<float>& s) {
     // The row's bound: e_j = alpha·wn[j] + (cb[j] + tau); false when it is not finite.
     auto row_bound = [&](int64_t i, float& alpha, float& tau) {
         const float* x = s.xin + i * d_in;
-        double q = 0;
-        for (int64_t c = 0; c < d_in; ++c) q += double(x[c]) * double(x[c]);
-        const double xn = std::sqrt(q);
-        alpha = screen_up(bound.coef_s * xn);
+        double xn = 0;
+        alpha = screen_up(screen_row_factor(ws.screen, x, d_in, ws.screen_rho, &xn));
         tau = screen_up(bound.tau_scale * (2.0 * double(d_in) + 4 + 2 * sqrt_n * (xn + wn_max)));
         return std::isfinite(alpha) && std::isfinite(tau);
     };

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bf16.hpp"
 #include "sae/modern.hpp"
 #include "screen_kernels.hpp"
 
@@ -174,6 +175,54 @@ int64_t screen_candidates_each(const float* s, const float* wn, const float* cb,
 // with Σ|x̃||w̃| ≤ (1 + u_b)²·Σ|x||w| and Σ|x||w| ≤ ‖x‖·‖w‖. 8u more on both terms covers the
 // float rounding of s ± e in the passes; tau covers underflow and flush-to-zero (≤ 2⁻¹²⁶ per
 // operation, denormal inputs read as 0: ≤ 2⁻¹²⁶·|other factor|), for both paths, doubled.
+namespace {
+// v rounded to bf16 where v is a normal float; a subnormal v as it is (what the bf16 product
+// makes of those — read as zero, or rounded — is within the bound's underflow term τ).
+inline double bf16_normal(float v) {
+    return std::fabs(v) < std::numeric_limits<float>::min() ? double(v) : double(bf16::value(bf16::round(v)));
+}
+}  // namespace
+
+double screen_row_factor(Screen sc, const float* x, int64_t n, double rho, double* xn) {
+    const ScreenBound B = screen_bound(sc, n);
+    double q = 0, qt = 0, qd = 0;
+    for (int64_t c = 0; c < n; ++c) {
+        q += double(x[c]) * double(x[c]);
+        if (sc == Screen::bf16) {
+            const double t = bf16_normal(x[c]), dx = double(x[c]) - t;
+            qt += t * t;
+            qd += dx * dx;
+        }
+    }
+    *xn = std::sqrt(q);
+    if (sc != Screen::bf16) return B.coef_s * *xn;
+    const double u = std::ldexp(1.0, -24), nu = double(n + 2) * u, g = nu / (1 - nu);
+    const double xt = std::sqrt(qt), xd = std::sqrt(qd);
+    return g * ((1 + rho) * xt + *xn) + rho * xt + (1 + 2 * rho) * xd + 8 * u * *xn;
+}
+
+double screen_column_sq(const float* w, int64_t d, double* resid) {
+    double q = 0, qd = 0;
+    for (int64_t c = 0; c < d; ++c) {
+        const double v = double(w[c]), e = v - bf16_normal(w[c]);
+        q += v * v;
+        qd += e * e;
+    }
+    *resid = qd;
+    return q;
+}
+
+double screen_rho(const float* Wt, int64_t n, int64_t d) {
+    double rho = 0;
+#pragma omp parallel for schedule(static) reduction(max : rho)
+    for (int64_t j = 0; j < n; ++j) {
+        double qd = 0;
+        const double q = screen_column_sq(Wt + j * d, d, &qd);
+        if (q > 0) rho = std::max(rho, std::sqrt(qd / q));
+    }
+    return rho;
+}
+
 ScreenBound screen_bound(Screen sc, int64_t n) {
     const double u = std::ldexp(1.0, -24), ub = sc == Screen::bf16 ? std::ldexp(1.0, -8) : 0.0;
     const double nu = double(n + 2) * u;
