@@ -737,6 +737,7 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     screen_cb.resize(screening ? size_t(d_sae) : 0);
     screen_col.resize(screening ? size_t(threads * 2 * d_sae) : 0);
     if (screening && screen == Screen::bf16) w_bf16.resize(size_t(d_in * d_sae));
+    screen_src.clear();  // the buffers above may have been remade: the next call prepares afresh
     iscratch.resize(row.lists ? size_t(threads * d_sae) : 0);
     const bool bt = row.threshold == ThresholdKind::batch;  // the batch selection's candidates
     const int64_t groups = bt ? (8 * spec.k <= d_sae ? 4 * spec.k : d_sae) : 0;
@@ -1054,6 +1055,7 @@ struct Step {
     T* bias_grad = nullptr;  // Σᵢ ∂J/∂preᵢ [d_sae]: the encoder bias's gradient (gated: ws.bias_sum)
     Comm* shards = nullptr;  // latent shards (ws.shards, when more than one)
     bool lead = true;        // the first shard (or no shards): adds b_dec to x̂ and Σ dXhat to b_dec's gradient
+    bool inference = false;  // no gradient asked (encode, eval): screening may keep its preparation
 };
 
 // Latent shards: buf [n] summed over every shard (every shard gets the same bits).
@@ -1479,6 +1481,12 @@ inline double screen_prepare(Step<float>& s, const ScreenBound& bound) {
     const int64_t d_in = s.d_in, n = s.d_sae;
     const float* W = s.P.W_enc;
     const float* b = s.P.b_enc;
+    // Inference: the last preparation still holds if W_enc and b_enc are unchanged, bit for bit.
+    const size_t src_len = size_t(d_in * n + n);
+    if (s.inference && ws.screen_src.size() == src_len &&
+        std::memcmp(ws.screen_src.data(), W, size_t(d_in * n) * sizeof(float)) == 0 &&
+        std::memcmp(ws.screen_src.data() + d_in * n, b, size_t(n) * sizeof(float)) == 0)
+        return ws.screen_wn_max;
     float* wt = ws.screen_wt.data();
     float* wn = ws.screen_wn.data();
     float* cb = ws.screen_cb.data();
@@ -1509,6 +1517,14 @@ inline double screen_prepare(Step<float>& s, const ScreenBound& bound) {
     ws.screen_rho = rho;
     double wn_max = 0;
     for (int64_t j = 0; j < n; ++j) wn_max = std::max(wn_max, double(wn[j]));
+    ws.screen_wn_max = wn_max;
+    if (s.inference) {  // (the copy's room is taken once, at the first inference call)
+        ws.screen_src.resize(src_len);
+        std::copy(W, W + d_in * n, ws.screen_src.begin());
+        std::copy(b, b + n, ws.screen_src.begin() + d_in * n);
+    } else if (!ws.screen_src.empty()) {
+        std::vector<float>().swap(ws.screen_src);
+    }
     return wn_max;
 }
 
@@ -2214,6 +2230,7 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
     s.write_h = ws.dense_h || !s.want_sparse;
     s.shards = shards;
     s.lead = !shards || shards->rank() == 0;
+    s.inference = grad == nullptr;
 
     PhaseClock clock{ws.profile, ws.profile_ms};
     stage_input(s);

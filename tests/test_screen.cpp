@@ -327,6 +327,44 @@ TEST(Screen, TrainingIsBitIdenticalBetweenScreeningProducts) {
     }
 }
 
+// Inference keeps the screening's preparation (W_enc transposed, norms, bf16 copy) across calls
+// only while W_enc and b_enc are unchanged: parameters changed in place, under the same pointer,
+// are prepared afresh.
+TEST(Screen, EncodeReusesItsPreparationOnlyForTheSameParameters) {
+    auto be = backend_create("onednn");
+    Case c = make_case(0, 40, 512, 6, 300, false, 77);
+    Config cfg;
+    cfg.architecture = "topk";
+    cfg.d_sae = c.spec.d_sae;
+    cfg.k = c.spec.k;
+    cfg.optimizer = "adam";
+    cfg.screen = "bf16";
+    config_validate(cfg);
+    auto obj = objective_create(cfg, c.spec.d_in);
+    std::vector<float> P = c.params, H(size_t(c.m * c.spec.d_sae));
+    auto same_as_definition = [&](const Case& k) {
+        const Lists ref = reference(k);
+        int64_t wrong = 0;
+        for (int64_t i = 0; i < k.m; ++i) {
+            std::vector<float> want(size_t(k.spec.d_sae), 0.0f);
+            for (const auto& [j, v] : ref.act[size_t(i)]) want[size_t(j)] = v;
+            for (int64_t j = 0; j < k.spec.d_sae; ++j) wrong += bits(H[size_t(i * k.spec.d_sae + j)]) != bits(want[size_t(j)]);
+        }
+        return wrong;
+    };
+    for (int pass = 0; pass < 2; ++pass) {  // the second pass reuses the preparation
+        encode(*be, *obj, P.data(), c.X.data(), c.m, c.spec.d_in, H.data(), 4096);
+        EXPECT_EQ(same_as_definition(c), 0) << pass;
+    }
+    const auto& we = c.layout.get("W_enc");
+    for (int64_t r = 0; r < c.spec.d_in; ++r) {  // latent 5 made to fire everywhere, in place
+        P[size_t(we.offset + r * c.spec.d_sae + 5)] *= 40.0f;
+        c.params[size_t(we.offset + r * c.spec.d_sae + 5)] *= 40.0f;
+    }
+    encode(*be, *obj, P.data(), c.X.data(), c.m, c.spec.d_in, H.data(), 4096);
+    EXPECT_EQ(same_as_definition(c), 0);
+}
+
 // encode / eval of a TopK model with screening: the dense codes are the definition's (columns and
 // value bits, zero elsewhere) for either screening product, in chunks that split the batch and the
 // encoder blocks; screen = off is today's oneDNN path.

@@ -240,6 +240,11 @@ struct ModernWorkspace {
     std::vector<int32_t> screen_col;  // per-thread candidate columns [threads · 2 · d_sae]
     std::vector<float> screen_thr;    // screening jumprelu: the largest float ≤ θ_j − ε [d_sae]
     double screen_rho = 0;            // bf16 screening: this step's ρ (screen_row_factor)
+    // Inference (no gradient: encode, eval in chunks): the preparation above is kept while W_enc
+    // and b_enc are bit for bit those it was made from (a copy of them, compared on each call);
+    // a call with a gradient (training) always prepares afresh and drops the copy.
+    std::vector<float> screen_src;  // [d_in · d_sae + d_sae] when kept
+    double screen_wn_max = 0;
     ScreenStats screen_stats;
     std::vector<T> scratch;       // per-thread selection and tile buffers [threads · per_thread]
     std::vector<int32_t> iscratch;  // per-thread index buffers [threads · d_sae]
