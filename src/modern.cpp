@@ -706,8 +706,9 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     const bool aux_buffers = with_aux || row.gate;
     Haux.resize(aux_buffers && !lists_only ? max_m : 0, d_sae);
     if (lists_only) Haux.data.shrink_to_fit();
-    // bf16 lists-only TopK: W_enc rounded once per step for all encoder blocks.
-    w_bf16.resize(std::is_same_v<T, float> && lists_only && precision == Precision::bf16 ? size_t(d_in * d_sae) : 0);
+    // bf16 lists-only TopK: W_enc rounded once per step for all encoder blocks (and bf16
+    // screening, below). Sized once here, so an unchanged size keeps the contents.
+    const size_t prepared = w_bf16.size() + screen_wt.size() + screen_wn.size() + screen_cb.size();
     Eaux.resize(aux_buffers ? max_m : 0, d_in);
     dEaux.resize(aux_buffers ? max_m : 0, d_in);
     mag.resize(row.gate ? max_m : 0, d_sae);
@@ -736,8 +737,11 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     screen_wn.resize(screening ? size_t(d_sae) : 0);
     screen_cb.resize(screening ? size_t(d_sae) : 0);
     screen_col.resize(screening ? size_t(threads * 2 * d_sae) : 0);
-    if (screening && screen == Screen::bf16) w_bf16.resize(size_t(d_in * d_sae));
-    screen_src.clear();  // the buffers above may have been remade: the next call prepares afresh
+    const bool rounded = std::is_same_v<T, float> &&
+                         ((lists_only && precision == Precision::bf16) || (screening && screen == Screen::bf16));
+    w_bf16.resize(rounded ? size_t(d_in * d_sae) : 0);
+    // The screening's preparation, kept for inference, holds only while its buffers are the same.
+    if (w_bf16.size() + screen_wt.size() + screen_wn.size() + screen_cb.size() != prepared) screen_src.clear();
     iscratch.resize(row.lists ? size_t(threads * d_sae) : 0);
     const bool bt = row.threshold == ThresholdKind::batch;  // the batch selection's candidates
     const int64_t groups = bt ? (8 * spec.k <= d_sae ? 4 * spec.k : d_sae) : 0;

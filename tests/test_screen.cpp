@@ -356,10 +356,16 @@ TEST(Screen, EncodeReusesItsPreparationOnlyForTheSameParameters) {
         encode(*be, *obj, P.data(), c.X.data(), c.m, c.spec.d_in, H.data(), 4096);
         EXPECT_EQ(same_as_definition(c), 0) << pass;
     }
+    // The latent kept most often, its encoder column negated in place: it stops firing.
+    std::vector<int64_t> count(size_t(c.spec.d_sae), 0);
+    for (const auto& row : reference(c).act)
+        for (const auto& [j, v] : row) ++count[size_t(j)];
+    const int64_t top = std::max_element(count.begin(), count.end()) - count.begin();
+    ASSERT_GT(count[size_t(top)], 10);
     const auto& we = c.layout.get("W_enc");
-    for (int64_t r = 0; r < c.spec.d_in; ++r) {  // latent 5 made to fire everywhere, in place
-        P[size_t(we.offset + r * c.spec.d_sae + 5)] *= 40.0f;
-        c.params[size_t(we.offset + r * c.spec.d_sae + 5)] *= 40.0f;
+    for (int64_t r = 0; r < c.spec.d_in; ++r) {
+        P[size_t(we.offset + r * c.spec.d_sae + top)] *= -1.0f;
+        c.params[size_t(we.offset + r * c.spec.d_sae + top)] *= -1.0f;
     }
     encode(*be, *obj, P.data(), c.X.data(), c.m, c.spec.d_in, H.data(), 4096);
     EXPECT_EQ(same_as_definition(c), 0);
