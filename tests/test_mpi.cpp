@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sae/io.hpp"
@@ -55,6 +56,31 @@ void expect_one_error(const sae_test::CommandResult& r, const std::string& needl
     ASSERT_NE(at, std::string::npos) << r.err;
     EXPECT_NE(r.err.substr(at, r.err.find('\n', at) - at).find(needle), std::string::npos) << r.err;
     EXPECT_EQ(r.err.find("sae: error: ", at + 1), std::string::npos) << "more than one message:\n" << r.err;
+}
+
+// `sae train` on `ranks` ranks, into out, until `file` (in out) appears; then SIGKILL to the last
+// rank mpirun started (its children are the ranks). Returns mpirun's exit code and the
+// milliseconds from the kill to mpirun's end (a watchdog kills mpirun after 30 s).
+std::pair<int, int> kill_a_rank(const std::string& dir, int ranks, const std::string& out, const std::string& sets,
+                                const std::string& file) {
+    const std::string script =
+        "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + kMpiexec + " --oversubscribe -np " + std::to_string(ranks) +
+        " " + sae_test::sae_binary() + " train --out " + out + " --set threads=1 " + sets + " >" + dir + "/log 2>&1 & MP=$!\n"
+        "for i in $(seq 300); do [ -f " + out + "/" + file + " ] && break; sleep 0.1; done\n"
+        "sleep 0.5\n"
+        "V=$(pgrep -P $MP | tail -n 1)\n"
+        "[ -n \"$V\" ] || { echo no-rank; kill -9 $MP; exit 3; }\n"
+        "kill -9 $V; T0=$(date +%s%N)\n"
+        "( sleep 30; kill -9 $MP 2>/dev/null ) & W=$!\n"
+        "wait $MP; RC=$?; T1=$(date +%s%N); kill $W 2>/dev/null\n"
+        "echo rc=$RC ms=$(( (T1 - T0) / 1000000 ))\n";
+    sae_test::write_bytes(dir + "/kill.sh", script);
+    const auto r = run("bash " + dir + "/kill.sh");
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    const size_t rc = r.out.find("rc="), ms = r.out.find("ms=");
+    EXPECT_TRUE(rc != std::string::npos && ms != std::string::npos) << r.out;
+    if (rc == std::string::npos || ms == std::string::npos) return {0, 1 << 30};
+    return {std::stoi(r.out.substr(rc + 3)), std::stoi(r.out.substr(ms + 3))};
 }
 
 nlohmann::json cfg_json(const std::string& dir) { return nlohmann::json::parse(sae_test::read_bytes(dir + "/cfg.json")); }
@@ -214,25 +240,9 @@ TEST(Mpi, KilledRankEndsTheJob) {
     const std::string data = sae_test::two_blob_npy(dir, 250, 12);
     const std::string sets = cases(data)[1].sets + " --set epochs=1000000 --set checkpoint_every=20";
     const std::string out = dir + "/out";
-    const std::string mpirun = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + kMpiexec + " --oversubscribe -np 3 ";
-    // The victim: the last rank mpirun started (its children are the ranks).
-    const std::string script =
-        mpirun + sae_test::sae_binary() + " train --out " + out + " --set threads=1 " + sets + " >" + dir + "/log 2>&1 & MP=$!\n"
-        "for i in $(seq 300); do [ -f " + out + "/checkpoint.safetensors ] && break; sleep 0.1; done\n"
-        "sleep 0.5\n"
-        "V=$(pgrep -P $MP | tail -n 1)\n"
-        "[ -n \"$V\" ] || { echo no-rank; kill -9 $MP; exit 3; }\n"
-        "kill -9 $V; T0=$(date +%s%N)\n"
-        "( sleep 30; kill -9 $MP 2>/dev/null ) & W=$!\n"
-        "wait $MP; RC=$?; T1=$(date +%s%N); kill $W 2>/dev/null\n"
-        "echo rc=$RC ms=$(( (T1 - T0) / 1000000 ))\n";
-    sae_test::write_bytes(dir + "/kill.sh", script);
-    const auto r = run("bash " + dir + "/kill.sh");
-    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-    const size_t rc = r.out.find("rc="), ms = r.out.find("ms=");
-    ASSERT_TRUE(rc != std::string::npos && ms != std::string::npos) << r.out;
-    EXPECT_NE(std::stoi(r.out.substr(rc + 3)), 0) << r.out;
-    EXPECT_LT(std::stoi(r.out.substr(ms + 3)), 20000) << "the job outlived its killed rank by " << r.out;
+    const auto [rc, ms] = kill_a_rank(dir, 3, out, sets, "checkpoint.safetensors");
+    EXPECT_NE(rc, 0);
+    EXPECT_LT(ms, 20000) << "the job outlived its killed rank by " << ms << " ms";
     // The checkpoint: complete, and a run of the same layout resumes from it.
     const auto ck = sae::safetensors_read(out + "/checkpoint.safetensors");
     const int64_t step = std::stoll(ck.metadata.at("step"));
@@ -466,24 +476,9 @@ TEST(Mpi, KilledShardRankLeavesACompleteCheckpoint) {
     const std::string sets = "--set data=" + data + " --set optimizer=adam --set batch_size=50 --set architecture=topk --set k=3 "
                              "--set d_sae=25 --set latent_shards=3 --set epochs=1000000 --set checkpoint_every=20";
     const std::string out = dir + "/out";
-    const std::string script =
-        "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + kMpiexec + " --oversubscribe -np 3 " + sae_test::sae_binary() +
-        " train --out " + out + " --set threads=1 " + sets + " >" + dir + "/log 2>&1 & MP=$!\n"
-        "for i in $(seq 300); do [ -f " + out + "/checkpoint.json ] && break; sleep 0.1; done\n"
-        "sleep 0.5\n"
-        "V=$(pgrep -P $MP | tail -n 1)\n"
-        "[ -n \"$V\" ] || { echo no-rank; kill -9 $MP; exit 3; }\n"
-        "kill -9 $V; T0=$(date +%s%N)\n"
-        "( sleep 30; kill -9 $MP 2>/dev/null ) & W=$!\n"
-        "wait $MP; RC=$?; T1=$(date +%s%N); kill $W 2>/dev/null\n"
-        "echo rc=$RC ms=$(( (T1 - T0) / 1000000 ))\n";
-    sae_test::write_bytes(dir + "/kill.sh", script);
-    const auto r = run("bash " + dir + "/kill.sh");
-    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-    const size_t rc = r.out.find("rc="), ms = r.out.find("ms=");
-    ASSERT_TRUE(rc != std::string::npos && ms != std::string::npos) << r.out;
-    EXPECT_NE(std::stoi(r.out.substr(rc + 3)), 0) << r.out;
-    EXPECT_LT(std::stoi(r.out.substr(ms + 3)), 20000) << "the job outlived its killed rank by " << r.out;
+    const auto [rc, ms] = kill_a_rank(dir, 3, out, sets, "checkpoint.json");
+    EXPECT_NE(rc, 0);
+    EXPECT_LT(ms, 20000) << "the job outlived its killed rank by " << ms << " ms";
     const auto manifest = nlohmann::json::parse(sae_test::read_bytes(out + "/checkpoint.json"));
     const int64_t step = manifest["step"];
     EXPECT_GE(step, 20);
