@@ -274,6 +274,7 @@ void add_bench(CLI::App& app) {
             sae::modern_cost<float>(*be, spec, L, params.data(), X.row(0), B, grad.data(), ws);
             const sae::ScreenStats& st = ws.screen_stats;
             screen["mode"] = cfg.screen;
+            screen["product"] = sae::screen_name(ws.screen_product);  // fp32 where the CPU lacks bf16
             screen["rows"] = st.rows;
             screen["candidates_per_row"] = st.rows ? double(st.candidates) / double(st.rows) : 0.0;
             screen["fallback_rows"] = st.fallback_rows;

@@ -732,13 +732,15 @@ void ModernWorkspace<T>::reserve(const ModernSpec& spec, int64_t max_m) {
     // candidate lists per thread (TopK, AuxK).
     const bool screening = std::is_same_v<T, float> && screen != Screen::off &&
                            (lists_only || spec.arch == Arch::batchtopk || spec.arch == Arch::jumprelu);
+    // bf16 screening on a CPU without bf16 instructions takes the fp32 product: the same bits.
+    screen_product = screen == Screen::bf16 && !screen_bf16_native() ? Screen::fp32 : screen;
     screen_thr.resize(screening && spec.arch == Arch::jumprelu ? size_t(d_sae) : 0);
     screen_wt.resize(screening ? size_t(d_in * d_sae) : 0);
     screen_wn.resize(screening ? size_t(d_sae) : 0);
     screen_cb.resize(screening ? size_t(d_sae) : 0);
     screen_col.resize(screening ? size_t(threads * 2 * d_sae) : 0);
     const bool rounded = std::is_same_v<T, float> &&
-                         ((lists_only && precision == Precision::bf16) || (screening && screen == Screen::bf16));
+                         ((lists_only && precision == Precision::bf16) || (screening && screen_product == Screen::bf16));
     w_bf16.resize(rounded ? size_t(d_in * d_sae) : 0);
     // The screening's preparation, kept for inference, holds only while its buffers are the same.
     if (w_bf16.size() + screen_wt.size() + screen_wn.size() + screen_cb.size() != prepared) screen_src.clear();
@@ -1494,7 +1496,7 @@ inline double screen_prepare(Step<float>& s, const ScreenBound& bound) {
     float* wt = ws.screen_wt.data();
     float* wn = ws.screen_wn.data();
     float* cb = ws.screen_cb.data();
-    const bool rounded = ws.screen == Screen::bf16;
+    const bool rounded = ws.screen_product == Screen::bf16;
     uint16_t* wb = rounded ? ws.w_bf16.data() : nullptr;  // W_enc rounded, in the same pass
     double rho = 0;  // bf16: the columns' largest relative rounding (screen_row_factor)
 #pragma omp parallel for schedule(static) num_threads(s.nt) reduction(max : rho)
@@ -1546,9 +1548,9 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
     ModernWorkspace<float>& ws = s.ws;
     const int64_t m = s.m, d_in = s.d_in, n = s.d_sae, k = s.spec.k;
     require(int64_t(ws.screen_wt.size()) >= d_in * n && int64_t(ws.screen_col.size()) >= 2 * ws.threads * n &&
-                s.nt <= ws.threads && (ws.screen == Screen::fp32 || int64_t(ws.w_bf16.size()) >= d_in * n),
+                s.nt <= ws.threads && (ws.screen_product == Screen::fp32 || int64_t(ws.w_bf16.size()) >= d_in * n),
             "modern_cost: workspace not reserved for screening");
-    const ScreenBound bound = screen_bound(ws.screen, d_in);
+    const ScreenBound bound = screen_bound(ws.screen_product, d_in);
     const float* W = s.P.W_enc;
     const float* b = s.P.b_enc;
     const float* wt = ws.screen_wt.data();
@@ -1564,7 +1566,7 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
     int64_t st_cand = 0, st_fall = 0, st_aux = 0;
     for (int64_t r0 = 0; r0 < m; r0 += blk) {
         const int64_t rows = std::min(blk, m - r0);
-        if (ws.screen == Screen::bf16)
+        if (ws.screen_product == Screen::bf16)
             s.be.gemm_bf16_b(Trans::no, rows, n, d_in, s.xin + r0 * d_in, d_in, ws.w_bf16.data(), 0.0f, s.pre, n, b);
         else
             product(s.be, Trans::no, Trans::no, rows, n, d_in, s.xin + r0 * d_in, d_in, W, n, 0.0f, s.pre, n, b,
@@ -1586,7 +1588,7 @@ inline void stage_encode_select_screened(Step<float>& s, PhaseClock& clock, int6
                 const float* x = s.xin + i * d_in;
                 const float* srow = s.pre + (i - r0) * n;
                 double xn = 0;
-                const float alpha = screen_up(screen_row_factor(ws.screen, x, d_in, ws.screen_rho, &xn));
+                const float alpha = screen_up(screen_row_factor(ws.screen_product, x, d_in, ws.screen_rho, &xn));
                 const float tau = screen_up(bound.tau_scale * (2.0 * double(d_in) + 4 + 2 * sqrt_n * (xn + wn_max)));
                 bool all = !(std::isfinite(alpha) && std::isfinite(tau)) || !screen_lower(srow, wn, cb, alpha, tau, n, lo);
                 int64_t nc = 0, na = 0;
@@ -1690,18 +1692,18 @@ inline void stage_encoder_screened(Step<float>& s) {
     const int64_t k = s.spec.k, G = 8 * k <= n ? 4 * k : n;
     require(int64_t(ws.screen_wt.size()) >= d_in * n && int64_t(ws.screen_col.size()) >= 2 * ws.threads * n &&
                 s.nt <= ws.threads && ws.pre.rows >= m &&
-                (ws.screen == Screen::fp32 || int64_t(ws.w_bf16.size()) >= d_in * n) &&
+                (ws.screen_product == Screen::fp32 || int64_t(ws.w_bf16.size()) >= d_in * n) &&
                 (!jump || int64_t(ws.screen_thr.size()) == n) && (!batch || int64_t(ws.cand_tmp.size()) >= m * G) &&
                 ws.per_thread >= 3 * n,
             "modern_cost: workspace not reserved for screening");
-    const ScreenBound bound = screen_bound(ws.screen, d_in);
+    const ScreenBound bound = screen_bound(ws.screen_product, d_in);
     const float* b = s.P.b_enc;
     const float* wt = ws.screen_wt.data();
     const float* wn = ws.screen_wn.data();
     const float* cb = ws.screen_cb.data();
     const double wn_max = screen_prepare(s, bound);
     float* pre = s.pre;
-    if (ws.screen == Screen::bf16)
+    if (ws.screen_product == Screen::bf16)
         s.be.gemm_bf16_b(Trans::no, m, n, d_in, s.xin, d_in, ws.w_bf16.data(), 0.0f, pre, n, b);
     else
         product(s.be, Trans::no, Trans::no, m, n, d_in, s.xin, d_in, s.P.W_enc, n, 0.0f, pre, n, b, Precision::f32);
@@ -1714,7 +1716,7 @@ inline void stage_encoder_screened(Step<float>& s) {
     auto row_bound = [&](int64_t i, float& alpha, float& tau) {
         const float* x = s.xin + i * d_in;
         double xn = 0;
-        alpha = screen_up(screen_row_factor(ws.screen, x, d_in, ws.screen_rho, &xn));
+        alpha = screen_up(screen_row_factor(ws.screen_product, x, d_in, ws.screen_rho, &xn));
         tau = screen_up(bound.tau_scale * (2.0 * double(d_in) + 4 + 2 * sqrt_n * (xn + wn_max)));
         return std::isfinite(alpha) && std::isfinite(tau);
     };

@@ -2,6 +2,7 @@
 // product, and the two vector passes of the screened selection (docs/performance.md). Built with
 // -ffp-contract=off (CMakeLists.txt): no FMA contraction, so every clone gives the same bits.
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -221,6 +222,16 @@ double screen_rho(const float* Wt, int64_t n, int64_t d) {
         if (q > 0) rho = std::max(rho, std::sqrt(qd / q));
     }
     return rho;
+}
+
+bool screen_bf16_native() {
+#if defined(__GNUC__) && defined(__x86_64__)
+    static const bool native = std::getenv("SAE_NO_BF16") == nullptr &&
+                               (__builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16"));
+    return native;
+#else
+    return false;
+#endif
 }
 
 ScreenBound screen_bound(Screen sc, int64_t n) {

@@ -699,6 +699,16 @@ TEST(Screen, TrainWritesTheSameModelWithEitherScreeningProduct) {
     }
     EXPECT_FALSE(models[0].empty());
     EXPECT_EQ(models[0], models[1]);
+    // A CPU without bf16 instructions (SAE_NO_BF16 says so): bf16 screening takes the fp32
+    // product, and the same bytes come out.
+    {
+        const std::string out = dir + "/r_nobf16";
+        const CommandResult r = run("SAE_NO_BF16=1 " + sae + " train --set data=" + dir + "/d/data.npy --set architecture=topk" +
+                                    " --set d_sae=128 --set k=4 --set batch_size=100 --set epochs=2 --set threads=2 --set optimizer=adam" +
+                                    " --set screen=bf16 --out " + out);
+        ASSERT_EQ(r.exit_code, 0) << r.err;
+        EXPECT_EQ(read_bytes(out + "/model.safetensors"), models[1]);
+    }
     // oneDNN's values differ from screen_dot's in low bits, so the unscreened run differs: the
     // screened runs did screen (minibatch training keeps lists only; L-BFGS does not screen).
     EXPECT_NE(models[0], models[2]);

@@ -152,6 +152,10 @@ struct ScreenBound {
     double coef_s, coef_b, tau_scale;
 };
 ScreenBound screen_bound(Screen s, int64_t n);
+// Whether bf16 screening takes oneDNN's bf16 product: the CPU has AVX512_BF16 or AMX-BF16 and
+// the environment variable SAE_NO_BF16 is not set. Otherwise it takes the fp32 product, which
+// gives the same bits (both screen to the same definition), at the fp32 product's speed.
+bool screen_bf16_native();
 // The factor of ‖w_j‖ in a row's bound (coef_s·‖x‖ above is its loose form), for the row x [n];
 // *xn = ‖x‖. fp32: coef_s·‖x‖. bf16, with x̃ = bf16(x) and δx = x − x̃ (both exact in float),
 // ρ = the largest ‖w_j − bf16(w_j)‖/‖w_j‖ over the columns (screen_rho) and γ the summation
@@ -217,6 +221,8 @@ struct ModernWorkspace {
     int64_t encoder_block = 256;
     Screen screen = Screen::off;  // float: screened selection (see Screen): lists-only TopK,
                                   // BatchTopK (training and inference), JumpReLU
+    Screen screen_product = Screen::off;  // the cheap product used (set by reserve): screen, or
+                                          // fp32 for bf16 where the CPU lacks bf16 instructions
 
     Matrix<T> xin;    // [m, d_in] encoder input x − b_dec
     Matrix<T> pre;    // [m, d_sae]
