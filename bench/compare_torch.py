@@ -8,7 +8,7 @@ calls and refuses to report a ratio against the reference one. Build build/sae f
 
 Usage:
     /usr/bin/python3 bench/compare_torch.py [--sae build/sae] [--rounds 3] [--threads 2]
-                                            [--only classic,topk,topk_bf16] [--json out.json]
+                                            [--only classic,topk,topk_bf16,topk_screen] [--json out.json]
 
 Configurations (docs/performance.md):
   classic    784 -> 196 -> 784 sigmoid autoencoder, KL sparsity (rho 0.1, beta 3), weight decay
@@ -19,6 +19,8 @@ Configurations (docs/performance.md):
              dense decoder.
   topk_bf16  the same with dtype = bf16 (sae) and CPU autocast to bfloat16 (PyTorch); weights
              and optimiser state fp32 in both.
+  topk_screen  topk with screen = bf16 (sae: fp32-exact selections and values through a bf16
+             screening product) against PyTorch's fp32 topk step.
 
 Each round runs `sae bench` then a PyTorch worker (a fresh process: `--worker NAME`), so both see
 the same machine state; the table gives medians over rounds, the ratio of samples/s, and the
@@ -42,6 +44,9 @@ CONFIGS = {
     "classic": (["bench/classic.toml", "--d-in", "784"], "classic", 300, 40),
     "topk": (["bench/topk.toml", "--d-in", "768"], "topk", 12, 3),
     "topk_bf16": (["bench/topk.toml", "--d-in", "768", "--set", "dtype=bf16"], "topk_bf16", 12, 3),
+    # fp32-exact screened TopK against PyTorch's fp32 step (screening changes no selection or value
+    # of the fp32 definition, so the fp32 peer is the honest one)
+    "topk_screen": (["bench/topk.toml", "--d-in", "768", "--set", "screen=bf16"], "topk", 12, 3),
 }
 
 
