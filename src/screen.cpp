@@ -105,6 +105,62 @@ __attribute__((target("avx512f"))) int64_t screen_candidates_avx512(const float*
         if (s[j] + (alpha * wn[j] + (cb[j] + tau)) >= thr) out[c++] = int32_t(j);
     return c;
 }
+// AVX2: the 16 lanes of the definition as two registers of 8 (lanes 0–7, 8–15), each lane
+// summing in the same order as the plain loop; the tail masked (+0 in the unused lanes).
+__attribute__((target("avx2"))) float screen_dot_avx2(const float* x, const float* w, int64_t n, float b) {
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+        lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(w + i)));
+        hi = _mm256_add_ps(hi, _mm256_mul_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(w + i + 8)));
+    }
+    alignas(32) float a[kLanes];
+    _mm256_store_ps(a, lo);
+    _mm256_store_ps(a + 8, hi);
+    for (; i < n; ++i) {  // the tail in lane order, as the plain loop adds it
+        const float p = x[i] * w[i];
+        a[i % kLanes] = a[i % kLanes] + p;
+    }
+    return combine_lanes(a) + b;
+}
+
+__attribute__((target("avx2"))) bool screen_lower_avx2(const float* s, const float* wn, const float* cb, float alpha,
+                                                        float tau, int64_t n, float* lo) {
+    const __m256 va = _mm256_set1_ps(alpha), vt = _mm256_set1_ps(tau);
+    __m256 bad = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = _mm256_add_ps(_mm256_mul_ps(va, _mm256_loadu_ps(wn + j)), _mm256_add_ps(_mm256_loadu_ps(cb + j), vt));
+        const __m256 l = _mm256_sub_ps(_mm256_loadu_ps(s + j), e);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(l, l), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+        _mm256_storeu_ps(lo + j, l);
+    }
+    bool ok = _mm256_movemask_ps(bad) == 0;
+    for (; j < n; ++j) {
+        const float e = alpha * wn[j] + (cb[j] + tau);
+        lo[j] = s[j] - e;
+        ok = ok && (lo[j] - lo[j]) == 0.0f;
+    }
+    return ok;
+}
+
+__attribute__((target("avx2"))) int64_t screen_candidates_avx2(const float* s, const float* wn, const float* cb,
+                                                                float alpha, float tau, int64_t n, float thr,
+                                                                int32_t* out) {
+    const __m256 va = _mm256_set1_ps(alpha), vt = _mm256_set1_ps(tau), vthr = _mm256_set1_ps(thr);
+    int64_t c = 0, j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = _mm256_add_ps(_mm256_mul_ps(va, _mm256_loadu_ps(wn + j)), _mm256_add_ps(_mm256_loadu_ps(cb + j), vt));
+        unsigned m = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_add_ps(_mm256_loadu_ps(s + j), e), vthr, _CMP_GE_OQ)));
+        while (m) {
+            out[c++] = int32_t(j + __builtin_ctz(m));
+            m &= m - 1;
+        }
+    }
+    for (; j < n; ++j)
+        if (s[j] + (alpha * wn[j] + (cb[j] + tau)) >= thr) out[c++] = int32_t(j);
+    return c;
+}
 }  // namespace
 #endif
 
@@ -135,29 +191,66 @@ bool has_avx512() {
     return false;
 #endif
 }
+bool has_avx2() {
+#if defined(__GNUC__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+#else
+    return false;
+#endif
+}
 const bool g_avx512 = has_avx512();
+const bool g_avx2 = has_avx2();
+// The clone to run: the one asked for (2 AVX-512, 1 AVX2, 0 plain) if the CPU has it, else the
+// next one down.
+int clone_for(int want) { return want >= 2 && g_avx512 ? 2 : want >= 1 && g_avx2 ? 1 : 0; }
+const int g_clone = clone_for(2);
 }  // namespace
 
-float screen_dot(const float* x, const float* w, int64_t n, float b) {
+float screen_dot_clone(int which, const float* x, const float* w, int64_t n, float b) {
 #if defined(__GNUC__) && defined(__x86_64__)
-    if (g_avx512) return screen_dot_avx512(x, w, n, b);
+    switch (clone_for(which)) {
+        case 2: return screen_dot_avx512(x, w, n, b);
+        case 1: return screen_dot_avx2(x, w, n, b);
+        default: break;
+    }
 #endif
     return screen_dot_plain(x, w, n, b);
 }
 
-bool screen_lower(const float* s, const float* wn, const float* cb, float alpha, float tau, int64_t n, float* lo) {
+bool screen_lower_clone(int which, const float* s, const float* wn, const float* cb, float alpha, float tau, int64_t n,
+                        float* lo) {
 #if defined(__GNUC__) && defined(__x86_64__)
-    if (g_avx512) return screen_lower_avx512(s, wn, cb, alpha, tau, n, lo);
+    switch (clone_for(which)) {
+        case 2: return screen_lower_avx512(s, wn, cb, alpha, tau, n, lo);
+        case 1: return screen_lower_avx2(s, wn, cb, alpha, tau, n, lo);
+        default: break;
+    }
 #endif
     return screen_lower_plain(s, wn, cb, alpha, tau, n, lo);
 }
 
-int64_t screen_candidates(const float* s, const float* wn, const float* cb, float alpha, float tau, int64_t n,
-                          float thr, int32_t* out) {
+int64_t screen_candidates_clone(int which, const float* s, const float* wn, const float* cb, float alpha, float tau,
+                                int64_t n, float thr, int32_t* out) {
 #if defined(__GNUC__) && defined(__x86_64__)
-    if (g_avx512) return screen_candidates_avx512(s, wn, cb, alpha, tau, n, thr, out);
+    switch (clone_for(which)) {
+        case 2: return screen_candidates_avx512(s, wn, cb, alpha, tau, n, thr, out);
+        case 1: return screen_candidates_avx2(s, wn, cb, alpha, tau, n, thr, out);
+        default: break;
+    }
 #endif
     return screen_candidates_plain(s, wn, cb, alpha, tau, n, thr, out);
+}
+
+float screen_dot(const float* x, const float* w, int64_t n, float b) { return screen_dot_clone(g_clone, x, w, n, b); }
+
+bool screen_lower(const float* s, const float* wn, const float* cb, float alpha, float tau, int64_t n, float* lo) {
+    return screen_lower_clone(g_clone, s, wn, cb, alpha, tau, n, lo);
+}
+
+int64_t screen_candidates(const float* s, const float* wn, const float* cb, float alpha, float tau, int64_t n,
+                          float thr, int32_t* out) {
+    return screen_candidates_clone(g_clone, s, wn, cb, alpha, tau, n, thr, out);
 }
 
 int64_t screen_candidates_each(const float* s, const float* wn, const float* cb, float alpha, float tau, int64_t n,

@@ -17,6 +17,7 @@
 #include "sae/objective.hpp"
 #include "sae/modern.hpp"
 #include "sae/rng.hpp"
+#include "screen_kernels.hpp"
 #include "test_util.hpp"
 
 using namespace sae;
@@ -193,6 +194,8 @@ TEST(Screen, DotClonesGiveTheSameBitsAndStayWithinTheBound) {
             const float b = float(rng.uniform(-1, 1));
             const float p = screen_dot_plain(x.data(), w.data(), n, b), q = screen_dot(x.data(), w.data(), n, b);
             ASSERT_EQ(bits(p), bits(q)) << n;
+            for (int clone : {0, 1, 2})  // plain, AVX2, AVX-512 (where the CPU has them)
+                ASSERT_EQ(bits(screen_dot_clone(clone, x.data(), w.data(), n, b)), bits(p)) << n << " clone " << clone;
             double t_ = b, a = std::fabs(b);
             for (int64_t i = 0; i < n; ++i) {
                 t_ += double(x[size_t(i)]) * double(w[size_t(i)]);
@@ -200,6 +203,38 @@ TEST(Screen, DotClonesGiveTheSameBitsAndStayWithinTheBound) {
             }
             const double u = std::ldexp(1.0, -24), g = double(n + 2) * u / (1 - double(n + 2) * u);
             EXPECT_LE(std::fabs(double(p) - t_), g * a) << n;
+        }
+    }
+}
+
+// The per-row passes (lower bounds, candidates) give the same results on every clone, at lengths
+// around the vector widths, with non-finite values and ties at the threshold.
+TEST(Screen, PassClonesAgree) {
+    Rng rng(8);
+    for (int64_t n : {1, 7, 8, 9, 15, 16, 17, 40, 513}) {
+        std::vector<float> sv(static_cast<size_t>(n)), wn(static_cast<size_t>(n)), cb(static_cast<size_t>(n));
+        for (int t = 0; t < 10; ++t) {
+            for (int64_t j = 0; j < n; ++j) {
+                sv[size_t(j)] = float(std::round(rng.uniform(-4, 4) * 4) / 4);  // ties at the thresholds
+                wn[size_t(j)] = float(rng.uniform(0, 2));
+                cb[size_t(j)] = float(rng.uniform(0, 0.01));
+            }
+            if (t == 3) sv[size_t(n / 2)] = std::numeric_limits<float>::infinity();
+            if (t == 4) sv[size_t(n - 1)] = std::numeric_limits<float>::quiet_NaN();
+            const float alpha = 0.25f, tau = 1e-30f, thr = 1.0f;
+            std::vector<float> l0(static_cast<size_t>(n)), l1(static_cast<size_t>(n));
+            std::vector<int32_t> c0(static_cast<size_t>(n)), c1(static_cast<size_t>(n));
+            const bool ok0 = screen_lower_clone(0, sv.data(), wn.data(), cb.data(), alpha, tau, n, l0.data());
+            const int64_t k0 = screen_candidates_clone(0, sv.data(), wn.data(), cb.data(), alpha, tau, n, thr, c0.data());
+            EXPECT_EQ(ok0, t != 3 && t != 4);
+            for (int clone : {1, 2}) {
+                SCOPED_TRACE(::testing::Message() << "n " << n << " t " << t << " clone " << clone);
+                EXPECT_EQ(screen_lower_clone(clone, sv.data(), wn.data(), cb.data(), alpha, tau, n, l1.data()), ok0);
+                for (int64_t j = 0; j < n; ++j) ASSERT_EQ(bits(l1[size_t(j)]), bits(l0[size_t(j)])) << j;
+                const int64_t k1 = screen_candidates_clone(clone, sv.data(), wn.data(), cb.data(), alpha, tau, n, thr, c1.data());
+                ASSERT_EQ(k1, k0);
+                for (int64_t j = 0; j < k0; ++j) ASSERT_EQ(c1[size_t(j)], c0[size_t(j)]);
+            }
         }
     }
 }
