@@ -85,7 +85,10 @@ void comm_init(int* argc, char*** argv) {
 
 void comm_fail(const std::string& message) {
     Comm& c = comm_world();
-    if (c.size() > 1 && c.rank() != 0) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    // Rank 0's MPI_Abort ends the others well within this when every rank fails alike (0.5 s
+    // was too little on a loaded machine: a second rank's line got out first); a rank failing
+    // alone (bad data in its rows) prints after it.
+    if (c.size() > 1 && c.rank() != 0) std::this_thread::sleep_for(std::chrono::seconds(5));
     std::fprintf(stderr, "sae: error: %s\n", message.c_str());
     std::fflush(stderr);
     if (c.size() > 1) c.abort(1);
