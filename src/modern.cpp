@@ -531,11 +531,6 @@ Arch arch_parse(const std::string& name) {
 
 std::string arch_name(Arch a) { return arch_info(a).name; }
 
-bool arch_shardable(Arch a) {
-    (void)a;  // every modern architecture (the classic model is not a modern Arch)
-    return true;
-}
-
 void validate(const ModernSpec& spec) {
     check(spec.d_in > 0, "d_in must be positive (the data has no features?)");
     check(spec.d_sae > 0, "d_sae must be positive; set d_sae to the number of latents");
@@ -2185,9 +2180,9 @@ CostTerms modern_cost(Backend& be, const ModernSpec& spec, const ParamLayout& la
             "modern_cost: workspace not reserved for this model and batch size");
     // Latent shards: this spec holds d_sae of latents_total latents (k counts over all of them).
     Comm* shards = ws.shards && ws.shards->size() > 1 ? ws.shards : nullptr;
-    require(!shards || (std::is_same_v<T, float> && spec.latents_total > 0 && arch_shardable(spec.arch) &&
+    require(!shards || (std::is_same_v<T, float> && spec.latents_total > 0 &&
                         !screening_on(ws)),
-            "modern_cost: latent shards need float, spec.latents_total, an architecture of arch_shardable and no screening");
+            "modern_cost: latent shards need float, spec.latents_total and no screening");
     require(!row.uses_k || (spec.k >= 1 && spec.k <= (shards ? spec.latents_total : d_sae)),
             "modern_cost: k out of range; set k between 1 and d_sae");
     require(!row.lists || (int64_t(ws.act.beg.size()) >= m && int64_t(ws.act.col_ptr.size()) == d_sae + 1 &&

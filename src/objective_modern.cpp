@@ -112,10 +112,6 @@ public:
     }
 
     void set_latent_shard(Comm* group, int64_t begin, int64_t count) override {
-        const std::string arch = arch_name(spec_.arch);
-        check(arch_shardable(spec_.arch), "latent_shards > 1: architecture = \"" + arch +
-                                              "\" cannot be sharded yet (arch_shardable); "
-                                              "use latent_shards = 1 (data replicas)");
         check(ws_.screen == Screen::off, "latent_shards > 1: screen = " + screen_name(ws_.screen) +
                                              " is not supported with latent shards yet; use screen = off");
         check(count >= 1, "latent_shards = " + std::to_string(group->size()) + " leaves a shard without latents (d_sae = " +

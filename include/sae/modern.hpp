@@ -101,9 +101,6 @@ struct ModernSpec {
     // [latent_begin, latent_begin + d_sae) of a dictionary of latents_total (0: the whole one).
     int64_t latent_begin = 0, latents_total = 0;
 };
-// The architectures whose latents can be sharded across ranks (every modern one; kept as the
-// place to say no for an architecture that needs more than modern_cost's meeting points).
-bool arch_shardable(Arch a);
 // Group ends from fractions of d_sae ("0.25,0.25,0.5": sizes, summing to 1; each group at least
 // one latent) and the prefixes' weights ("" = 1 each, else one number per group). Errors name
 // the settings matryoshka_groups and matryoshka_weights.
